@@ -1,0 +1,108 @@
+"""`load_pretrained_model`: open any LLaVA-1.5 checkpoint, with or without a post-decoder block,
+the way LLaVA's `llava.model.builder` does, returning `(tokenizer, model, image_processor, context_len)`.
+
+Accepted `model_path`s (local folders or hub ids, e.g. `llava-hf/llava-1.5-7b-hf`):
+  - llava-hf folders (`LlavaForConditionalGeneration`, either key layout);
+  - original LLaVA-1.5 folders (`LlavaLlamaForCausalLM`, `liuhaotian/llava-v1.5-7b`), converted in memory;
+  - our saved folders (base + block, `model_type: llava_post_decoder`);
+  - a folder holding only a block (`post_decoder_config.json` + `post_decoder.safetensors`),
+    with the base it was trained on as `model_base`.
+"""
+
+import json
+
+import torch
+from transformers import AutoTokenizer, LlavaConfig
+from transformers.utils import cached_file
+
+from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
+from .image_processing import load_image_processor
+from .modeling_llava import LlavaPostDecoderForConditionalGeneration
+from .original_llava import is_original_llava_config, load_original_llava
+from .saving import is_post_decoder_folder, listing, load_post_decoder_weights, read_post_decoder_config
+
+DEFAULT_CONTEXT_LENGTH = 2048  # LLaVA's builder returns this when the config names no max_sequence_length
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: str | None = None,
+    model_name: str | None = None,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map=None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    post_decoder: str | PostDecoderConfig | None = None,
+):
+    """Returns `(tokenizer, model, image_processor, context_len)`.
+
+    post_decoder: a variant name or a `PostDecoderConfig` attaches a new block at its identity
+        initialisation; `None` keeps whatever the checkpoint holds (no block for a plain LLaVA).
+    model_name: accepted for LLaVA compatibility; the format is read from the files, not the name.
+    dtype: defaults to float16 on CUDA and float32 on the CPU, as LLaVA's builder.
+    """
+    if load_8bit or load_4bit:
+        raise NotImplementedError("8-bit and 4-bit loading are not supported yet; load in float16 or bfloat16")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+
+    if is_post_decoder_folder(model_path):
+        if model_base is None:
+            raise ValueError(f"{model_path} holds only a post-decoder block: pass the base it was trained on as model_base")
+        if post_decoder is not None:
+            raise ValueError(f"{model_path} holds a block already; pass post_decoder=None to load it")
+        tokenizer, model, image_processor = _load_full(model_base, dtype, device_map)
+        if model.post_decoder is not None:
+            raise ValueError(f"model_base {model_base} already holds a block; a base for a saved block must not")
+        model.attach_post_decoder(read_post_decoder_config(model_path))
+        load_post_decoder_weights(model.post_decoder, model_path)
+    else:
+        if model_base is not None:
+            raise ValueError(
+                f"model_base is for a folder that holds only a block, and {model_path} is a full checkpoint"
+            )
+        tokenizer, model, image_processor = _load_full(model_path, dtype, device_map)
+
+    if post_decoder is not None:
+        if model.post_decoder is not None:
+            raise ValueError(f"{model_path} already holds a block; pass post_decoder=None to keep it")
+        model.attach_post_decoder(post_decoder)
+    model.to(dtype=dtype)
+    if device_map is None:
+        model.to(device)
+    context_len = getattr(model.config, "max_sequence_length", None) or DEFAULT_CONTEXT_LENGTH
+    return tokenizer, model.eval(), image_processor, context_len
+
+
+def _load_full(model_path: str, dtype: torch.dtype, device_map):
+    with open(cached_file(model_path, "config.json")) as handle:
+        raw_config = json.load(handle)
+    if is_original_llava_config(raw_config):
+        model, tokenizer, image_processor = load_original_llava(
+            model_path, LlavaPostDecoderForConditionalGeneration, dtype
+        )
+        return tokenizer, model, image_processor
+
+    if raw_config.get("model_type") == LlavaPostDecoderConfig.model_type:
+        config = LlavaPostDecoderConfig.from_pretrained(model_path)
+    elif raw_config.get("model_type") == "llava":
+        config = LlavaPostDecoderConfig.from_llava_config(LlavaConfig.from_pretrained(model_path))
+    else:
+        raise ValueError(
+            f"{model_path} is not a LLaVA-1.5 checkpoint: config.json has model_type "
+            f"{raw_config.get('model_type')!r} and architectures {raw_config.get('architectures')}"
+        )
+    model, info = LlavaPostDecoderForConditionalGeneration.from_pretrained(
+        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
+    )
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected or info["mismatched_keys"]:
+        raise ValueError(
+            f"weights in {model_path} do not fit the model:\n"
+            + listing("missing", missing)
+            + listing("unexpected", unexpected)
+            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    return tokenizer, model, load_image_processor(model_path)

@@ -1,0 +1,71 @@
+"""LLaVA-1.5's `vicuna_v1` conversation template and its tokenization, shared by training,
+evaluation and the demo.
+
+    "{system} USER: <image>\\n{question} ASSISTANT: {answer}</s>USER: {question} ASSISTANT:"
+
+Token ids follow LLaVA's `tokenizer_image_token`: the prompt is split on `<image>`, each piece is
+tokenized on its own (BOS kept on the first piece only), and each `<image>` becomes the image
+token repeated once per vision feature (576 on LLaVA-1.5), as transformers' LLaVA expects.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import AddedToken
+
+SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+IMAGE_TOKEN = "<image>"
+USER, ASSISTANT = "USER", "ASSISTANT"
+TURN_SEPARATOR, ANSWER_END = " ", "</s>"
+
+
+@dataclass
+class Conversation:
+    """A vicuna_v1 conversation. The first user message carries the image as `<image>\\n`."""
+
+    system: str = SYSTEM_PROMPT
+    messages: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def add_user(self, text: str, with_image: bool = False) -> "Conversation":
+        self.messages.append((USER, f"{IMAGE_TOKEN}\n{text}" if with_image else text))
+        return self
+
+    def add_assistant(self, text: str | None) -> "Conversation":
+        """`None` leaves the turn open: the prompt then ends with "ASSISTANT:" for generation."""
+        self.messages.append((ASSISTANT, text))
+        return self
+
+    def prompt(self) -> str:
+        text = self.system + TURN_SEPARATOR
+        for role, message in self.messages:
+            if message:
+                text += f"{role}: {message}" + (TURN_SEPARATOR if role == USER else ANSWER_END)
+            else:
+                text += f"{role}:"
+        return text
+
+
+def question_prompt(question: str, with_image: bool = True, suffix: str = "") -> str:
+    """The single-turn prompt that POPE and the demo send: ends with "ASSISTANT:"."""
+    return Conversation().add_user(question + suffix, with_image=with_image).add_assistant(None).prompt()
+
+
+def tokenize_with_image(prompt: str, tokenizer, image_token_id: int, image_seq_length: int) -> list[int]:
+    """LLaVA's split-on-`<image>` tokenization, each `<image>` expanded to `image_seq_length` ids."""
+    pieces = [tokenizer(piece).input_ids for piece in prompt.split(IMAGE_TOKEN)]
+    bos = tokenizer.bos_token_id
+    starts_with_bos = bool(pieces[0]) and pieces[0][0] == bos
+    ids = pieces[0][:]
+    for piece in pieces[1:]:
+        ids.extend([image_token_id] * image_seq_length)
+        ids.extend(piece[1:] if starts_with_bos and piece and piece[0] == bos else piece)
+    return ids
+
+
+def add_llava_tokens(tokenizer):
+    """Add `<image>` and `<pad>` after the text vocabulary, as transformers' LLaVA conversion does."""
+    tokenizer.add_tokens(AddedToken(IMAGE_TOKEN, special=True, normalized=False), special_tokens=True)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return tokenizer

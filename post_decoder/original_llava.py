@@ -1,0 +1,147 @@
+"""Original LLaVA-1.5 checkpoints (`liuhaotian/llava-v1.5-7b` layout) converted in memory.
+
+Such a folder holds `LlavaLlamaForCausalLM` weights (`model.layers.*`, `model.mm_projector.{0,2}`,
+`lm_head`), a 32000-token vocabulary without an image token, and names its CLIP tower by path or
+hub id in `mm_vision_tower`. We convert as transformers' official conversion script does: add
+`<image>` and `<pad>` after the vocabulary and resize the embeddings to a multiple of 64, the new
+rows drawn from the old rows' mean and covariance (seeded, so a conversion is reproducible).
+
+    python -m post_decoder.original_llava --model-path liuhaotian/llava-v1.5-7b --out llava-v1.5-7b-converted
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from accelerate import init_empty_weights
+from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
+from transformers.utils import cached_file
+
+from .saving import listing, load_sharded_state_dict, load_state_strictly
+from .configuration import LlavaPostDecoderConfig
+from .image_processing import load_image_processor
+from .conversation import add_llava_tokens
+
+# Keys of an original config.json that describe LLaVA's multimodal parts, not the Llama LLM.
+_LLAVA_ONLY_KEYS = {
+    "architectures", "model_type", "image_aspect_ratio", "image_grid_pinpoints", "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter", "use_mm_proj", "tokenizer_model_max_length", "tokenizer_padding_side",
+    "unfreeze_mm_vision_tower", "_name_or_path", "transformers_version", "torch_dtype", "mm_vision_tower",
+}
+_PROJECTOR_RENAMES = {"model.mm_projector.0.": "model.multi_modal_projector.linear_1.", "model.mm_projector.2.": "model.multi_modal_projector.linear_2."}
+CONVERSION_SEED = 0
+
+
+def is_original_llava_config(config: dict) -> bool:
+    return "LlavaLlamaForCausalLM" in (config.get("architectures") or []) or "mm_vision_tower" in config
+
+
+def llava_config_from_original(config: dict) -> LlavaConfig:
+    """The llava-hf config of an original checkpoint; unsupported LLaVA options fail loudly."""
+    _require(config, "mm_projector_type", ("mlp2x_gelu",))
+    _require(config, "mm_patch_merge_type", ("flat",))
+    _require(config, "image_aspect_ratio", ("pad", "square", None))
+    if config.get("mm_use_im_start_end"):
+        raise ValueError("original LLaVA checkpoints with mm_use_im_start_end=True are not supported")
+    strategy = {"patch": "default", "cls_patch": "full"}.get(config.get("mm_vision_select_feature", "patch"))
+    if strategy is None:
+        raise ValueError(f"unsupported mm_vision_select_feature {config['mm_vision_select_feature']!r}")
+    text_vocab = config["vocab_size"]
+    text_values = {
+        key: value for key, value in config.items() if key not in _LLAVA_ONLY_KEYS and not key.startswith("mm_")
+    }
+    text_config = LlamaConfig(**text_values)
+    vision_config = CLIPVisionConfig.from_pretrained(config["mm_vision_tower"])
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=text_vocab,
+        image_seq_length=(vision_config.image_size // vision_config.patch_size) ** 2,
+        vision_feature_layer=config.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy=strategy,
+        projector_hidden_act="gelu",
+        pad_token_id=text_vocab + 1,
+    )
+
+
+def _require(config: dict, key: str, allowed: tuple):
+    if config.get(key, allowed[0]) not in allowed:
+        raise ValueError(f"original LLaVA checkpoint has {key}={config[key]!r}; supported: {allowed}")
+
+
+def _converted_key(name: str) -> str:
+    for original, ours in _PROJECTOR_RENAMES.items():
+        if name.startswith(original):
+            return ours + name[len(original) :]
+    tower_prefix = "model.vision_tower.vision_tower.vision_model."
+    if name.startswith(tower_prefix):  # a checkpoint that also trained the tower
+        return "model.vision_tower." + name[len(tower_prefix) :]
+    if name.startswith("model."):
+        return "model.language_model." + name[len("model.") :]
+    return name
+
+
+def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch.float32):
+    """Convert an original LLaVA-1.5 folder or hub id. Returns (model, tokenizer, image_processor)
+    with `model` an instance of `model_class` (a `LlavaForConditionalGeneration` subclass) on the CPU."""
+    with open(cached_file(model_path, "config.json")) as handle:
+        original = json.load(handle)
+    llava_config = llava_config_from_original(original)
+    config = LlavaPostDecoderConfig.from_llava_config(llava_config)
+    text_vocab = original["vocab_size"]
+    config.text_config.vocab_size = text_vocab  # resized below, after the weights are in
+
+    state = {
+        _converted_key(name): tensor
+        for name, tensor in load_sharded_state_dict(model_path).items()
+        if not name.endswith("rotary_emb.inv_freq")  # a buffer that old Llama code saved; recomputed at init
+    }
+    if not any(name.startswith("model.vision_tower.") for name in state):
+        tower, info = CLIPVisionModel.from_pretrained(original["mm_vision_tower"], dtype=dtype, output_loading_info=True)
+        if info["missing_keys"] or info["mismatched_keys"]:
+            raise ValueError(
+                f"vision tower {original['mm_vision_tower']} (mm_vision_tower of {model_path}) is incomplete:\n"
+                + listing("missing", sorted(info["missing_keys"]))
+                + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
+            )
+        state.update({"model.vision_tower." + name: tensor for name, tensor in tower.state_dict().items()})
+
+    with init_empty_weights(include_buffers=False):
+        model = model_class(config)
+    state = {name: tensor.to(dtype) for name, tensor in state.items()}
+    load_state_strictly(model, state, f"weights of the original LLaVA checkpoint {model_path}", assign=True)
+    model.tie_weights()
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if len(tokenizer) != text_vocab:
+        raise ValueError(f"tokenizer of {model_path} has {len(tokenizer)} tokens, its config says {text_vocab}")
+    add_llava_tokens(tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(CONVERSION_SEED)
+        model.resize_token_embeddings(text_vocab + 2, pad_to_multiple_of=64, mean_resizing=True)
+    model.config.pad_token_id = text_vocab + 1
+    model.config.text_config.pad_token_id = text_vocab + 1
+    return model.eval(), tokenizer, load_image_processor(original["mm_vision_tower"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Convert an original LLaVA-1.5 checkpoint to the llava-hf layout.")
+    parser.add_argument("--model-path", required=True, help="original LLaVA-1.5 folder or hub id")
+    parser.add_argument("--out", required=True, help="new folder for the converted checkpoint")
+    parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    args = parser.parse_args(argv)
+    if os.path.exists(args.out) and os.listdir(args.out):
+        parser.error(f"--out {args.out} exists and is not empty")
+    from .modeling_llava import LlavaPostDecoderForConditionalGeneration
+    from .saving import save_model_folder
+
+    model, tokenizer, image_processor = load_original_llava(
+        args.model_path, LlavaPostDecoderForConditionalGeneration, getattr(torch, args.dtype)
+    )
+    save_model_folder(model, tokenizer, image_processor, args.out)
+    print(f"converted {args.model_path} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

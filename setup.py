@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="post-decoder",
+    version="0.1.0",
+    description="A post-interaction block before lm_head, trained with DPO, to reduce object hallucination in LLaVA-1.5",
+    packages=find_packages(include=["post_decoder", "post_decoder.*", "ha_dpo", "ha_dpo.*", "eval", "eval.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.17,<6",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "sentencepiece>=0.2",
+        "protobuf",
+        "pillow>=10",
+        "numpy",
+    ],
+    extras_require={
+        "train": ["trl>=1.0", "peft>=0.15", "deepspeed>=0.16", "wandb", "matplotlib", "tqdm"],
+        "eval": ["pycocotools", "matplotlib", "tqdm"],
+        "demo": ["gradio>=5"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["post-decoder-convert-llava=post_decoder.original_llava:main"]},
+)

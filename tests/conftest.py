@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny tokenizer and tiny LLaVA models, built once per test session."""
+
+import os
+
+import pytest
+import torch
+
+import post_decoder  # noqa: F401  (registers the Auto classes)
+from post_decoder import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
+from post_decoder.conversation import add_llava_tokens, question_prompt, tokenize_with_image
+from post_decoder.tiny import make_tiny_llava, train_tiny_tokenizer
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def shared_file(*parts: str) -> str:
+    """A file of ../shared/data; the test skips when the folder is absent (outside users)."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not here (../shared/data is only beside the project's own checkouts)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("tiny_tokenizer"))
+    train_tiny_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def text_vocab_size(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def llava_tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return add_llava_tokens(AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def plain_llava(text_vocab_size):
+    return make_tiny_llava(text_vocab_size)
+
+
+def with_block(plain, variant, perturb=0.0, seed=0, **block_fields):
+    """Our model on the plain model's weights, with a new block of `variant` (identity unless perturbed)."""
+    from post_decoder import PostDecoderConfig
+
+    model = LlavaPostDecoderForConditionalGeneration(LlavaPostDecoderConfig.from_llava_config(plain.config))
+    model.load_state_dict(plain.state_dict())
+    model.attach_post_decoder(PostDecoderConfig(variant=variant, **block_fields))
+    if perturb:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in model.post_decoder.parameters():
+                parameter.add_(perturb * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def image_batch(model, tokenizer, questions, with_image=None, seed=0, padding_side="left"):
+    """Tokenized LLaVA prompts (padded) and pixel values for the samples that have an image."""
+    config = model.config
+    with_image = with_image or [True] * len(questions)
+    sequences = [
+        tokenize_with_image(
+            question_prompt(question, with_image=has_image), tokenizer, config.image_token_id, config.image_seq_length
+        )
+        for question, has_image in zip(questions, with_image)
+    ]
+    longest = max(map(len, sequences))
+    pad = tokenizer.pad_token_id
+    input_ids, attention_mask = [], []
+    for ids in sequences:
+        padding = [pad] * (longest - len(ids))
+        mask_padding = [0] * len(padding)
+        if padding_side == "left":
+            input_ids.append(padding + ids)
+            attention_mask.append(mask_padding + [1] * len(ids))
+        else:
+            input_ids.append(ids + padding)
+            attention_mask.append([1] * len(ids) + mask_padding)
+    size = config.vision_config.image_size
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(sum(with_image), 3, size, size, generator=generator)
+    batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(attention_mask)}
+    if any(with_image):
+        batch["pixel_values"] = pixel_values
+    return batch

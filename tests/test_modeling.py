@@ -1,0 +1,130 @@
+import pytest
+import torch
+
+from post_decoder import VARIANTS
+from tests.conftest import image_batch, with_block
+
+QUESTIONS = ["Is there a dog in the image?", "Describe the image in detail.", "Is there a cup?"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_at_initialisation_equal_plain_llava(plain_llava, llava_tokenizer, variant):
+    model = with_block(plain_llava, variant)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS, with_image=[True, False, True])
+    with torch.no_grad():
+        expected = plain_llava(**batch).logits
+        actual = model(**batch).logits
+    assert (actual - expected).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loss_and_logits_to_keep_follow_llava(plain_llava, llava_tokenizer, variant):
+    model = with_block(plain_llava, variant, perturb=0.2)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:2], padding_side="right")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        full = model(**batch, labels=labels)
+        last = model(**batch, logits_to_keep=1)
+    assert full.logits.shape[1] == batch["input_ids"].shape[1]
+    assert torch.allclose(last.logits[:, -1], full.logits[:, -1], atol=1e-5)
+    vocab = full.logits.shape[-1]
+    expected_loss = torch.nn.functional.cross_entropy(
+        full.logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
+    assert torch.allclose(full.loss, expected_loss, atol=1e-5)
+
+
+def full_recomputation_greedy(model, batch, steps):
+    """Greedy decoding with no cache: the whole sequence (and the image) goes in at every step."""
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=batch.get("pixel_values")).logits
+        next_token = logits[:, -1].argmax(-1, keepdim=True)
+        input_ids = torch.cat([input_ids, next_token], dim=1)
+        attention_mask = torch.cat([attention_mask, torch.ones_like(next_token)], dim=1)
+    return input_ids[:, batch["input_ids"].shape[1] :]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_generation_equals_full_recomputation(plain_llava, llava_tokenizer, variant):
+    model = with_block(plain_llava, variant, perturb=0.3)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:1])
+    steps = 10
+    with torch.no_grad():
+        generated = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    cached = generated[:, batch["input_ids"].shape[1] :]
+    # min_new_tokens only forbids EOS; ban it in the reference too so both decode 10 tokens.
+    eos = model.generation_config.eos_token_id
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.out_features))
+    model.lm_head.bias.data[eos] = -1e9
+    reference = full_recomputation_greedy(model, batch, steps)
+    model.lm_head.bias = None
+    assert cached.tolist() == reference.tolist()
+    # And the block mattered: without it the answer differs.
+    with torch.no_grad():
+        plain = plain_llava.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    assert plain[:, batch["input_ids"].shape[1] :].tolist() != cached.tolist()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_left_padded_batch_generates_what_each_sample_generates_alone(plain_llava, llava_tokenizer, variant):
+    model = with_block(plain_llava, variant, perturb=0.3)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS, seed=1)
+    with torch.no_grad():
+        together = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    together = together[:, batch["input_ids"].shape[1] :]
+    for index in range(len(QUESTIONS)):
+        real = batch["attention_mask"][index].bool()
+        alone = {
+            "input_ids": batch["input_ids"][index : index + 1, real],
+            "attention_mask": batch["attention_mask"][index : index + 1, real],
+            "pixel_values": batch["pixel_values"][index : index + 1],
+        }
+        with torch.no_grad():
+            single = model.generate(**alone, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert single[0, alone["input_ids"].shape[1] :].tolist() == together[index].tolist()
+
+
+def test_text_only_generation_is_the_plain_model(plain_llava, llava_tokenizer):
+    model = with_block(plain_llava, "transformer_block", perturb=0.3)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:1], with_image=[False])
+    with torch.no_grad():
+        ours = model.generate(**batch, max_new_tokens=5, do_sample=False)
+        plain = plain_llava.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert ours.tolist() == plain.tolist()
+
+
+def test_block_attention_maps_cover_the_image(plain_llava, llava_tokenizer):
+    model = with_block(plain_llava, "post_interaction", perturb=0.3)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:2])
+    with torch.no_grad():
+        output = model(**batch, output_post_decoder_attentions=True, logits_to_keep=1)
+    (probs,) = output.post_decoder_attentions
+    image_tokens = model.config.image_seq_length
+    assert probs.shape == (2, model.post_decoder.config.num_attention_heads, 1, image_tokens)
+    assert torch.allclose(probs.sum(-1), torch.ones_like(probs.sum(-1)), atol=1e-5)
+
+
+def test_projector_output_can_be_the_vision_source(plain_llava, llava_tokenizer):
+    model = with_block(plain_llava, "post_interaction", perturb=0.3, vision_source="projector")
+    assert model.post_decoder.config.vision_hidden_size == model.config.text_config.hidden_size
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:1])
+    with torch.no_grad():
+        output = model(**batch)
+    assert torch.isfinite(output.logits).all()
+
+
+def test_beam_search_with_the_self_attention_variant_is_refused(plain_llava, llava_tokenizer):
+    model = with_block(plain_llava, "transformer_block")
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:1])
+    with pytest.raises(NotImplementedError, match="beam search"):
+        model.generate(**batch, max_new_tokens=2, num_beams=2)
+
+
+def test_an_image_without_input_ids_is_refused(plain_llava, llava_tokenizer):
+    model = with_block(plain_llava, "post_interaction")
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:1])
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    with pytest.raises(ValueError, match="pass input_ids"):
+        model(inputs_embeds=embeds, pixel_values=batch["pixel_values"])
