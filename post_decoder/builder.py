@@ -47,26 +47,27 @@ def load_pretrained_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
 
+    # Refuse conflicting requests before any weights are read.
     if is_post_decoder_folder(model_path):
         if model_base is None:
             raise ValueError(f"{model_path} holds only a post-decoder block: pass the base it was trained on as model_base")
-        if post_decoder is not None:
-            raise ValueError(f"{model_path} holds a block already; pass post_decoder=None to load it")
-        tokenizer, model, image_processor = _load_full(model_base, dtype, device_map)
-        if model.post_decoder is not None:
+        if _read_config(model_base).get("post_decoder_config") is not None:
             raise ValueError(f"model_base {model_base} already holds a block; a base for a saved block must not")
-        model.attach_post_decoder(read_post_decoder_config(model_path))
-        load_post_decoder_weights(model.post_decoder, model_path)
+        block_config = read_post_decoder_config(model_path)
+        full_path = model_base
     else:
         if model_base is not None:
-            raise ValueError(
-                f"model_base is for a folder that holds only a block, and {model_path} is a full checkpoint"
-            )
-        tokenizer, model, image_processor = _load_full(model_path, dtype, device_map)
+            raise ValueError(f"model_base is for a folder that holds only a block, and {model_path} is a full checkpoint")
+        block_config = None
+        full_path = model_path
+    if post_decoder is not None and (block_config is not None or _read_config(full_path).get("post_decoder_config")):
+        raise ValueError(f"{model_path} already holds a block; pass post_decoder=None to keep it")
 
+    tokenizer, model, image_processor = _load_full(full_path, dtype, device_map)
+    if block_config is not None:
+        model.attach_post_decoder(block_config)
+        load_post_decoder_weights(model.post_decoder, model_path)
     if post_decoder is not None:
-        if model.post_decoder is not None:
-            raise ValueError(f"{model_path} already holds a block; pass post_decoder=None to keep it")
         model.attach_post_decoder(post_decoder)
     model.to(dtype=dtype)
     if device_map is None:
@@ -75,9 +76,13 @@ def load_pretrained_model(
     return tokenizer, model.eval(), image_processor, context_len
 
 
-def _load_full(model_path: str, dtype: torch.dtype, device_map):
+def _read_config(model_path: str) -> dict:
     with open(cached_file(model_path, "config.json")) as handle:
-        raw_config = json.load(handle)
+        return json.load(handle)
+
+
+def _load_full(model_path: str, dtype: torch.dtype, device_map):
+    raw_config = _read_config(model_path)
     if is_original_llava_config(raw_config):
         model, tokenizer, image_processor = load_original_llava(
             model_path, LlavaPostDecoderForConditionalGeneration, dtype
