@@ -70,7 +70,7 @@ def load_pretrained_model(
     if post_decoder is not None:
         model.attach_post_decoder(post_decoder)
     model.to(dtype=dtype)
-    if device_map is None:
+    if getattr(model, "hf_device_map", None) is None:  # device_map placed it already
         model.to(device)
     context_len = getattr(model.config, "max_sequence_length", None) or DEFAULT_CONTEXT_LENGTH
     return tokenizer, model.eval(), image_processor, context_len

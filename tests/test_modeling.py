@@ -128,3 +128,30 @@ def test_an_image_without_input_ids_is_refused(plain_llava, llava_tokenizer):
     embeds = model.get_input_embeddings()(batch["input_ids"])
     with pytest.raises(ValueError, match="pass input_ids"):
         model(inputs_embeds=embeds, pixel_values=batch["pixel_values"])
+
+
+def test_generation_encodes_the_image_for_the_block_once(plain_llava, llava_tokenizer, monkeypatch):
+    model = with_block(plain_llava, "post_interaction", perturb=0.3)
+    calls = []
+    original = model.post_decoder.encode_vision
+
+    def counting(vision_features, *args, **kwargs):
+        calls.append(vision_features is not None)
+        return original(vision_features, *args, **kwargs)
+
+    monkeypatch.setattr(model.post_decoder, "encode_vision", counting)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS[:2])
+    with torch.no_grad():
+        model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert calls == [True]  # the prefill step; the four decode steps reuse its keys and values
+
+
+def test_images_are_grouped_by_the_samples_whose_tokens_they_fill():
+    from post_decoder.backbone import pack_images_per_sample
+
+    features = torch.arange(3 * 2 * 1, dtype=torch.float32).view(3, 2, 1)  # 3 images of 2 tokens
+    packed, mask = pack_images_per_sample(features, torch.tensor([4, 0, 2]))
+    assert packed[:, :, 0].tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [4, 5, 0, 0]]
+    assert mask.tolist() == [[True] * 4, [False] * 4, [True, True, False, False]]
+    with pytest.raises(ValueError, match=r"image tokens per sample \[3, 0, 2\] do not match 3 image"):
+        pack_images_per_sample(features, torch.tensor([3, 0, 2]))
