@@ -131,21 +131,7 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         """As LLaVA's forward. With a KV cache, pass the returned `post_decoder_state` back on the
         next call (generate() does this): it holds the block's vision keys/values, which transformers
         no longer recomputes because it sends the image on the prefill step only."""
-        if self.post_decoder is None:
-            return super().forward(
-                input_ids=input_ids,
-                pixel_values=pixel_values,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy,
-                labels=labels,
-                logits_to_keep=logits_to_keep,
-                **kwargs,
-            )
-        backbone = self.backbone_forward(
+        backbone_inputs = dict(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
@@ -156,6 +142,9 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
             vision_feature_select_strategy=vision_feature_select_strategy,
             **kwargs,
         )
+        if self.post_decoder is None:
+            return super().forward(**backbone_inputs, labels=labels, logits_to_keep=logits_to_keep)
+        backbone = self.backbone_forward(**backbone_inputs)
         hidden_states = backbone.hidden_states
         if post_decoder_state is None or backbone.vision_features is not None:
             post_decoder_state = self.post_decoder.encode_vision(

@@ -11,6 +11,14 @@ def tiny_block(variant, **fields):
     return PostInteractionBlock(config)
 
 
+def perturbed(block):
+    """Move every weight away from the identity initialisation."""
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return block
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_block_is_exactly_the_identity_at_initialisation(variant):
     block = tiny_block(variant, num_layers=2)
@@ -22,10 +30,7 @@ def test_block_is_exactly_the_identity_at_initialisation(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_sample_without_an_image_passes_through_unchanged(variant):
-    block = tiny_block(variant)
-    with torch.no_grad():
-        for parameter in block.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
+    block = perturbed(tiny_block(variant))
     hidden = torch.randn(2, 4, 32)
     mask = torch.tensor([[True] * 7, [False] * 7])
     state = block.encode_vision(torch.randn(2, 7, 24), mask, batch_size=2)
@@ -36,10 +41,7 @@ def test_a_sample_without_an_image_passes_through_unchanged(variant):
 
 
 def test_cross_attention_sees_the_image_and_ignores_masked_vision_positions():
-    block = tiny_block("post_interaction")
-    with torch.no_grad():
-        for parameter in block.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
+    block = perturbed(tiny_block("post_interaction"))
     hidden = torch.randn(1, 3, 32)
     vision = torch.randn(1, 6, 24)
     mask = torch.tensor([[True, True, True, True, False, False]])
@@ -58,10 +60,7 @@ def test_cross_attention_sees_the_image_and_ignores_masked_vision_positions():
 
 
 def test_no_cross_attn_variant_cannot_see_the_image():
-    block = tiny_block("no_cross_attn")
-    with torch.no_grad():
-        for parameter in block.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
+    block = perturbed(tiny_block("no_cross_attn"))
     hidden = torch.randn(1, 3, 32)
     first, _ = block(hidden, block.encode_vision(torch.randn(1, 6, 24), None, 1))
     second, _ = block(hidden, block.encode_vision(torch.randn(1, 6, 24), None, 1))
