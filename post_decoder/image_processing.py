@@ -42,14 +42,3 @@ def preprocess_images(images: list[Image.Image], processor: LlavaImageProcessorP
     rgb = [to_rgb(image) for image in images]
     return processor(images=rgb, return_tensors="pt")["pixel_values"]
 
-
-def expand_to_square(image: Image.Image, mean: tuple[float, ...]) -> Image.Image:
-    """LLaVA's `expand2square`: centre the image on a square of the mean colour (for previews)."""
-    width, height = image.size
-    if width == height:
-        return image
-    colour = tuple(int(channel * 255) for channel in mean)
-    side = max(width, height)
-    square = Image.new(image.mode, (side, side), colour)
-    square.paste(image, ((side - width) // 2, (side - height) // 2))
-    return square
