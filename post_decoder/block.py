@@ -6,6 +6,7 @@ DPO starts from policy == reference. Zero output projections, unlike zero scalar
 the gradient reach the branch on the first step.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,19 @@ class PostDecoderState:
     vision_mask: torch.Tensor | None  # [B, N] bool, True where a vision position is real
     has_image: torch.Tensor  # [B] bool
     self_attention_cache: DynamicCache | None = None
+
+    def repeated(self, repeats: int) -> "PostDecoderState":
+        """A copy with every sample repeated `repeats` times (to continue one prompt in a batch)."""
+        cache = None
+        if self.self_attention_cache is not None:
+            cache = copy.deepcopy(self.self_attention_cache)
+            cache.batch_repeat_interleave(repeats)
+        return PostDecoderState(
+            [(keys.repeat_interleave(repeats, 0), values.repeat_interleave(repeats, 0)) for keys, values in self.vision_keys_values],
+            None if self.vision_mask is None else self.vision_mask.repeat_interleave(repeats, 0),
+            self.has_image.repeat_interleave(repeats, 0),
+            cache,
+        )
 
 
 class SwiGLUMLP(nn.Module):

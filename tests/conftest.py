@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny tokenizer and tiny LLaVA models, built once per test session."""
 
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -96,3 +97,16 @@ def image_batch(model, tokenizer, questions, with_image=None, seed=0, padding_si
     if any(with_image):
         batch["pixel_values"] = pixel_values
     return batch
+
+
+@contextmanager
+def eos_banned(model):
+    """Make EOS impossible (a -1e9 bias on its logit), so greedy decoding always runs to its limit
+    and comparisons cover whole continuations, never an empty answer."""
+    bias = torch.zeros(model.lm_head.out_features, dtype=model.lm_head.weight.dtype)
+    bias[model.generation_config.eos_token_id] = -1e9
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    try:
+        yield model
+    finally:
+        model.lm_head.bias = None

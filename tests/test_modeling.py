@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from post_decoder import VARIANTS
-from tests.conftest import image_batch, with_block
+from tests.conftest import eos_banned, image_batch, with_block
 
 QUESTIONS = ["Is there a dog in the image?", "Describe the image in detail.", "Is there a cup?"]
 
@@ -55,11 +55,8 @@ def test_cached_generation_equals_full_recomputation(plain_llava, llava_tokenize
         generated = model.generate(**batch, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
     cached = generated[:, batch["input_ids"].shape[1] :]
     # min_new_tokens only forbids EOS; ban it in the reference too so both decode 10 tokens.
-    eos = model.generation_config.eos_token_id
-    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.lm_head.out_features))
-    model.lm_head.bias.data[eos] = -1e9
-    reference = full_recomputation_greedy(model, batch, steps)
-    model.lm_head.bias = None
+    with eos_banned(model):
+        reference = full_recomputation_greedy(model, batch, steps)
     assert cached.tolist() == reference.tolist()
     # And the block mattered: without it the answer differs.
     with torch.no_grad():

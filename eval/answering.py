@@ -1,0 +1,87 @@
+"""Greedy answers to many questions about one image, with the image's prompt prefix computed once.
+
+Every POPE prompt of an image starts with the same tokens: the system text, "USER: " and the
+image's 576 tokens. That prefix (and the block's vision keys/values) is computed once; each batch
+of questions continues from a copy of its KV cache. The questions' own tokens are left-padded
+after the prefix with explicit position ids, so each answer is the one `generate` gives the
+question alone.
+"""
+
+import copy
+
+import torch
+
+from post_decoder.conversation import question_prompt, tokenize_with_image
+from post_decoder.image_processing import preprocess_images
+
+
+class PrefixCachedAnswerer:
+    def __init__(self, model, tokenizer, image_processor, max_new_tokens: int = 16, batch_size: int = 32, prompt_suffix: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.prompt_suffix = prompt_suffix
+
+    def prompt_ids(self, question: str) -> list[int]:
+        config = self.model.config
+        prompt = question_prompt(question, suffix=self.prompt_suffix)
+        return tokenize_with_image(prompt, self.tokenizer, config.image_token_id, config.image_seq_length)
+
+    def pixel_values(self, image) -> torch.Tensor:
+        return preprocess_images([image], self.image_processor).to(self.model.device, self.model.dtype)
+
+    @torch.no_grad()
+    def answer(self, image, questions: list[str]) -> list[str]:
+        sequences = [self.prompt_ids(question) for question in questions]
+        prefix_length = _shared_prefix_length(sequences)
+        prefix = torch.tensor([sequences[0][:prefix_length]], device=self.model.device)
+        prefix_output = self.model(
+            input_ids=prefix, pixel_values=self.pixel_values(image), use_cache=True, logits_to_keep=1
+        )
+        answers = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = [ids[prefix_length:] for ids in sequences[start : start + self.batch_size]]
+            answers.extend(self._continue(prefix, prefix_output, batch))
+        return answers
+
+    def _continue(self, prefix: torch.Tensor, prefix_output, suffixes: list[list[int]]) -> list[str]:
+        count, prefix_length = len(suffixes), prefix.shape[1]
+        longest = max(map(len, suffixes))
+        pad = self.tokenizer.pad_token_id
+        rows, masks, positions = [], [], []
+        for suffix in suffixes:
+            padding = longest - len(suffix)
+            rows.append([pad] * padding + suffix)
+            masks.append([0] * padding + [1] * len(suffix))
+            positions.append([prefix_length] * padding + list(range(prefix_length, prefix_length + len(suffix))))
+        device = prefix.device
+        input_ids = torch.cat([prefix.expand(count, -1), torch.tensor(rows, device=device)], dim=1)
+        attention_mask = torch.cat([torch.ones(count, prefix_length, dtype=torch.long, device=device), torch.tensor(masks, device=device)], dim=1)
+        position_ids = torch.cat([torch.arange(prefix_length, device=device).expand(count, -1), torch.tensor(positions, device=device)], dim=1)
+        cache = copy.deepcopy(prefix_output.past_key_values)
+        cache.batch_repeat_interleave(count)
+        extra = {}
+        if getattr(prefix_output, "post_decoder_state", None) is not None:
+            extra["post_decoder_state"] = prefix_output.post_decoder_state.repeated(count)
+        generated = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            **extra,
+        )
+        return [text.strip() for text in self.tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)]
+
+
+def _shared_prefix_length(sequences: list[list[int]]) -> int:
+    """Tokens all sequences share, leaving each at least one token of its own."""
+    length = min(map(len, sequences)) - 1
+    for index in range(length):
+        if any(ids[index] != sequences[0][index] for ids in sequences):
+            return index
+    return length
