@@ -20,7 +20,7 @@ setup(
         "train": ["trl>=1.0", "peft>=0.15", "deepspeed>=0.16", "wandb", "matplotlib", "tqdm"],
         "eval": ["pycocotools", "matplotlib", "tqdm"],
         "demo": ["gradio>=5"],
-        "test": ["pytest>=8", "pycocotools"],
+        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["post-decoder-convert-llava=post_decoder.original_llava:main"]},
 )

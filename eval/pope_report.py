@@ -1,0 +1,84 @@
+"""POPE results as a metrics JSON, a printed table and a PNG bar chart; several runs side by side.
+
+    python -m eval.pope_report --compare base=runs/base/metrics.json trained=runs/stage1/metrics.json --chart compare.png
+"""
+
+import argparse
+import json
+import os
+
+METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def mean_f1(metrics_by_set: dict[str, dict]) -> float:
+    """The mean F1 over the sets (the number LLaVA reports)."""
+    return sum(metrics["f1"] for metrics in metrics_by_set.values()) / len(metrics_by_set)
+
+
+def write_metrics(metrics_by_set: dict[str, dict], path: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(metrics_by_set, handle, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def format_table(runs: dict[str, dict[str, dict]]) -> str:
+    """runs: run name -> set -> metrics (fractions). Printed as percentages."""
+    header = f"{'run':<16}{'set':<13}" + "".join(f"{name:>11}" for name in METRICS) + f"{'TP/FP/TN/FN':>22}"
+    lines = [header, "-" * len(header)]
+    for run, metrics_by_set in runs.items():
+        for set_name, metrics in metrics_by_set.items():
+            counts = "/".join(str(metrics[key]) for key in ("tp", "fp", "tn", "fn"))
+            values = "".join(f"{100 * metrics[name]:>11.2f}" for name in METRICS)
+            lines.append(f"{run:<16}{set_name:<13}{values}{counts:>22}")
+        if len(metrics_by_set) > 1:
+            lines.append(f"{run:<16}{'mean F1':<13}{'':>33}{100 * mean_f1(metrics_by_set):>11.2f}")
+    return "\n".join(lines)
+
+
+def plot_chart(runs: dict[str, dict[str, dict]], path: str):
+    """Accuracy and F1 per set, one bar per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(next(iter(runs.values())))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    width = 0.8 / len(runs)
+    for axis, metric in zip(axes, ("accuracy", "f1")):
+        for index, (run, metrics_by_set) in enumerate(runs.items()):
+            positions = [position + index * width for position in range(len(sets))]
+            values = [100 * metrics_by_set[set_name][metric] for set_name in sets]
+            bars = axis.bar(positions, values, width, label=run)
+            axis.bar_label(bars, fmt="%.1f", fontsize=7)
+        axis.set_xticks([position + width * (len(runs) - 1) / 2 for position in range(len(sets))], sets)
+        axis.set_title(f"POPE {metric}")
+        axis.set_ylim(0, 105)
+    axes[0].set_ylabel("%")
+    axes[1].legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Compare POPE runs in one table and one chart.")
+    parser.add_argument("--compare", nargs="+", required=True, metavar="NAME=METRICS_JSON")
+    parser.add_argument("--chart", help="PNG to write")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.compare:
+        name, separator, path = item.partition("=")
+        if not separator:
+            parser.error(f"--compare takes NAME=METRICS_JSON, got {item!r}")
+        with open(path) as handle:
+            runs[name] = json.load(handle)
+    print(format_table(runs))
+    if args.chart:
+        plot_chart(runs, args.chart)
+        print(f"chart: {args.chart}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval import pope_eval_post
+from eval.answering import PrefixCachedAnswerer
+from eval.pope_report import main as report_main
+from eval.pope_scoring import score_answers
+from post_decoder.image_processing import load_image_processor
+from post_decoder.saving import save_model_folder
+from post_decoder.tiny import clip_preprocessor_config
+from tests.conftest import with_block
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OBJECTS = ["dog", "cat", "apple", "car"]
+
+
+@pytest.fixture(scope="module")
+def workspace(plain_llava, llava_tokenizer, tmp_path_factory):
+    """A saved tiny model with a block, 4 images, and three small POPE sets sharing them."""
+    root = tmp_path_factory.mktemp("pope_cli")
+    (root / "processor").mkdir()
+    (root / "processor" / "preprocessor_config.json").write_text(json.dumps(clip_preprocessor_config(32)))
+    model = with_block(plain_llava, "post_interaction", perturb=0.3)
+    save_model_folder(model, llava_tokenizer, load_image_processor(str(root / "processor")), str(root / "model"))
+    (root / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 256, (30 + index, 40, 3), dtype=np.uint8)).save(root / "images" / f"img{index}.png")
+    (root / "pope").mkdir()
+    for offset, set_name in enumerate(("random", "popular", "adversarial")):
+        lines = []
+        for index in range(4):
+            for k, label in enumerate(("yes", "no")):
+                name = OBJECTS[(index + k * (offset + 1)) % 4]
+                lines.append({"question_id": len(lines) + 1, "image": f"img{index}.png", "text": f"Is there a {name} in the image?", "label": label})
+        (root / "pope" / f"coco_pope_{set_name}.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+def cli_args(workspace, answers, *extra):
+    return [
+        "--model-path", str(workspace / "model"), "--pope_path", str(workspace / "pope"), "--coco_path",
+        str(workspace / "images"), "--set", "all", "--answers-file", str(answers), "--max-new-tokens", "4",
+        "--batch-size", "3", *extra,
+    ]
+
+
+def read_lines(path):
+    with open(path) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_a_full_run_answers_every_question_and_scores_them(workspace, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    metrics = pope_eval_post.main(cli_args(workspace, answers))
+    records = read_lines(answers)
+    assert len(records) == 24 and not os.path.exists(f"{answers}.part0")
+    assert {record["set"] for record in records} == {"random", "popular", "adversarial"}
+    assert set(records[0]) == {"set", "question_id", "image", "prompt", "answer", "model_id"}
+    by_question = {}
+    for record in records:  # the same question about the same image gets the same answer in every set
+        by_question.setdefault((record["image"], record["prompt"]), set()).add(record["answer"])
+    assert all(len(answers_given) == 1 for answers_given in by_question.values())
+    with open(tmp_path / "answers_metrics.json") as handle:
+        written = json.load(handle)
+    assert written == metrics and sorted(written) == ["adversarial", "popular", "random"]
+    questions = [json.loads(line) for line in open(workspace / "pope" / "coco_pope_popular.json")]
+    expected = score_answers(questions, {r["question_id"]: r["answer"] for r in records if r["set"] == "popular"})
+    assert written["popular"] == expected.as_dict()
+    assert os.path.getsize(tmp_path / "answers_metrics.png") > 1000
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(workspace, tmp_path, monkeypatch):
+    complete = tmp_path / "complete.jsonl"
+    pope_eval_post.main(cli_args(workspace, complete))
+    lines = open(complete).read().splitlines(keepends=True)
+    done_images = {json.loads(line)["image"] for line in lines[:8]}
+    interrupted = tmp_path / "interrupted.jsonl"
+    # Rank 0 had written 8 answers and was cut off in the middle of the 9th line.
+    with open(f"{interrupted}.part0", "w") as handle:
+        handle.writelines(lines[:8])
+        handle.write(lines[8][:10])
+    asked = []
+    original = PrefixCachedAnswerer.answer
+    monkeypatch.setattr(PrefixCachedAnswerer, "answer", lambda self, image, texts: asked.append(texts) or original(self, image, texts))
+    pope_eval_post.main(cli_args(workspace, interrupted, "--resume"))
+    assert sorted(map(json.dumps, read_lines(interrupted))) == sorted(map(json.dumps, read_lines(complete)))
+    pending_questions = sum(1 for line in lines[8:])
+    assert 0 < sum(map(len, asked)) <= pending_questions  # only what was not yet answered
+
+
+def test_existing_answers_are_never_overwritten_without_resume(workspace, tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("")
+    with pytest.raises(SystemExit, match="pass --resume"):
+        pope_eval_post.main(cli_args(workspace, answers))
+
+
+def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("img0.png", "img1.png", "img3.png"):
+        (images / name).write_bytes((workspace / "images" / name).read_bytes())
+    args = cli_args(workspace, tmp_path / "a.jsonl")
+    args[args.index("--coco_path") + 1] = str(images)
+    with pytest.raises(FileNotFoundError, match="img2.png"):
+        pope_eval_post.main(args)
+    args[args.index("--answers-file") + 1] = str(tmp_path / "b.jsonl")
+    metrics = pope_eval_post.main(args + ["--skip-missing"])
+    assert "skipped 6 questions about 1 missing images" in capsys.readouterr().out
+    assert all(m["tp"] + m["fp"] + m["tn"] + m["fn"] == 6 for m in metrics.values())
+
+
+def test_score_only_and_compare(workspace, tmp_path, capsys):
+    answers = tmp_path / "answers.jsonl"
+    first = pope_eval_post.main(cli_args(workspace, answers))
+    again = pope_eval_post.main(
+        ["--score-only", "--answers-file", str(answers), "--pope_path", str(workspace / "pope"), "--set", "all",
+         "--metrics-file", str(tmp_path / "again.json")]
+    )
+    assert again == first
+    report_main(["--compare", f"base={tmp_path / 'answers_metrics.json'}", f"trained={tmp_path / 'again.json'}", "--chart", str(tmp_path / "c.png")])
+    table = capsys.readouterr().out
+    assert "base" in table and "trained" in table and "mean F1" in table
+    assert os.path.getsize(tmp_path / "c.png") > 1000
+
+
+def test_torchrun_on_two_processes_writes_the_same_answers_as_one(workspace, tmp_path):
+    one = tmp_path / "one.jsonl"
+    pope_eval_post.main(cli_args(workspace, one))
+    two = tmp_path / "two.jsonl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               os.path.join(ROOT, "eval", "pope_eval_post.py"), *cli_args(workspace, two)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert open(two).read() == open(one).read()
