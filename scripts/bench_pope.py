@@ -1,0 +1,144 @@
+"""Benchmark: POPE answering with per-image prefix caching (ours) against plain `generate`, one
+question at a time with batch size 1 (the HA-DPO / LLaVA scripts' way). Same model, same questions.
+
+    python scripts/bench_pope.py --shape tiny                                   # this CPU, seconds
+    python scripts/bench_pope.py --shape 7b --device cuda --dtype bfloat16     # LLaVA-1.5-7B shape, random weights
+
+Questions: the official POPE sets (all three, 9,000 questions on 500 images) when --pope_path is
+given, else generated ones of the same form; random images stand in for COCO. The per-question
+way is timed on a --baseline-questions subset (it is slow) and compared by questions per second.
+Random weights rarely emit EOS, so both ways decode --max-new-tokens tokens for every answer.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eval.answering import PrefixCachedAnswerer
+from eval.pope_eval_post import load_question_sets, pending_by_image
+
+
+def build_model(shape: str, device: str, dtype: torch.dtype, with_block: bool):
+    import tempfile
+
+    from transformers import AutoTokenizer, LlavaConfig
+
+    from post_decoder import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
+    from post_decoder.conversation import add_llava_tokens
+    from post_decoder.image_processing import load_image_processor
+    from post_decoder.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
+
+    folder = tempfile.mkdtemp()
+    shared_tokenizer = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tokenizers", "llama2")
+    if shape == "7b" and os.path.isdir(shared_tokenizer):
+        tokenizer = add_llava_tokens(AutoTokenizer.from_pretrained(shared_tokenizer))
+    else:
+        tokenizer = add_llava_tokens(train_tiny_tokenizer(os.path.join(folder, "tokenizer")))
+    text_vocab = len(tokenizer) - 2
+    if shape == "7b":
+        config = LlavaConfig(image_token_index=text_vocab, pad_token_id=text_vocab + 1)
+        config.text_config.vocab_size = 32064
+    else:
+        config = tiny_llava_config(text_vocab)
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as handle:
+        import json
+
+        json.dump(clip_preprocessor_config(config.vision_config.image_size), handle)
+    with torch.device(device):
+        model = LlavaPostDecoderForConditionalGeneration(LlavaPostDecoderConfig.from_llava_config(config))
+    if with_block:
+        model.attach_post_decoder("post_interaction")
+        with torch.no_grad():  # away from the identity, so the block does real work
+            for parameter in model.post_decoder.parameters():
+                parameter.normal_(0, 0.02)
+    return model.to(dtype).eval(), tokenizer, load_image_processor(folder)
+
+
+def generated_questions(num_images: int) -> dict[str, list[dict]]:
+    objects = ["dog", "cat", "car", "apple", "person", "chair", "bottle", "cup", "bird", "umbrella", "tv", "bed"]
+    sets = {}
+    for offset, name in enumerate(("random", "popular", "adversarial")):
+        questions = []
+        for image in range(num_images):
+            for k in range(6):
+                text = f"Is there a {objects[(image + k * (offset + 1)) % len(objects)]} in the image?"
+                questions.append({"question_id": len(questions) + 1, "image": f"{image}.jpg", "text": text, "label": "yes"})
+        sets[name] = questions
+    return sets
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=("tiny", "7b"), default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--pope_path", help="folder of the official coco_pope_*.json (else generated questions)")
+    parser.add_argument("--num-images", type=int, default=500, help="for generated questions")
+    parser.add_argument("--max-images", type=int, default=None, help="cut the run to this many images")
+    parser.add_argument("--baseline-questions", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--no-block", action="store_true", help="benchmark the plain LLaVA")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+
+    model, tokenizer, processor = build_model(args.shape, args.device, dtype, not args.no_block)
+    sets = load_question_sets(args.pope_path, "all") if args.pope_path else generated_questions(args.num_images)
+    by_image = pending_by_image(sets, done={})
+    images = sorted(by_image)[: args.max_images]
+    size = model.config.vision_config.image_size
+    rng = np.random.default_rng(0)
+    pictures = {name: Image.fromarray(rng.integers(0, 256, (size, size + 37, 3), dtype=np.uint8)) for name in images}
+    total_questions = sum(len(by_image[name]) for name in images)
+    answerer = PrefixCachedAnswerer(model, tokenizer, processor, args.max_new_tokens, args.batch_size)
+
+    def synchronize():
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    answerer.answer(pictures[images[0]], ["Is there a dog in the image?"])  # warm-up
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    synchronize()
+    start = time.perf_counter()
+    for name in images:
+        texts = list(dict.fromkeys(question["text"] for _, question in by_image[name]))
+        answerer.answer(pictures[name], texts)
+    synchronize()
+    ours_seconds = time.perf_counter() - start
+    ours_peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
+
+    baseline = [(name, question["text"]) for name in images for _, question in by_image[name]][: args.baseline_questions]
+    synchronize()
+    start = time.perf_counter()
+    for name, text in baseline:
+        input_ids = torch.tensor([answerer.prompt_ids(text)], device=model.device)
+        with torch.no_grad():
+            model.generate(input_ids=input_ids, pixel_values=answerer.pixel_values(pictures[name]),
+                           max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    synchronize()
+    baseline_seconds = time.perf_counter() - start
+
+    ours_rate, baseline_rate = total_questions / ours_seconds, len(baseline) / baseline_seconds
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    print(f"shape {args.shape}, {device_name}, {dtype}, block: {not args.no_block}, {len(images)} images, "
+          f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}")
+    print(f"{'method':<34}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'all 9,000 (s)':>15}{'speed-up':>10}")
+    for method, count, seconds, rate in (
+        ("per-question generate, batch 1", len(baseline), baseline_seconds, baseline_rate),
+        ("ours: prefix cache + batches", total_questions, ours_seconds, ours_rate),
+    ):
+        print(f"{method:<34}{count:>10}{seconds:>10.2f}{rate:>13.2f}{9000 / rate:>15.1f}{rate / baseline_rate:>9.1f}x")
+    if args.device.startswith("cuda"):
+        print(f"peak GPU memory (ours): {ours_peak:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
