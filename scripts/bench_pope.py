@@ -108,9 +108,10 @@ def main():
         torch.cuda.reset_peak_memory_stats()
     synchronize()
     start = time.perf_counter()
+    ours_answers = {}
     for name in images:
         texts = list(dict.fromkeys(question["text"] for _, question in by_image[name]))
-        answerer.answer(pictures[name], texts)
+        ours_answers.update({(name, text): answer for text, answer in zip(texts, answerer.answer(pictures[name], texts))})
     synchronize()
     ours_seconds = time.perf_counter() - start
     ours_peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
@@ -118,11 +119,14 @@ def main():
     baseline = [(name, question["text"]) for name in images for _, question in by_image[name]][: args.baseline_questions]
     synchronize()
     start = time.perf_counter()
+    agreeing = 0
     for name, text in baseline:
         input_ids = torch.tensor([answerer.prompt_ids(text)], device=model.device)
         with torch.no_grad():
-            model.generate(input_ids=input_ids, pixel_values=answerer.pixel_values(pictures[name]),
-                           max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            output = model.generate(input_ids=input_ids, pixel_values=answerer.pixel_values(pictures[name]),
+                                    max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        answer = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
+        agreeing += answer == ours_answers[(name, text)]
     synchronize()
     baseline_seconds = time.perf_counter() - start
 
@@ -136,6 +140,7 @@ def main():
         ("ours: prefix cache + batches", total_questions, ours_seconds, ours_rate),
     ):
         print(f"{method:<34}{count:>10}{seconds:>10.2f}{rate:>13.2f}{9000 / rate:>15.1f}{rate / baseline_rate:>9.1f}x")
+    print(f"identical answers on the {len(baseline)} questions both ways answered: {agreeing} ({100 * agreeing / len(baseline):.1f}%)")
     if args.device.startswith("cuda"):
         print(f"peak GPU memory (ours): {ours_peak:.1f} GiB")
 
