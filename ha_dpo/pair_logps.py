@@ -1,0 +1,110 @@
+"""Sequence log-probs of chosen and rejected answers with the frozen backbone shared by policy and reference.
+
+The backbone is frozen in the post-decoder stages, so policy and reference see the same hidden
+states: policy = lm_head(block(h, v)), reference = a frozen snapshot of that head. One backbone
+pass serves both, the prompt (576 image tokens + question) runs once with both answers continued
+from its KV cache, and the heads run on answer positions only (a token-wise block needs nothing
+else; `transformer_block` also sees the prompt's hidden states).
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+from .dpo_loss import PairLogps
+
+
+class ReferenceHead(nn.Module):
+    """A frozen snapshot of the trainable head, taken at the start of training: the block and,
+    when it is trained too, `lm_head` (otherwise the model's own, frozen `lm_head` is used)."""
+
+    def __init__(self, post_decoder: nn.Module | None, lm_head: nn.Module | None):
+        super().__init__()
+        self.post_decoder = post_decoder
+        self.lm_head = lm_head
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def snapshot(cls, model, copy_lm_head: bool) -> "ReferenceHead":
+        block = copy.deepcopy(model.post_decoder) if model.post_decoder is not None else None
+        return cls(block, copy.deepcopy(model.lm_head) if copy_lm_head else None)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _interleave(chosen: torch.Tensor, rejected: torch.Tensor, pad_value) -> torch.Tensor:
+    """[B, C] and [B, R] -> [2B, max(C, R)], rows chosen_0, rejected_0, chosen_1, ..."""
+    width = max(chosen.shape[1], rejected.shape[1])
+    out = chosen.new_full((2 * chosen.shape[0], width), pad_value)
+    out[0::2, : chosen.shape[1]] = chosen
+    out[1::2, : rejected.shape[1]] = rejected
+    return out
+
+
+def _head_logps(post_decoder, lm_head, hidden, vision, vision_mask, targets, target_mask, sequence_mask, prompt_hidden):
+    """Per row: the sum of log p(target) through one head, and the mean logit over answer positions."""
+    if post_decoder is not None:
+        state = post_decoder.encode_vision(vision, vision_mask, batch_size=hidden.shape[0])
+        if post_decoder.config.uses_self_attention:
+            # Not token-wise: the block sees the prompt and the answer (its last prompt position predicts answer token 0).
+            sequence = torch.cat([prompt_hidden[:, :-1], hidden], dim=1)
+            hidden = post_decoder(sequence, state, attention_mask=sequence_mask[:, :-1])[0][:, prompt_hidden.shape[1] - 1 :]
+        else:
+            hidden = post_decoder(hidden, state)[0]
+    logits = lm_head(hidden).float()
+    token_logps = torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(2)).squeeze(2)
+    mask = target_mask.to(logits.dtype)
+    mean_logits = (logits.detach().mean(-1) * mask).sum(-1) / mask.sum(-1)
+    return (token_logps * mask).sum(-1), mean_logits
+
+
+def shared_pair_logps(model, reference: ReferenceHead, batch: dict) -> PairLogps:
+    """batch: `prompt_input_ids`/`prompt_attention_mask` [B, P] (left-padded), `pixel_values`,
+    `chosen_input_ids`/`chosen_attention_mask` [B, C] and `rejected_*` [B, R] (right-padded;
+    answers end with `</s>`)."""
+    prompt_mask = batch["prompt_attention_mask"]
+    with torch.no_grad():  # the backbone is frozen: no graph through it
+        prompt = model.backbone_forward(
+            input_ids=batch["prompt_input_ids"],
+            pixel_values=batch.get("pixel_values"),
+            attention_mask=prompt_mask,
+            position_ids=_positions(prompt_mask),
+            use_cache=True,
+        )
+        answers = _interleave(batch["chosen_input_ids"], batch["rejected_input_ids"], pad_value=0)
+        answer_mask = _interleave(batch["chosen_attention_mask"], batch["rejected_attention_mask"], pad_value=0)
+        cache = prompt.past_key_values
+        cache.batch_repeat_interleave(2)
+        prompt_mask_2 = prompt_mask.repeat_interleave(2, 0)
+        sequence_mask = torch.cat([prompt_mask_2, answer_mask], dim=1)
+        real_prompt_length = prompt_mask_2.sum(-1, keepdim=True)
+        continued = model.backbone_forward(
+            input_ids=answers,
+            attention_mask=sequence_mask,
+            position_ids=real_prompt_length + torch.arange(answers.shape[1], device=answers.device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+    prompt_hidden = prompt.hidden_states.repeat_interleave(2, 0)
+    # Position t predicts answer token t: the last prompt position, then the answer's own positions.
+    hidden = torch.cat([prompt_hidden[:, -1:], continued.hidden_states[:, :-1]], dim=1)
+    vision = None if prompt.vision_features is None else prompt.vision_features.repeat_interleave(2, 0)
+    vision_mask = None if prompt.vision_mask is None else prompt.vision_mask.repeat_interleave(2, 0)
+    inputs = (hidden, vision, vision_mask, answers, answer_mask, sequence_mask, prompt_hidden)
+
+    policy, mean_logits = _head_logps(model.post_decoder, model.lm_head, *inputs)
+    with torch.no_grad():
+        reference_logps, _ = _head_logps(reference.post_decoder, reference.lm_head or model.lm_head, *inputs)
+    return PairLogps(
+        policy_chosen=policy[0::2],
+        policy_rejected=policy[1::2],
+        reference_chosen=reference_logps[0::2],
+        reference_rejected=reference_logps[1::2],
+        chosen_tokens=batch["chosen_attention_mask"].sum(-1),
+        policy_chosen_mean_logit=mean_logits[0::2].mean(),
+        policy_rejected_mean_logit=mean_logits[1::2].mean(),
+    )
