@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from eval.answer_files import AnswerWriter, existing_paths, merge_answers, part_path, read_answers
 from eval.answering import PrefixCachedAnswerer
-from eval.pope_questions import POPE_SETS, pope_file, read_questions
+from eval.pope_questions import POPE_SETS, SET_ALIASES, pope_file, read_questions
 from eval.pope_report import format_table, mean_f1, plot_chart, write_metrics
 from eval.pope_scoring import score_answers
+from post_decoder.builder import load_pretrained_model
 from post_decoder.image_processing import open_image
 
 LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -57,7 +58,7 @@ def parse_args(argv=None):
 
 
 def load_question_sets(pope_path: str, set_choice: str) -> dict[str, list[dict]]:
-    names = POPE_SETS if set_choice == "all" else ("adversarial" if set_choice == "adv" else set_choice,)
+    names = POPE_SETS if set_choice == "all" else (SET_ALIASES.get(set_choice, set_choice),)
     return {name: read_questions(pope_file(pope_path, name)) for name in names}
 
 
@@ -110,14 +111,15 @@ def score_sets(question_sets, records, missing_images=()) -> dict[str, dict]:
 
 
 def report(question_sets, records, args, missing_images=()):
-    metrics = score_sets(question_sets, records, set(missing_images))
+    missing_images = set(missing_images)
+    metrics = score_sets(question_sets, records, missing_images)
     write_metrics(metrics, args.metrics_file)
     print(format_table({os.path.basename(os.path.normpath(args.model_path or args.answers_file)): metrics}))
     if len(metrics) > 1:
         print(f"mean F1 over {len(metrics)} sets: {100 * mean_f1(metrics):.2f}")
     if missing_images:
-        skipped = sum(q["image"] in set(missing_images) for questions in question_sets.values() for q in questions)
-        print(f"skipped {skipped} questions about {len(set(missing_images))} missing images")
+        skipped = sum(q["image"] in missing_images for questions in question_sets.values() for q in questions)
+        print(f"skipped {skipped} questions about {len(missing_images)} missing images")
     plot_chart({"run": metrics}, args.chart)
     print(f"metrics: {args.metrics_file}\nchart: {args.chart}")
     return metrics
@@ -138,8 +140,6 @@ def main(argv=None):
             raise SystemExit(f"{args.answers_file} (or its parts) exists: pass --resume to continue it, or remove it")
         merge_answers(args.answers_file)  # one clean file (a torn last line dropped) before anyone appends
     _barrier(world_size)
-
-    from post_decoder.builder import load_pretrained_model
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, args.model_base, device=device, dtype=dtype)

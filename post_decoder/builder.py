@@ -60,10 +60,11 @@ def load_pretrained_model(
             raise ValueError(f"model_base is for a folder that holds only a block, and {model_path} is a full checkpoint")
         block_config = None
         full_path = model_path
-    if post_decoder is not None and (block_config is not None or _read_config(full_path).get("post_decoder_config")):
+    raw_config = _read_config(full_path)
+    if post_decoder is not None and (block_config is not None or raw_config.get("post_decoder_config")):
         raise ValueError(f"{model_path} already holds a block; pass post_decoder=None to keep it")
 
-    tokenizer, model, image_processor = _load_full(full_path, dtype, device_map)
+    tokenizer, model, image_processor = _load_full(full_path, raw_config, dtype, device_map)
     if block_config is not None:
         model.attach_post_decoder(block_config)
         load_post_decoder_weights(model.post_decoder, model_path)
@@ -81,8 +82,7 @@ def _read_config(model_path: str) -> dict:
         return json.load(handle)
 
 
-def _load_full(model_path: str, dtype: torch.dtype, device_map):
-    raw_config = _read_config(model_path)
+def _load_full(model_path: str, raw_config: dict, dtype: torch.dtype, device_map):
     if is_original_llava_config(raw_config):
         model, tokenizer, image_processor = load_original_llava(
             model_path, LlavaPostDecoderForConditionalGeneration, dtype

@@ -11,8 +11,10 @@ Random weights rarely emit EOS, so both ways decode --max-new-tokens tokens for 
 """
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,18 +25,14 @@ from PIL import Image
 
 from eval.answering import PrefixCachedAnswerer
 from eval.pope_eval_post import load_question_sets, pending_by_image
+from post_decoder import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
+from post_decoder.conversation import add_llava_tokens
+from post_decoder.image_processing import load_image_processor
+from post_decoder.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
+from transformers import AutoTokenizer, LlavaConfig
 
 
 def build_model(shape: str, device: str, dtype: torch.dtype, with_block: bool):
-    import tempfile
-
-    from transformers import AutoTokenizer, LlavaConfig
-
-    from post_decoder import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
-    from post_decoder.conversation import add_llava_tokens
-    from post_decoder.image_processing import load_image_processor
-    from post_decoder.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
-
     folder = tempfile.mkdtemp()
     shared_tokenizer = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tokenizers", "llama2")
     if shape == "7b" and os.path.isdir(shared_tokenizer):
@@ -48,8 +46,6 @@ def build_model(shape: str, device: str, dtype: torch.dtype, with_block: bool):
     else:
         config = tiny_llava_config(text_vocab)
     with open(os.path.join(folder, "preprocessor_config.json"), "w") as handle:
-        import json
-
         json.dump(clip_preprocessor_config(config.vision_config.image_size), handle)
     with torch.device(device):
         model = LlavaPostDecoderForConditionalGeneration(LlavaPostDecoderConfig.from_llava_config(config))

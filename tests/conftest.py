@@ -53,6 +53,26 @@ def plain_llava(text_vocab_size):
     return make_tiny_llava(text_vocab_size)
 
 
+def add_noise(module, scale, seed=0):
+    """Add seeded noise to every weight of `module` (moves a block away from its identity start)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return module
+
+
+def pad_rows(rows, side, pad):
+    """Lists of ids -> (ids, mask) tensors, padded on the left or the right with `pad`."""
+    width = max(map(len, rows))
+    ids, mask = [], []
+    for row in rows:
+        padding = width - len(row)
+        ids.append([pad] * padding + row if side == "left" else row + [pad] * padding)
+        mask.append([0] * padding + [1] * len(row) if side == "left" else [1] * len(row) + [0] * padding)
+    return torch.tensor(ids), torch.tensor(mask)
+
+
 def with_block(plain, variant, perturb=0.0, seed=0, **block_fields):
     """Our model on the plain model's weights, with a new block of `variant` (identity unless perturbed)."""
     from post_decoder import PostDecoderConfig
@@ -61,10 +81,7 @@ def with_block(plain, variant, perturb=0.0, seed=0, **block_fields):
     model.load_state_dict(plain.state_dict())
     model.attach_post_decoder(PostDecoderConfig(variant=variant, **block_fields))
     if perturb:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in model.post_decoder.parameters():
-                parameter.add_(perturb * torch.randn(parameter.shape, generator=generator))
+        add_noise(model.post_decoder, perturb, seed)
     return model.eval()
 
 
@@ -78,22 +95,11 @@ def image_batch(model, tokenizer, questions, with_image=None, seed=0, padding_si
         )
         for question, has_image in zip(questions, with_image)
     ]
-    longest = max(map(len, sequences))
-    pad = tokenizer.pad_token_id
-    input_ids, attention_mask = [], []
-    for ids in sequences:
-        padding = [pad] * (longest - len(ids))
-        mask_padding = [0] * len(padding)
-        if padding_side == "left":
-            input_ids.append(padding + ids)
-            attention_mask.append(mask_padding + [1] * len(ids))
-        else:
-            input_ids.append(ids + padding)
-            attention_mask.append([1] * len(ids) + mask_padding)
+    input_ids, attention_mask = pad_rows(sequences, padding_side, tokenizer.pad_token_id)
     size = config.vision_config.image_size
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(sum(with_image), 3, size, size, generator=generator)
-    batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(attention_mask)}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     if any(with_image):
         batch["pixel_values"] = pixel_values
     return batch

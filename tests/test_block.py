@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from post_decoder import VARIANTS, PostDecoderConfig, PostInteractionBlock
+from tests.conftest import add_noise
 
 
 def tiny_block(variant, **fields):
@@ -9,14 +10,6 @@ def tiny_block(variant, **fields):
         variant=variant, hidden_size=32, vision_hidden_size=24, num_attention_heads=4, intermediate_size=48, **fields
     )
     return PostInteractionBlock(config)
-
-
-def perturbed(block):
-    """Move every weight away from the identity initialisation."""
-    with torch.no_grad():
-        for parameter in block.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
-    return block
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -30,7 +23,7 @@ def test_block_is_exactly_the_identity_at_initialisation(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_sample_without_an_image_passes_through_unchanged(variant):
-    block = perturbed(tiny_block(variant))
+    block = add_noise(tiny_block(variant), 0.3)
     hidden = torch.randn(2, 4, 32)
     mask = torch.tensor([[True] * 7, [False] * 7])
     state = block.encode_vision(torch.randn(2, 7, 24), mask, batch_size=2)
@@ -41,7 +34,7 @@ def test_a_sample_without_an_image_passes_through_unchanged(variant):
 
 
 def test_cross_attention_sees_the_image_and_ignores_masked_vision_positions():
-    block = perturbed(tiny_block("post_interaction"))
+    block = add_noise(tiny_block("post_interaction"), 0.3)
     hidden = torch.randn(1, 3, 32)
     vision = torch.randn(1, 6, 24)
     mask = torch.tensor([[True, True, True, True, False, False]])
@@ -60,7 +53,7 @@ def test_cross_attention_sees_the_image_and_ignores_masked_vision_positions():
 
 
 def test_no_cross_attn_variant_cannot_see_the_image():
-    block = perturbed(tiny_block("no_cross_attn"))
+    block = add_noise(tiny_block("no_cross_attn"), 0.3)
     hidden = torch.randn(1, 3, 32)
     first, _ = block(hidden, block.encode_vision(torch.randn(1, 6, 24), None, 1))
     second, _ = block(hidden, block.encode_vision(torch.randn(1, 6, 24), None, 1))
@@ -104,3 +97,10 @@ def test_sizes_resolve_from_llava_1_5_7b():
     assert PostDecoderConfig(vision_source="projector").resolved_for(LlavaConfig()).vision_hidden_size == 4096
     block_parameters = sum(p.numel() for p in PostInteractionBlock(resolved).parameters())
     assert 220e6 < block_parameters < 226e6  # the 223M block of DESIGN.md
+
+
+def test_a_self_attention_mask_of_the_wrong_length_is_named():
+    block = tiny_block("transformer_block")
+    state = block.encode_vision(torch.randn(1, 6, 24), None, 1)
+    with pytest.raises(ValueError, match="attention_mask covers 4 positions but the block's self-attention sees 3"):
+        block(torch.randn(1, 3, 32), state, attention_mask=torch.ones(1, 4))

@@ -62,8 +62,7 @@ def test_original_conversion_keeps_every_trained_weight(plain_llava, llava_token
 
 def test_llava_hf_folder_in_the_hub_key_layout_loads_exactly(plain_llava, llava_tokenizer, tmp_path):
     folder = save_llava_hf(plain_llava, llava_tokenizer, str(tmp_path / "hf"))
-    with open(os.path.join(folder, "model.safetensors"), "rb"):
-        keys = load_file(os.path.join(folder, "model.safetensors")).keys()
+    keys = load_file(os.path.join(folder, "model.safetensors")).keys()
     assert any(key.startswith("language_model.model.") for key in keys)  # llava-hf's published layout
     tokenizer, model, _, _ = load_pretrained_model(folder)
     assert torch.equal(logits(model, tokenizer), logits(plain_llava, llava_tokenizer))
@@ -188,3 +187,27 @@ def test_variant_names_and_configs_both_attach(plain_llava, llava_tokenizer, tmp
     _, by_config, _, _ = load_pretrained_model(base, post_decoder=PostDecoderConfig(num_layers=2, intermediate_size=40))
     assert by_name.post_decoder.config.variant == "no_cross_attn"
     assert by_config.post_decoder.config.intermediate_size == 40
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("mm_projector_type", "linear", "mm_projector_type='linear'"),
+        ("image_aspect_ratio", "anyres", "image_aspect_ratio='anyres'"),
+        ("mm_use_im_start_end", True, "mm_use_im_start_end=True are not supported"),
+        ("mm_vision_select_feature", "cls", "unsupported mm_vision_select_feature 'cls'"),
+    ],
+)
+def test_unsupported_original_llava_options_are_named(original_folder, tmp_path, option, value, message):
+    import shutil
+
+    broken = str(tmp_path / "broken")
+    shutil.copytree(original_folder, broken)
+    config_path = os.path.join(broken, "config.json")
+    with open(config_path) as handle:
+        config = json.load(handle)
+    config[option] = value
+    with open(config_path, "w") as handle:
+        json.dump(config, handle)
+    with pytest.raises(ValueError, match=message):
+        load_pretrained_model(broken)

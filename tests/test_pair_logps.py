@@ -8,7 +8,7 @@ from ha_dpo.dpo_loss import preference_loss
 from ha_dpo.pair_logps import ReferenceHead, shared_pair_logps
 from post_decoder import VARIANTS
 from post_decoder.conversation import question_prompt, tokenize_with_image
-from tests.conftest import with_block
+from tests.conftest import add_noise, pad_rows, with_block
 
 PAIRS = [
     ("Is there a dog in the image?", "Yes, there is a dog.", "No."),
@@ -26,20 +26,13 @@ def tokenized_pairs(model, tokenizer):
     return prompts, chosen, rejected
 
 
-def padded(rows, side, pad):
-    width = max(map(len, rows))
-    ids = [([pad] * (width - len(r)) + r) if side == "left" else (r + [pad] * (width - len(r))) for r in rows]
-    mask = [([0] * (width - len(r)) + [1] * len(r)) if side == "left" else ([1] * len(r) + [0] * (width - len(r))) for r in rows]
-    return torch.tensor(ids), torch.tensor(mask)
-
-
 def make_batch(model, tokenizer, pixel_values):
     prompts, chosen, rejected = tokenized_pairs(model, tokenizer)
     pad = tokenizer.pad_token_id
     batch = {"pixel_values": pixel_values}
-    batch["prompt_input_ids"], batch["prompt_attention_mask"] = padded(prompts, "left", pad)
-    batch["chosen_input_ids"], batch["chosen_attention_mask"] = padded(chosen, "right", pad)
-    batch["rejected_input_ids"], batch["rejected_attention_mask"] = padded(rejected, "right", pad)
+    batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(prompts, "left", pad)
+    batch["chosen_input_ids"], batch["chosen_attention_mask"] = pad_rows(chosen, "right", pad)
+    batch["rejected_input_ids"], batch["rejected_attention_mask"] = pad_rows(rejected, "right", pad)
     return batch
 
 
@@ -50,8 +43,8 @@ def full_sequence_logps(model, tokenizer, pixel_values, answers_index):
     answers = (chosen, rejected)[answers_index]
     rows = [p + a for p, a in zip(prompts, answers)]
     labels = [[-100] * len(p) + a for p, a in zip(prompts, answers)]
-    input_ids, attention_mask = padded(rows, "right", tokenizer.pad_token_id)
-    labels, _ = padded(labels, "right", -100)
+    input_ids, attention_mask = pad_rows(rows, "right", tokenizer.pad_token_id)
+    labels, _ = pad_rows(labels, "right", -100)
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits.float()
     labels, logits = labels[:, 1:].clone(), logits[:, :-1]
@@ -59,13 +52,6 @@ def full_sequence_logps(model, tokenizer, pixel_values, answers_index):
     labels[~mask] = 0
     token_logps = torch.gather(logits.log_softmax(-1), 2, labels.unsqueeze(2)).squeeze(2)
     return (token_logps * mask).sum(-1)
-
-
-def perturb(module, scale, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
 @pytest.mark.parametrize("variant", [None, *VARIANTS])
@@ -80,8 +66,8 @@ def test_shared_backbone_logps_equal_two_separate_models_on_full_sequences(plain
     reference_model = copy.deepcopy(model)
     reference = ReferenceHead.snapshot(model, copy_lm_head=True)
     if model.post_decoder is not None:
-        perturb(model.post_decoder, 0.2, seed=5)
-    perturb(model.lm_head, 0.05, seed=6)  # stage 2 trains lm_head too
+        add_noise(model.post_decoder, 0.2, seed=5)
+    add_noise(model.lm_head, 0.05, seed=6)  # stage 2 trains lm_head too
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
     logps = shared_pair_logps(model, reference, make_batch(model, llava_tokenizer, pixel_values))

@@ -139,3 +139,15 @@ def test_torchrun_on_two_processes_writes_the_same_answers_as_one(workspace, tmp
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert open(two).read() == open(one).read()
+
+
+def test_a_malformed_answer_line_before_the_end_is_named(tmp_path):
+    from eval.answer_files import read_answers
+
+    path = tmp_path / "answers.jsonl"
+    path.write_text('{"set": "random", "question_id": 1, "answer": "Yes"}\n{broken\n{"set": "random", "question_id": 2, "answer": "No"}\n')
+    with pytest.raises(ValueError, match=r"answers.jsonl:2: not a JSON object"):
+        read_answers([str(path)])
+    path.write_text('{"set": "random", "answer": "Yes"}\n')
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: an answer needs question_id and answer"):
+        read_answers([str(path)])
