@@ -27,6 +27,19 @@ class PairLogps:
     policy_chosen_mean_logit: torch.Tensor | None = None  # scalars, as HA-DPO logs them
     policy_rejected_mean_logit: torch.Tensor | None = None
 
+    @classmethod
+    def from_interleaved(cls, policy, reference, mean_logits, chosen_tokens) -> "PairLogps":
+        """From [2B] rows ordered chosen_0, rejected_0, chosen_1, ... (how both log-prob paths run pairs)."""
+        return cls(
+            policy_chosen=policy[0::2],
+            policy_rejected=policy[1::2],
+            reference_chosen=reference[0::2],
+            reference_rejected=reference[1::2],
+            chosen_tokens=chosen_tokens,
+            policy_chosen_mean_logit=mean_logits[0::2].mean(),
+            policy_rejected_mean_logit=mean_logits[1::2].mean(),
+        )
+
 
 def preference_loss(logps: PairLogps, beta: float, loss_type: str = "sigmoid", gamma: float = 0.0):
     """Returns (loss, metrics); metrics are detached scalars named as HA-DPO/TRL log them."""

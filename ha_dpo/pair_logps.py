@@ -99,12 +99,4 @@ def shared_pair_logps(model, reference: ReferenceHead, batch: dict) -> PairLogps
     policy, mean_logits = _head_logps(model.post_decoder, model.lm_head, *inputs)
     with torch.no_grad():
         reference_logps, _ = _head_logps(reference.post_decoder, reference.lm_head or model.lm_head, *inputs)
-    return PairLogps(
-        policy_chosen=policy[0::2],
-        policy_rejected=policy[1::2],
-        reference_chosen=reference_logps[0::2],
-        reference_rejected=reference_logps[1::2],
-        chosen_tokens=batch["chosen_attention_mask"].sum(-1),
-        policy_chosen_mean_logit=mean_logits[0::2].mean(),
-        policy_rejected_mean_logit=mean_logits[1::2].mean(),
-    )
+    return PairLogps.from_interleaved(policy, reference_logps, mean_logits, batch["chosen_attention_mask"].sum(-1))

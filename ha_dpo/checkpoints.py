@@ -1,0 +1,95 @@
+"""Checkpoints of the trained tensors only: fast to write, and never a gather of the whole model.
+
+A checkpoint folder holds:
+  trainable_weights.safetensors   every trained tensor, named as in the model's state_dict
+  non_lora_trainables.bin         the trained tensors outside LoRA adapters (LLaVA / HA-DPO's file,
+                                  read by scripts/replace_bin.py)
+  post_decoder_config.json + post_decoder.safetensors
+                                  the block alone, when it is trained: opens with
+                                  load_pretrained_model(folder, model_base=BASE)
+  adapter_config.json + adapter_model.safetensors
+                                  the LoRA adapters (PEFT's format), for the LoRA baseline
+Each file is written to a temporary name and renamed, so a crash never leaves a torn file.
+"""
+
+import os
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from post_decoder.saving import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, listing
+
+TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
+NON_LORA_TRAINABLES = "non_lora_trainables.bin"
+PEFT_PREFIX = "base_model.model."
+
+
+def gather_trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The trained tensors on the CPU. Under ZeRO-3 only these are gathered (collective: call it on every rank)."""
+    named = [(name, parameter) for name, parameter in policy.named_parameters() if parameter.requires_grad]
+    if any(hasattr(parameter, "ds_id") for _, parameter in named):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([parameter for _, parameter in named]):
+            return {name: parameter.detach().cpu().clone() for name, parameter in named}
+    return {name: parameter.detach().cpu().clone() for name, parameter in named}
+
+
+def write_trainable_checkpoint(directory: str, state: dict[str, torch.Tensor], policy: torch.nn.Module):
+    """Write the files above for `state` (names as in `policy.state_dict()`)."""
+    os.makedirs(directory, exist_ok=True)
+    state = {name: tensor.contiguous() for name, tensor in state.items()}
+    _atomic(directory, TRAINABLE_WEIGHTS, lambda path: save_file(state, path, metadata={"format": "pt"}))
+    non_lora = {_without_peft_prefix(name): tensor for name, tensor in state.items() if "lora_" not in name}
+    _atomic(directory, NON_LORA_TRAINABLES, lambda path: torch.save(non_lora, path))
+
+    block_state = {name[len("post_decoder.") :]: tensor for name, tensor in non_lora.items() if name.startswith("post_decoder.")}
+    if block_state:  # a trained block: also saved alone (an untrained one is the base's, unchanged)
+        model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        _atomic(directory, POST_DECODER_CONFIG, model.post_decoder.config.to_json_file)
+        _atomic(directory, POST_DECODER_WEIGHTS, lambda path: save_file(block_state, path, metadata={"format": "pt"}))
+    if hasattr(policy, "peft_config"):
+        # PEFT picks the adapter tensors out of the state it is given (no second gather).
+        staging = tempfile.mkdtemp(prefix=".adapter.tmp-", dir=directory)
+        policy.save_pretrained(staging, state_dict=state)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(directory, name))
+        os.rmdir(staging)
+
+
+def load_trainable_checkpoint(policy: torch.nn.Module, directory: str):
+    """Load `trainable_weights.safetensors` into `policy`: exactly its trainable tensors, no more, no less."""
+    path = os.path.join(directory, TRAINABLE_WEIGHTS)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory} is not a checkpoint of this trainer: {TRAINABLE_WEIGHTS} is missing")
+    state = load_file(path)
+    trainable = {name: parameter for name, parameter in policy.named_parameters() if parameter.requires_grad}
+    missing, unexpected = sorted(set(trainable) - set(state)), sorted(set(state) - set(trainable))
+    mis_shaped = sorted(name for name in set(state) & set(trainable) if state[name].shape != trainable[name].shape)
+    if missing or unexpected or mis_shaped:
+        raise ValueError(
+            f"trained weights {path} do not fit this run's trainable parameters:\n"
+            + listing("missing", missing)
+            + listing("unexpected", unexpected)
+            + listing("mis-shaped", mis_shaped)
+        )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            trainable[name].copy_(tensor)
+
+
+def _without_peft_prefix(name: str) -> str:
+    return name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
+
+
+def _atomic(directory: str, name: str, write):
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, os.path.join(directory, name))
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

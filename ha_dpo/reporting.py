@@ -1,0 +1,47 @@
+"""Logging set-up: wandb that never blocks on a login prompt, and the end-of-run training curves."""
+
+import netrc
+import os
+
+CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
+
+
+def configure_wandb(report_to: list[str]) -> str | None:
+    """With `--report_to wandb` and no credentials, run wandb offline instead of asking for a key.
+    Returns a note to print, or None."""
+    if "wandb" not in (report_to or []) or os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):
+        return None
+    try:
+        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        logged_in = False
+    if logged_in:
+        return None
+    os.environ["WANDB_MODE"] = "offline"
+    return "wandb: no API key found, logging offline (sync later with `wandb sync`)"
+
+
+def plot_training_curves(log_history: list[dict], path: str) -> str | None:
+    """Loss, reward margin and reward accuracy against the step, one panel each. Returns the path,
+    or None when nothing was logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [row for row in log_history if "loss" in row and "step" in row]
+    if not rows:
+        return None
+    figure, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    for axis, (key, title) in zip(axes, CURVES):
+        points = [(row["step"], row[key]) for row in rows if key in row]
+        axis.plot([step for step, _ in points], [value for _, value in points], marker=".")
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    temporary = path + ".tmp.png"
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path

@@ -1,0 +1,79 @@
+"""`PreferenceTrainer`: transformers' Trainer (DeepSpeed, accelerate, logging, checkpoints) with
+our DPO loss, HA-DPO's metric names, and checkpoints of the trained tensors only.
+
+The model it trains is a `preference_model` wrapper whose forward returns `PairLogps`.
+"""
+
+import os
+import shutil
+from collections import defaultdict
+
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from .checkpoints import gather_trainable_state, load_trainable_checkpoint, write_trainable_checkpoint
+from .dpo_loss import preference_loss
+
+PARTIAL_CHECKPOINTS = ".partial"  # checkpoints are written here, then renamed into the run folder
+
+
+class PreferenceTrainer(Trainer):
+    def __init__(self, *args, beta: float = 0.1, loss_type: str = "sigmoid", gamma: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta, self.loss_type, self.gamma = beta, loss_type, gamma
+        self._metrics = defaultdict(list)  # averaged into the next log line, as TRL does
+
+    # --- loss and metrics ---
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps = model(**inputs)
+        loss, metrics = preference_loss(logps, self.beta, self.loss_type, self.gamma)
+        for name, value in metrics.items():
+            self._metrics[name].append(self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean().item())
+        return (loss, logps) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:
+            logs.update({name: sum(values) / len(values) for name, values in self._metrics.items()})
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # --- checkpoints: trained tensors only, each checkpoint folder complete or absent ---
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        policy = self.accelerator.unwrap_model(self.model).policy
+        state = gather_trainable_state(policy)  # every rank takes part under ZeRO-3
+        if self.args.should_save:
+            write_trainable_checkpoint(output_dir, state, policy)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.is_deepspeed_enabled:
+            # DeepSpeed's own checkpoint (optimizer shards) without the frozen backbone's weights.
+            self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        else:
+            super()._save_optimizer_and_scheduler(output_dir)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_dir = os.path.join(run_dir, PARTIAL_CHECKPOINTS)
+        self.args.output_dir = staging_dir  # Trainer writes the checkpoint under args.output_dir
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = run_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):  # a re-run over the same step replaces it
+                shutil.rmtree(final)
+            os.rename(os.path.join(staging_dir, name), final)
+            shutil.rmtree(staging_dir, ignore_errors=True)
+            rotate_checkpoints(run_dir, save_total_limit=self.args.save_total_limit, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_trainable_checkpoint(self.accelerator.unwrap_model(model or self.model).policy, resume_from_checkpoint)

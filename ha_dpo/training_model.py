@@ -1,0 +1,80 @@
+"""Load the checkpoint, choose what is trained, and wrap it for the trainer.
+
+Modes (HA-DPO's flags): stage 1 `--tune_post_decoder`; stage 2 `--tune_post_decoder --tune_lm_head`;
+head only `--tune_lm_head`; the LoRA baseline `--lora_enable` (with `--tune_mm_mlp_adapter` for the
+projector). Everything else is frozen.
+"""
+
+import torch
+
+from post_decoder import PostDecoderConfig
+from post_decoder.builder import load_pretrained_model
+
+from .preference_model import LoraPreferenceModel, SharedBackbonePreferenceModel
+
+# LoRA on the LLM's linear layers, never on the vision tower, projector or lm_head (as HA-DPO/LLaVA).
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def training_dtype(training_args) -> torch.dtype:
+    return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+
+
+def load_for_training(model_args, training_args):
+    """Returns (tokenizer, model, image_processor) with a block attached when a new one is trained."""
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        model_args.model_name_or_path, device="cpu", dtype=training_dtype(training_args)
+    )
+    _check_matches_checkpoint(model_args, model)
+    if model_args.tune_post_decoder:
+        variant = model_args.post_decoder_variant
+        if model.post_decoder is None:
+            model.attach_post_decoder(PostDecoderConfig(variant=variant or "post_interaction", num_layers=model_args.post_decoder_num_layers))
+        elif variant is not None and variant != model.post_decoder.config.variant:
+            raise SystemExit(
+                f"{model_args.model_name_or_path} already holds a {model.post_decoder.config.variant} block; "
+                f"--post_decoder_variant {variant} would replace it: drop the flag to train the block it has"
+            )
+    return tokenizer, model, image_processor
+
+
+def preference_model(model_args, model, tokenizer):
+    """Freeze all but the trained part and wrap policy + reference for the trainer."""
+    model.requires_grad_(False)
+    if model_args.lora_enable:
+        return LoraPreferenceModel(_with_lora(model_args, model), tokenizer.pad_token_id)
+    trained = []
+    if model_args.tune_post_decoder:
+        trained.append(model.post_decoder)
+    if model_args.tune_lm_head:
+        trained.append(model.lm_head)
+    for module in trained:
+        # fp32 master weights for the trained part; the frozen backbone stays in the run's dtype.
+        module.to(torch.float32).requires_grad_(True)
+    return SharedBackbonePreferenceModel(model, tune_lm_head=model_args.tune_lm_head)
+
+
+def _with_lora(model_args, model):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        bias=model_args.lora_bias,
+        target_modules=LORA_TARGETS,
+    )
+    peft_model = get_peft_model(model, config)
+    if model_args.tune_mm_mlp_adapter:
+        peft_model.get_base_model().model.multi_modal_projector.requires_grad_(True)
+    return peft_model
+
+
+def _check_matches_checkpoint(model_args, model):
+    """HA-DPO's model flags describe the checkpoint; a disagreement is a mistake, not a request."""
+    config = model.config
+    if model_args.mm_vision_select_layer is not None and model_args.mm_vision_select_layer != config.vision_feature_layer:
+        raise SystemExit(
+            f"--mm_vision_select_layer {model_args.mm_vision_select_layer}, but {model_args.model_name_or_path} "
+            f"uses layer {config.vision_feature_layer}"
+        )
