@@ -4,7 +4,7 @@ setup(
     name="post-decoder",
     version="0.1.0",
     description="A post-interaction block before lm_head, trained with DPO, to reduce object hallucination in LLaVA-1.5",
-    packages=find_packages(include=["post_decoder", "post_decoder.*", "ha_dpo", "ha_dpo.*", "eval", "eval.*"]),
+    packages=find_packages(include=["post_decoder", "post_decoder.*", "ha_dpo", "ha_dpo.*", "eval", "eval.*", "demo", "demo.*"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -19,8 +19,13 @@ setup(
     extras_require={
         "train": ["trl>=1.0", "peft>=0.15", "deepspeed>=0.16", "wandb", "matplotlib", "tqdm"],
         "eval": ["pycocotools", "matplotlib", "tqdm"],
-        "demo": ["gradio>=5"],
-        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm"],
+        "demo": ["gradio>=6,<7", "matplotlib"],
+        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm", "gradio>=6,<7", "gradio_client", "playwright"],
     },
-    entry_points={"console_scripts": ["post-decoder-convert-llava=post_decoder.original_llava:main"]},
+    entry_points={
+        "console_scripts": [
+            "post-decoder-convert-llava=post_decoder.original_llava:main",
+            "post-decoder-demo=demo.app:main",
+        ]
+    },
 )

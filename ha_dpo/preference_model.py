@@ -23,6 +23,11 @@ class _PreferenceModel(nn.Module):
 
     policy: nn.Module
 
+    @property
+    def config(self):
+        """The model's config: DeepSpeed's `auto` bucket sizes are read from its hidden size."""
+        return self.policy.config
+
     def trainable_names(self) -> list[str]:
         """Names in `policy.state_dict()` of the trained parameters."""
         return [name for name, parameter in self.policy.named_parameters() if parameter.requires_grad]

@@ -3,7 +3,8 @@ the way LLaVA's `llava.model.builder` does, returning `(tokenizer, model, image_
 
 Accepted `model_path`s (local folders or hub ids, e.g. `llava-hf/llava-1.5-7b-hf`):
   - llava-hf folders (`LlavaForConditionalGeneration`, either key layout);
-  - original LLaVA-1.5 folders (`LlavaLlamaForCausalLM`, `liuhaotian/llava-v1.5-7b`), converted in memory;
+  - original LLaVA-1.5 folders (`LlavaLlamaForCausalLM`, `liuhaotian/llava-v1.5-7b`), converted in memory,
+    with their block when scripts/replace_bin.py added one (`post_decoder_config` in config.json);
   - our saved folders (base + block, `model_type: llava_post_decoder`);
   - a folder holding only a block (`post_decoder_config.json` + `post_decoder.safetensors`),
     with the base it was trained on as `model_base`.

@@ -5,6 +5,8 @@ Such a folder holds `LlavaLlamaForCausalLM` weights (`model.layers.*`, `model.mm
 hub id in `mm_vision_tower`. We convert as transformers' official conversion script does: add
 `<image>` and `<pad>` after the vocabulary and resize the embeddings to a multiple of 64, the new
 rows drawn from the old rows' mean and covariance (seeded, so a conversion is reproducible).
+A `post_decoder_config` in config.json (written by scripts/replace_bin.py) means the weights hold a
+block (`post_decoder.*`): it is built before the strict load, so it loads with the rest.
 
     python -m post_decoder.original_llava --model-path liuhaotian/llava-v1.5-7b --out llava-v1.5-7b-converted
 """
@@ -19,7 +21,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Llama
 from transformers.utils import cached_file
 
 from .saving import listing, load_sharded_state_dict, load_state_strictly
-from .configuration import LlavaPostDecoderConfig
+from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
 from .image_processing import load_image_processor
 from .conversation import add_llava_tokens
 
@@ -28,6 +30,7 @@ _LLAVA_ONLY_KEYS = {
     "architectures", "model_type", "image_aspect_ratio", "image_grid_pinpoints", "tune_mm_mlp_adapter",
     "freeze_mm_mlp_adapter", "use_mm_proj", "tokenizer_model_max_length", "tokenizer_padding_side",
     "unfreeze_mm_vision_tower", "_name_or_path", "transformers_version", "torch_dtype", "mm_vision_tower",
+    "post_decoder_config",
 }
 _PROJECTOR_RENAMES = {"model.mm_projector.0.": "model.multi_modal_projector.linear_1.", "model.mm_projector.2.": "model.multi_modal_projector.linear_2."}
 CONVERSION_SEED = 0
@@ -88,7 +91,9 @@ def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch
     with open(cached_file(model_path, "config.json")) as handle:
         original = json.load(handle)
     llava_config = llava_config_from_original(original)
-    config = LlavaPostDecoderConfig.from_llava_config(llava_config)
+    block_values = original.get("post_decoder_config")
+    block_config = PostDecoderConfig.from_dict(block_values) if block_values else None
+    config = LlavaPostDecoderConfig.from_llava_config(llava_config, block_config)
     text_vocab = original["vocab_size"]
     config.text_config.vocab_size = text_vocab  # resized below, after the weights are in
 

@@ -1,0 +1,103 @@
+"""The demo page from the command line.
+
+    python demo/app.py --model-path runs/stage1/merged [--base-model-path llava-hf/llava-1.5-7b-hf]
+    post-decoder-demo --model-path runs/stage1/merged
+
+Binds 127.0.0.1 and makes no public link unless asked (--host, --share).
+"""
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+
+from demo.loading import load_models
+from demo.page import build_page
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The toy world's trained model and example images (ha_dpo/toy builds them).
+TOY_CHECKPOINT = os.path.join(REPO_ROOT, "ha_dpo", "toy", "checkpoint")
+TOY_EXAMPLES = os.path.join(REPO_ROOT, "ha_dpo", "toy", "examples")
+SHARED_IMAGES = os.path.join(REPO_ROOT, "..", "shared", "data", "images")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+EXAMPLE_QUESTIONS = ("Describe the image in detail.", "Is there a person in the image?")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def default_model_paths() -> tuple[str, str | None]:
+    """(model path, base model path) when none is given: the toy world's model, whose base column
+    is the same model with its block bypassed."""
+    if not os.path.isfile(os.path.join(TOY_CHECKPOINT, "config.json")):
+        raise SystemExit(
+            f"no --model-path given and the toy model is not built ({TOY_CHECKPOINT} has no config.json): "
+            "pass --model-path PATH, or build the toy model first"
+        )
+    return TOY_CHECKPOINT, None
+
+
+def example_images(folders: list[str], per_folder: int = 8) -> list[str]:
+    """Image files of each folder that exists, in name order (at most `per_folder` from each)."""
+    images = []
+    for folder in folders:
+        if os.path.isdir(folder):
+            names = sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
+            images += [os.path.abspath(os.path.join(folder, name)) for name in names[:per_folder]]
+    return images
+
+
+def examples_with_questions(images: list[str]) -> list[list[str]]:
+    return [[image, EXAMPLE_QUESTIONS[index % len(EXAMPLE_QUESTIONS)]] for index, image in enumerate(images)]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Base and trained answers side by side, with where the block looked.")
+    parser.add_argument("--model-path", help="the trained model (any folder load_pretrained_model opens); default: the toy model")
+    parser.add_argument("--model-base", default=None, help="the base, when --model-path holds only a block")
+    parser.add_argument(
+        "--base-model-path", default=None,
+        help="the model to compare with; default: the trained model with its block bypassed",
+    )
+    parser.add_argument("--examples-dir", action="append", default=[], help="a folder of example images (repeatable)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 opens it to the network)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    parser.add_argument("--max-file-size", default="10mb", help="largest upload, e.g. 10mb")
+    parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for the model")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="the page's starting value")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: float16 on cuda, float32 on cpu")
+    return parser.parse_args(argv)
+
+
+def create_app(args):
+    """(blocks, launch keyword arguments): the page with its models loaded, and how to serve it."""
+    model_path, base_model_path = args.model_path, args.base_model_path
+    if model_path is None:
+        model_path, default_base = default_model_paths()
+        base_model_path = base_model_path or default_base
+    trained, base = load_models(
+        model_path, args.model_base, base_model_path, device=args.device, dtype=DTYPES.get(args.dtype)
+    )
+    images = example_images(args.examples_dir + [TOY_EXAMPLES, SHARED_IMAGES])
+    blocks = build_page(trained, base, examples_with_questions(images), args.max_new_tokens)
+    blocks.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    launch = dict(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        max_file_size=args.max_file_size,
+    )
+    return blocks, launch
+
+
+def main(argv=None):
+    blocks, launch = create_app(parse_args(argv))
+    blocks.launch(**launch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The models the page compares: the trained one, and a base to set beside it.
+
+The base is a second checkpoint when one is given. Otherwise, when the trained model has a block,
+it is the same model with the block bypassed: a model object without a block whose backbone and
+`lm_head` are the trained model's own modules (shared, not copied), so it costs no memory. If
+training changed `lm_head` (stage 2), that base is not the original model, and the page says so.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from accelerate import init_empty_weights
+
+from post_decoder.builder import load_pretrained_model
+from post_decoder.modeling_llava import LlavaPostDecoderForConditionalGeneration
+
+
+@dataclass
+class LoadedModel:
+    label: str  # what the page calls it: says where it came from
+    tokenizer: object
+    model: LlavaPostDecoderForConditionalGeneration
+    image_processor: object
+    context_len: int
+
+    @property
+    def has_block(self) -> bool:
+        return self.model.post_decoder is not None
+
+    @property
+    def context_limit(self) -> int:
+        """Prompt plus answer tokens: the builder's context length, within the position embeddings."""
+        return min(self.context_len, self.model.config.text_config.max_position_embeddings)
+
+
+def load_model(path: str, model_base: str | None, label: str, device: str | None, dtype: torch.dtype | None) -> LoadedModel:
+    tokenizer, model, image_processor, context_len = load_pretrained_model(path, model_base=model_base, device=device, dtype=dtype)
+    return LoadedModel(label, tokenizer, model, image_processor, context_len)
+
+
+def block_bypassed(trained: LoadedModel) -> LoadedModel:
+    """The trained model without its block: its backbone and `lm_head` modules, shared."""
+    config = copy.deepcopy(trained.model.config)
+    config.post_decoder_config = None
+    with init_empty_weights():  # nothing is allocated: both parts are replaced by the trained model's below
+        base = LlavaPostDecoderForConditionalGeneration(config)
+    parts = {name for name, _ in base.named_children()}
+    if parts != {"model", "lm_head"}:
+        raise RuntimeError(f"cannot bypass the block: expected the parts model and lm_head, found {sorted(parts)}")
+    base.model = trained.model.model
+    base.lm_head = trained.model.lm_head
+    base.generation_config = trained.model.generation_config
+    label = f"{trained.label} with its block bypassed (its own backbone and lm_head)"
+    return LoadedModel(label, trained.tokenizer, base.eval(), trained.image_processor, trained.context_len)
+
+
+def load_models(
+    model_path: str,
+    model_base: str | None = None,
+    base_model_path: str | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[LoadedModel, LoadedModel | None]:
+    """(trained, base). The base is None when none is given and the trained model has no block."""
+    trained = load_model(model_path, model_base, model_path if model_base is None else f"{model_path} on {model_base}", device, dtype)
+    if base_model_path is not None:
+        return trained, load_model(base_model_path, None, base_model_path, device, dtype)
+    if trained.has_block:
+        return trained, block_bypassed(trained)
+    return trained, None

@@ -1,0 +1,172 @@
+"""The Gradio page: an image and a question in, the base and trained answers streamed side by side,
+and a heat map of where the trained model's block looked.
+
+Every event that runs a model shares one queue slot (`concurrency_id="model"`, limit 1): the
+models are loaded once and requests wait their turn.
+"""
+
+import gradio as gr
+from PIL import Image
+
+from post_decoder.image_processing import open_image
+
+from .chat import Decoding, Job, PromptTooLong, conversation_ids, fit_prompt, pixel_values, stream_answers
+from .heatmap import answer_attention, overlay, seen_image, token_choices, token_map
+from .loading import LoadedModel
+
+BASE, TRAINED = "base", "trained"
+AVERAGE = -1
+MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=1)
+
+
+def new_session() -> dict:
+    return {"image": None, "turns": {BASE: [], TRAINED: []}}
+
+
+def chat_messages(turns: list[tuple[str, str]], question: str | None = None, partial: str | None = None) -> list[dict]:
+    messages = []
+    for asked, answered in turns:
+        messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
+    if question is not None:
+        messages.append({"role": "user", "content": question})
+        if partial:
+            messages.append({"role": "assistant", "content": partial})
+    return messages
+
+
+class Page:
+    """The handlers, bound to the loaded models (`base` may be None: then only the trained column answers)."""
+
+    def __init__(self, trained: LoadedModel, base: LoadedModel | None):
+        self.sides = {TRAINED: trained} if base is None else {BASE: base, TRAINED: trained}
+        self.trained = trained
+
+    def max_new_tokens_limit(self) -> int:
+        """The most answer tokens every model's context has room for after a one-word question."""
+        return max(1, min(1024, *(loaded.context_limit - len(conversation_ids(loaded, [], "?")) for loaded in self.sides.values())))
+
+    def answer(self, image, question, decoding_mode, temperature, max_new_tokens, session):
+        """Streams (base chat, trained chat, heat map, its caption, token choice, notes, session, heat-map state).
+
+        Runs with `preprocess=False`: `image` is the upload's file data (gradio has checked that
+        the file was uploaded, but not opened it), so a file that is not an image is our message."""
+        image_path = image.get("path") if isinstance(image, dict) else image
+        if image_path is None:
+            raise gr.Error("Upload an image or pick an example first.")
+        question = (question or "").strip()
+        if not question:
+            raise gr.Error("Type a question.")
+        try:
+            image = open_image(image_path)
+        except (ValueError, FileNotFoundError, Image.DecompressionBombError) as error:
+            raise gr.Error(f"The upload is not an image that can be read ({error}). Upload a JPEG, PNG or WebP file.") from error
+        session = session if session and session["image"] == image_path else new_session()
+        session["image"] = image_path
+        decoding = Decoding(decoding_mode == "sample", float(temperature), int(max_new_tokens))
+
+        jobs, notes = {}, []
+        for side, loaded in self.sides.items():
+            try:
+                prompt = fit_prompt(loaded, session["turns"][side], question, decoding.max_new_tokens)
+            except PromptTooLong as error:
+                raise gr.Error(str(error)) from error
+            notes += [f"{side}: {note}" for note in prompt.notes]
+            jobs[side] = Job(loaded, prompt, pixel_values(loaded, image))
+
+        def chats(texts):
+            return {
+                side: chat_messages(jobs[side].prompt.kept_turns, jobs[side].prompt.question, texts.get(side))
+                for side in jobs
+            }
+
+        note = "\n".join(f"- {line}" for line in notes)
+        answers = {}
+        for texts, answers in stream_answers(jobs, decoding):
+            shown = chats(texts)
+            yield shown.get(BASE, []), shown[TRAINED], None, "", gr.update(), note, session, None
+
+        for side, job in jobs.items():
+            session["turns"][side] = job.prompt.kept_turns + [(job.prompt.question, answers[side].text)]
+        trained_job, trained_ids = jobs[TRAINED], answers[TRAINED].ids
+        attention = answer_attention(self.trained, trained_job.prompt.ids, trained_ids, trained_job.pixel_values)
+        heat, caption, choice, state = None, "", gr.update(choices=[], value=None), None
+        if attention is None:
+            caption = "No heat map: the trained model has no cross-attention block."
+        else:
+            state = {"attention": attention, "ids": trained_ids, "seen": seen_image(trained_job.pixel_values, self.trained.image_processor)}
+            heat, caption = self.draw(state, AVERAGE)
+            choice = gr.update(choices=token_choices(self.trained.tokenizer, trained_ids), value=AVERAGE)
+        chats_now = {side: chat_messages(turns) for side, turns in session["turns"].items()}
+        yield chats_now[BASE] if BASE in jobs else [], chats_now[TRAINED], heat, caption, choice, note, session, state
+
+    def draw(self, state, choice) -> tuple[Image.Image, str]:
+        """The overlay for one answer token (or the average) and a caption with the numbers behind it."""
+        choice = AVERAGE if choice is None else int(choice)
+        grid = token_map(state["attention"], choice, state["ids"], set(self.trained.tokenizer.all_special_ids))
+        what = "Averaged over the answer" if choice == AVERAGE else f"Token {choice + 1}"
+        caption = (
+            f"{what}: the most-attended patch holds {grid.max() / grid.sum():.1%} of the attention "
+            f"(uniform: {1 / grid.size:.1%}, {grid.shape[0]}x{grid.shape[1]} patches); colours are scaled to that maximum."
+        )
+        return overlay(state["seen"], grid), caption
+
+    def redraw(self, choice, state):
+        if state is None:
+            raise gr.Error("Ask a question first: the heat map belongs to the trained model's answer.")
+        return self.draw(state, choice)
+
+    @staticmethod
+    def reset():
+        return [], [], None, "", gr.update(choices=[], value=None), "", new_session(), None
+
+
+def build_page(trained: LoadedModel, base: LoadedModel | None, examples: list[list[str]], default_max_new_tokens: int = 128) -> gr.Blocks:
+    page = Page(trained, base)
+    limit = page.max_new_tokens_limit()
+    base_label = base.label if base else "none (pass --base-model-path to compare)"
+    with gr.Blocks(title="post-decoder: base vs trained", analytics_enabled=False) as blocks:
+        gr.Markdown(
+            "# Base vs trained\n"
+            f"**Base**: {base_label}  \n**Trained**: {trained.label}  \n"
+            "Answers use LLaVA-1.5's conversation template; follow-up questions continue each model's own chat. "
+            "A new image starts a new chat."
+        )
+        with gr.Row():
+            with gr.Column(scale=2):
+                image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", height=320, elem_id="image")
+            with gr.Column(scale=3):
+                question = gr.Textbox(label="Question", lines=2, placeholder="Is there a dog in the image?", elem_id="question")
+                with gr.Row():
+                    submit = gr.Button("Ask", variant="primary", elem_id="ask")
+                    clear = gr.Button("New chat", elem_id="clear")
+                with gr.Accordion("Decoding", open=False):
+                    decoding_mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
+                    temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling only)")
+                    max_new_tokens = gr.Slider(1, limit, value=min(default_max_new_tokens, limit), step=1, label="Max new tokens")
+                if examples:
+                    gr.Examples(examples, inputs=[image, question], cache_examples=False, examples_per_page=6, elem_id="examples")
+        with gr.Row():
+            base_chat = gr.Chatbot(label=f"Base: {base_label}", height=320, elem_id="base-chat")
+            trained_chat = gr.Chatbot(label=f"Trained: {trained.label}", height=320, elem_id="trained-chat")
+        with gr.Row():
+            with gr.Column(scale=2):
+                heat = gr.Image(
+                    label="Where the trained model's block looked", type="pil", format="png", height=336,
+                    interactive=False, elem_id="heatmap",
+                )
+            with gr.Column(scale=3):
+                token = gr.Dropdown(choices=[], label="Heat map for the answer token", interactive=True, elem_id="token")
+                heat_caption = gr.Markdown(elem_id="heat-caption")
+                note = gr.Markdown(elem_id="note")
+        session = gr.State(new_session())
+        heat_state = gr.State(None)
+
+        outputs = [base_chat, trained_chat, heat, heat_caption, token, note, session, heat_state]
+        inputs = [image, question, decoding_mode, temperature, max_new_tokens, session]
+        # preprocess=False: `answer` opens the upload itself, so a broken file gets a message (see answer).
+        submit.click(page.answer, inputs, outputs, api_name="answer", preprocess=False, **MODEL_QUEUE)
+        question.submit(page.answer, inputs, outputs, api_visibility="private", preprocess=False, **MODEL_QUEUE)
+        token.input(page.redraw, [token, heat_state], [heat, heat_caption], api_name="heatmap", **MODEL_QUEUE)
+        clear.click(page.reset, None, outputs, api_name="new_chat", **MODEL_QUEUE)
+        image.change(page.reset, None, outputs, api_visibility="private", **MODEL_QUEUE)
+    return blocks

@@ -1,0 +1,327 @@
+"""A checkpoint folder's weight files, read key by key and rewritten without ever corrupting them.
+
+Formats: safetensors or `.bin` (read with `weights_only=True`), one file or shards with their
+index. Key layouts: ours / transformers 5 (`model.language_model.*`), the hub's llava-hf
+(`language_model.model.*`) and original LLaVA-1.5 (`model.layers.*`, `model.mm_projector.*`).
+Keys are shown under our model's names (`LlavaPostDecoderForConditionalGeneration.state_dict()`)
+and written back under the checkpoint's own; a block's keys are `post_decoder.*` in every layout.
+
+Rewriting only touches the files that change: either into a new folder (a copy of the old one),
+or in place, each file replaced atomically with its previous version kept as `NAME.bak`.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .original_llava import _converted_key, is_original_llava_config
+from .saving import atomic_directory
+
+CONFIG = "config.json"
+BACKUP_SUFFIX = ".bak"
+_INDEXES = {"model.safetensors.index.json": ".safetensors", "pytorch_model.bin.index.json": ".bin"}
+_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_HEAD = "lm_head.weight"
+
+ORIGINAL, LLAVA_HF_HUB, LLAVA_HF = "original LLaVA-1.5", "llava-hf (hub keys)", "llava-hf (transformers 5 keys)"
+# The hub's llava-hf names -> ours (transformers 5 renames them the same way when it loads).
+_HUB_PREFIXES = (
+    ("language_model.lm_head.", "lm_head."),
+    ("language_model.model.", "model.language_model."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    file: str  # where the tensor is stored, for messages
+
+
+class CheckpointFolder:
+    """The weights of one checkpoint. `path` is its folder, its index file, or one of its weight
+    files (as HA-DPO's replace_bin.py took a shard): a named shard is where new keys are added;
+    otherwise they go to the file that holds `lm_head`."""
+
+    def __init__(self, path: str):
+        path = os.path.abspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        self.folder = path if os.path.isdir(path) else os.path.dirname(path)
+        named = None if os.path.isdir(path) else os.path.basename(path)
+        self.index_name, files = self._find_files(named)
+        self.config_path = os.path.join(self.folder, CONFIG)
+        if not os.path.isfile(self.config_path):
+            raise FileNotFoundError(f"checkpoint {self.folder} has no {CONFIG}")
+        with open(self.config_path) as handle:
+            self.config = json.load(handle)
+
+        self._specs: dict[str, TensorSpec] = {}  # checkpoint key -> spec
+        self.weight_map: dict[str, str] = {}  # checkpoint key -> file name
+        for name in files:
+            for key, spec in _read_specs(os.path.join(self.folder, name)).items():
+                self._specs[key] = spec
+                self.weight_map[key] = name
+        if self.index_name:
+            self._check_index(files)
+        self.layout = self._detect_layout()
+        self._to_checkpoint: dict[str, str] = {}
+        for key in self._specs:
+            ours = self._our_name(key)
+            if ours in self._to_checkpoint:
+                raise ValueError(f"{self.folder}: {self._to_checkpoint[ours]} and {key} are both {ours} in our names")
+            self._to_checkpoint[ours] = key
+        head_file = self.weight_map.get(self._to_checkpoint.get(_HEAD, ""))
+        self.new_keys_file = named or head_file or sorted(files)[-1]
+
+    @property
+    def description(self) -> str:
+        return os.path.join(self.folder, self.index_name or self.new_keys_file)
+
+    def specs(self) -> dict[str, TensorSpec]:
+        """Shape, dtype and file of every stored tensor, under our names."""
+        return {ours: self._specs[key] for ours, key in self._to_checkpoint.items()}
+
+    def checkpoint_name(self, ours: str) -> str:
+        """The checkpoint's own name for one of our names (a new key keeps our name)."""
+        return self._to_checkpoint.get(ours, ours)
+
+    def stored_dtype(self) -> torch.dtype:
+        """The dtype the checkpoint stores its weights in: its head's, else its most common float."""
+        specs = self.specs()
+        if _HEAD in specs:
+            return specs[_HEAD].dtype
+        floats = [spec.dtype for spec in specs.values() if spec.dtype.is_floating_point]
+        return max(set(floats), key=floats.count)
+
+    # --- rewriting ---
+
+    def rewrite(self, updates: dict[str, torch.Tensor], config: dict | None, output: str | None = None, overwrite_backup: bool = False) -> list[str]:
+        """Store `updates` (our names; new keys are added) and, if given, a new config.json.
+
+        output: a new folder (must not exist) holding a copy of this one with the changed files;
+        None: replace the changed files in place, each kept as `NAME.bak`. Returns the files written."""
+        changes: dict[str, dict[str, torch.Tensor]] = {}
+        size_change = 0
+        for ours, tensor in updates.items():
+            key = self.checkpoint_name(ours)
+            changes.setdefault(self.weight_map.get(key, self.new_keys_file), {})[key] = tensor
+            old = self._specs.get(key)
+            size_change += _nbytes(tensor.shape, tensor.dtype) - (_nbytes(old.shape, old.dtype) if old else 0)
+        writers = {name: _weight_file_writer(os.path.join(self.folder, name), keys) for name, keys in changes.items()}
+        if self.index_name:
+            writers[self.index_name] = _json_writer(self._updated_index(changes, size_change))
+        if config is not None:
+            writers[CONFIG] = _json_writer(config)
+        if output is None:
+            replace_in_place(self.folder, writers, overwrite_backup)
+        else:
+            write_new_folder(self.folder, output, writers)
+        return list(writers)
+
+    def _updated_index(self, changes: dict[str, dict[str, torch.Tensor]], size_change: int) -> dict:
+        with open(os.path.join(self.folder, self.index_name)) as handle:
+            index = json.load(handle)
+        for name, keys in changes.items():
+            for key in keys:
+                index["weight_map"].setdefault(key, name)
+        if isinstance(index.get("metadata"), dict) and "total_size" in index["metadata"]:
+            index["metadata"]["total_size"] += size_change
+        return index
+
+    # --- reading ---
+
+    def _find_files(self, named: str | None) -> tuple[str | None, list[str]]:
+        """(index name or None, weight file names) of the checkpoint."""
+        if named in _INDEXES:
+            return named, self._index_files(named)
+        if named is not None and not named.endswith(_WEIGHT_SUFFIXES):
+            raise ValueError(f"{os.path.join(self.folder, named)} is neither a weight file (.safetensors, .bin) nor an index")
+        indexes = [name for name in _INDEXES if os.path.isfile(os.path.join(self.folder, name))]
+        if named is not None:
+            indexes = [name for name in indexes if named.endswith(_INDEXES[name])]
+        if indexes:
+            files = self._index_files(indexes[0])
+            if named is not None and named not in files:
+                raise ValueError(f"{os.path.join(self.folder, named)} is not one of the shards of {indexes[0]}")
+            return indexes[0], files
+        if named is not None:
+            return None, [named]
+        singles = [name for name in _SINGLE_FILES if os.path.isfile(os.path.join(self.folder, name))]
+        if not singles:
+            raise FileNotFoundError(f"no weights in {self.folder}: expected one of {', '.join([*_INDEXES, *_SINGLE_FILES])}")
+        return None, singles[:1]
+
+    def _index_files(self, index_name: str) -> list[str]:
+        with open(os.path.join(self.folder, index_name)) as handle:
+            files = sorted(set(json.load(handle)["weight_map"].values()))
+        absent = [name for name in files if not os.path.isfile(os.path.join(self.folder, name))]
+        if absent:
+            raise FileNotFoundError(f"{os.path.join(self.folder, index_name)} names shards that are not there: {', '.join(absent)}")
+        return files
+
+    def _check_index(self, files: list[str]):
+        with open(os.path.join(self.folder, self.index_name)) as handle:
+            indexed = json.load(handle)["weight_map"]
+        wrong = sorted(key for key, name in indexed.items() if self.weight_map.get(key) != name)
+        if wrong:
+            raise ValueError(
+                f"{os.path.join(self.folder, self.index_name)} does not match its shards: "
+                + ", ".join(f"{key} (index: {indexed[key]}, found in: {self.weight_map.get(key)})" for key in wrong[:5])
+            )
+
+    def _detect_layout(self) -> str:
+        if is_original_llava_config(self.config):
+            return ORIGINAL
+        if any(key.startswith("language_model.") for key in self._specs):
+            return LLAVA_HF_HUB
+        if any(key.startswith("model.language_model.") for key in self._specs):
+            return LLAVA_HF
+        raise ValueError(f"{self.folder} is not a LLaVA-1.5 checkpoint: no language_model.* or model.language_model.* keys")
+
+    def _our_name(self, key: str) -> str:
+        if self.layout == ORIGINAL:
+            return _converted_key(key)
+        if self.layout == LLAVA_HF_HUB:
+            for theirs, ours in _HUB_PREFIXES:
+                if key.startswith(theirs):
+                    return ours + key[len(theirs) :]
+        return key
+
+
+def _read_specs(path: str) -> dict[str, TensorSpec]:
+    if path.endswith(".safetensors"):
+        with safe_open(path, "pt") as handle:
+            specs = {}
+            for key in handle.keys():
+                piece = handle.get_slice(key)
+                specs[key] = TensorSpec(tuple(piece.get_shape()), _SAFETENSORS_DTYPES[piece.get_dtype()], path)
+            return specs
+    state = _load_bin(path)
+    return {key: TensorSpec(tuple(tensor.shape), tensor.dtype, path) for key, tensor in state.items()}
+
+
+def _load_bin(path: str) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(f"{path} is not a state dict (a dict of name -> tensor)")
+    return state
+
+
+def _nbytes(shape, dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * dtype.itemsize
+
+
+# --- writers: each takes the path to write to ---
+
+
+def write_weight_file(state: dict[str, torch.Tensor], path: str, metadata: dict | None = None):
+    """Write one weight file in the format its name's suffix says."""
+    if path.endswith(".safetensors"):
+        save_file({key: tensor.contiguous() for key, tensor in state.items()}, path, metadata=metadata or {"format": "pt"})
+    else:
+        torch.save(state, path)
+
+
+def _weight_file_writer(source: str, changes: dict[str, torch.Tensor]):
+    """Writes `source` with `changes` applied (replaced or added keys), in `source`'s format."""
+
+    def write(path: str):
+        metadata = None
+        if source.endswith(".safetensors"):
+            with safe_open(source, "pt") as handle:
+                metadata = handle.metadata()
+            state = load_file(source)
+        else:
+            state = _load_bin(source)
+        state.update(changes)
+        write_weight_file(state, path, metadata)
+
+    return write
+
+
+def _json_writer(content: dict):
+    def write(path: str):
+        with open(path, "w") as handle:
+            json.dump(content, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+
+    return write
+
+
+def replace_in_place(folder: str, writers: dict, overwrite_backup: bool = False):
+    """Write every file to a temporary name first; only when all are written, keep each old file
+    as `NAME.bak` and rename the new one over it. A failure while writing leaves `folder` as it was."""
+    existing_backups = [
+        name + BACKUP_SUFFIX for name in writers if os.path.exists(os.path.join(folder, name + BACKUP_SUFFIX))
+    ]
+    if existing_backups and not overwrite_backup:
+        raise FileExistsError(
+            f"backups from an earlier run are in {folder}: {', '.join(existing_backups)}; move them away, "
+            "write to a new folder with --output, or pass --overwrite_backup"
+        )
+    temporaries = {}
+    try:
+        for name, write in writers.items():
+            # The temporary keeps the suffix: it says the format to write.
+            handle, temporaries[name] = tempfile.mkstemp(prefix=f".{name}.tmp-", suffix=os.path.splitext(name)[1], dir=folder)
+            os.close(handle)
+            write(temporaries[name])
+            if os.path.exists(os.path.join(folder, name)):
+                shutil.copymode(os.path.join(folder, name), temporaries[name])
+    except BaseException:
+        for temporary in temporaries.values():
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        raise
+    # Weights first, config.json last: a crash in between never leaves a config naming absent weights.
+    for name in sorted(writers, key=lambda name: name == CONFIG):
+        target = os.path.join(folder, name)
+        if os.path.exists(target):
+            _keep_backup(target)
+        os.replace(temporaries[name], target)
+
+
+def _keep_backup(path: str):
+    """`path` -> `path.bak` (a hard link when the file system allows: no copy of a large shard)."""
+    handle, staging = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.bak-", dir=os.path.dirname(path))
+    os.close(handle)
+    os.remove(staging)
+    try:
+        os.link(path, staging)
+    except OSError:
+        shutil.copy2(path, staging)
+    os.replace(staging, path + BACKUP_SUFFIX)
+
+
+def write_new_folder(source: str, output: str, writers: dict):
+    """A new folder `output`: `source` copied, except the files that `writers` write; all or nothing."""
+    output = os.path.abspath(output)
+    if os.path.exists(output):
+        raise FileExistsError(f"--output {output} exists; name a new folder")
+    if output.startswith(os.path.abspath(source) + os.sep):
+        raise ValueError(f"--output {output} is inside the checkpoint {source}; name a folder outside it")
+    with atomic_directory(output) as staging:
+        for name in os.listdir(source):
+            if name in writers:
+                continue
+            origin = os.path.join(source, name)
+            if os.path.isdir(origin):
+                shutil.copytree(origin, os.path.join(staging, name))
+            else:
+                shutil.copy2(origin, os.path.join(staging, name))
+        for name, write in writers.items():
+            write(os.path.join(staging, name))

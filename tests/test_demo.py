@@ -1,0 +1,293 @@
+"""The demo page on a tiny model with a block: served on 127.0.0.1, driven through gradio_client
+and through headless Chromium."""
+
+import json
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image, ImageDraw
+
+from demo import app as demo_app
+from demo.chat import conversation_ids, fit_prompt
+from demo.heatmap import answer_attention, overlay, seen_image
+from demo.loading import block_bypassed, load_model, load_models
+from demo.page import Page
+from post_decoder.builder import load_pretrained_model
+from post_decoder.conversation import Conversation, tokenize_with_image
+from post_decoder.image_processing import load_image_processor, preprocess_images
+from post_decoder.saving import save_model_folder
+from post_decoder.tiny import clip_preprocessor_config, save_llava_hf
+from tests.conftest import with_block
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+MAX_NEW_TOKENS = 8
+QUESTION = "Is there a dog in the image?"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, plain_llava, llava_tokenizer):
+    """A saved trained model (perturbed block: its answers differ from the base's) and a folder of
+    example images."""
+    root = tmp_path_factory.mktemp("demo")
+    (root / "processor").mkdir()
+    (root / "processor" / "preprocessor_config.json").write_text(json.dumps(clip_preprocessor_config(32)))
+    trained = with_block(plain_llava, "post_interaction", perturb=0.1)
+    save_model_folder(trained, llava_tokenizer, load_image_processor(str(root / "processor")), str(root / "trained"))
+    (root / "examples").mkdir()
+    image = Image.new("RGB", (64, 48), (30, 60, 200))
+    ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill=(220, 30, 30))
+    image.save(root / "examples" / "circle.png")
+    save_llava_hf(plain_llava, llava_tokenizer, str(root / "plain"))
+    return {"trained": str(root / "trained"), "plain": str(root / "plain"), "examples": str(root / "examples"), "root": root}
+
+
+@pytest.fixture(scope="module")
+def server(folders):
+    port = free_port()
+    args = demo_app.parse_args(
+        ["--model-path", folders["trained"], "--examples-dir", folders["examples"], "--port", str(port),
+         "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-file-size", "1mb", "--device", "cpu"]
+    )
+    blocks, launch = demo_app.create_app(args)
+    blocks.launch(prevent_thread_lock=True, quiet=True, **launch)
+    try:
+        yield blocks, f"http://127.0.0.1:{port}/"
+    finally:
+        blocks.close()
+
+
+def greedy_answer(model, tokenizer, processor, image_path, turns, question):
+    """What plain `generate` answers, with the prompt built from the template by hand."""
+    conversation = Conversation()
+    for index, (asked, answered) in enumerate(turns):
+        conversation.add_user(asked, with_image=index == 0).add_assistant(answered)
+    conversation.add_user(question, with_image=not turns).add_assistant(None)
+    config = model.config
+    ids = torch.tensor([tokenize_with_image(conversation.prompt(), tokenizer, config.image_token_id, config.image_seq_length)])
+    pixels = preprocess_images([Image.open(image_path)], processor)
+    with torch.no_grad():
+        output = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    answer_ids = output[0, ids.shape[1] :].tolist()
+    return tokenizer.decode(answer_ids, skip_special_tokens=True).strip(), answer_ids
+
+
+def texts(messages):
+    """The chatbot's messages as (role, text)."""
+    return [(message["role"], "".join(part["text"] for part in message["content"])) for message in messages]
+
+
+def ask(client, image, question, max_new_tokens=MAX_NEW_TOKENS):
+    return client.predict(handle_file(image), question, "greedy", 0.7, max_new_tokens, api_name="/answer")
+
+
+def test_defaults_bind_localhost_and_share_nothing(server):
+    args = demo_app.parse_args([])
+    assert (args.host, args.share, args.max_file_size) == ("127.0.0.1", False, "10mb")
+    blocks, url = server
+    assert blocks.server_name == "127.0.0.1" and blocks.share is False and blocks.share_url is None
+    assert blocks.local_url.startswith("http://127.0.0.1:")
+    assert blocks.max_file_size == 1024 * 1024
+
+
+def test_answers_through_gradio_client_equal_greedy_generate(server, folders, plain_llava, llava_tokenizer):
+    _, url = server
+    client = Client(url, verbose=False)
+    image = os.path.join(folders["examples"], "circle.png")
+    base_chat, trained_chat, heat, caption, choice, note, *_ = ask(client, image, QUESTION)
+
+    _, trained_model, processor, _ = load_pretrained_model(folders["trained"])
+    expected_trained, trained_ids = greedy_answer(trained_model, llava_tokenizer, processor, image, [], QUESTION)
+    expected_base, _ = greedy_answer(plain_llava, llava_tokenizer, processor, image, [], QUESTION)
+    assert expected_base != expected_trained  # the block changes the answer: the columns are not the same model
+    assert texts(base_chat) == [("user", QUESTION), ("assistant", expected_base)]
+    assert texts(trained_chat) == [("user", QUESTION), ("assistant", expected_trained)]
+    assert note == ""
+    assert Image.open(heat).size == (336, 336)
+    labels = [label for label, _ in choice["choices"]]
+    assert labels[0] == "average over the answer"
+    assert [int(label.rsplit("(id ", 1)[1].rstrip(")")) for label in labels[1:]] == trained_ids
+
+    # One token's map differs from the average over the answer.
+    assert caption.startswith("Averaged over the answer: the most-attended patch holds")
+    token_heat, token_caption = client.predict(0, api_name="/heatmap")
+    assert token_caption.startswith("Token 1:")
+    assert not np.array_equal(np.asarray(Image.open(token_heat)), np.asarray(Image.open(heat)))
+
+    # A follow-up keeps LLaVA-1.5's template: each model continues its own chat.
+    follow_up = "What color is it?"
+    base_chat, trained_chat, *_ = ask(client, image, follow_up)
+    base_turns = [(QUESTION, expected_base)]
+    trained_turns = [(QUESTION, expected_trained)]
+    assert texts(base_chat)[-1] == ("assistant", greedy_answer(plain_llava, llava_tokenizer, processor, image, base_turns, follow_up)[0])
+    assert texts(trained_chat)[-1] == ("assistant", greedy_answer(trained_model, llava_tokenizer, processor, image, trained_turns, follow_up)[0])
+    assert len(trained_chat) == 4
+
+
+def test_answers_are_streamed(server, folders):
+    _, url = server
+    job = Client(url, verbose=False).submit(
+        handle_file(os.path.join(folders["examples"], "circle.png")), "Describe the image in detail.", "greedy", 0.7, 24, api_name="/answer"
+    )
+    final = job.result()
+    assert final[2] is not None  # the heat map comes with the last update
+    # Before that, answers are shown as they grow.
+    shown = [
+        (len(texts(base)[-1][1]) if len(base) == 2 else 0, len(texts(trained)[-1][1]) if len(trained) == 2 else 0)
+        for base, trained, heat, *_ in job.outputs()[:-1]
+        if heat is None
+    ]
+    assert len(set(shown)) >= 3 and any(0 < base or 0 < trained for base, trained in shown[:-1])
+
+
+def test_a_broken_upload_is_a_message_not_a_crash(server, folders, tmp_path):
+    _, url = server
+    text_file = tmp_path / "not_an_image.png"
+    text_file.write_text("this is a text file with an image's name")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((folders["root"] / "examples" / "circle.png").read_bytes()[:60])
+    client = Client(url, verbose=False)
+    for broken in (text_file, truncated):
+        with pytest.raises(AppError, match="not an image that can be read"):
+            ask(client, str(broken), QUESTION)
+    base_chat, trained_chat, *_ = ask(client, os.path.join(folders["examples"], "circle.png"), QUESTION)
+    assert len(trained_chat) == 2  # the server still answers
+
+
+def test_an_upload_over_the_size_limit_is_refused(server, tmp_path):
+    _, url = server
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(2 * 1024 * 1024))
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="(?i)413|too large|exceeds|maximum"):
+        ask(client, str(big), QUESTION)
+
+
+def test_an_over_long_question_is_cut_with_a_note(server, folders, llava_tokenizer):
+    _, url = server
+    question = " ".join(["Is there a red circle on the table?"] * 300)
+    assert len(llava_tokenizer(question).input_ids) > 1024
+    base_chat, trained_chat, _, _, _, note, *_ = ask(Client(url, verbose=False), os.path.join(folders["examples"], "circle.png"), question)
+    assert "base: the question was cut" in note and "trained: the question was cut" in note
+    sent = texts(trained_chat)[0][1]
+    assert question.startswith(sent[:100]) and len(sent) < len(question)
+    assert texts(trained_chat)[1][0] == "assistant"
+
+
+def test_prompts_fit_the_context_dropping_old_turns_first(plain_llava, llava_tokenizer, folders):
+    loaded = load_model(folders["trained"], None, "trained", "cpu", None)
+    assert loaded.context_limit == 1024  # the tiny model's position embeddings, under the builder's 2048
+    turns = [("Is there a cat? " * 40, "No, there is no cat. " * 40)] * 6
+    prompt = fit_prompt(loaded, turns, "And a dog?", 100)
+    assert len(prompt.ids) <= 1024 - 100 and prompt.question == "And a dog?"
+    assert 0 < len(prompt.kept_turns) < 6 and "oldest turn(s) were left out" in prompt.notes[0]
+    assert prompt.ids == conversation_ids(loaded, prompt.kept_turns, "And a dog?")
+    image_token = loaded.model.config.image_token_id
+    assert prompt.ids.count(image_token) == loaded.model.config.image_seq_length  # the image stays, in the first kept turn
+
+
+def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, llava_tokenizer):
+    loaded = load_model(folders["trained"], None, "trained", "cpu", None)
+    image = Image.open(os.path.join(folders["examples"], "circle.png"))
+    pixels = preprocess_images([image], loaded.image_processor)
+    prompt = fit_prompt(loaded, [], QUESTION, MAX_NEW_TOKENS).ids
+    answer = [5, 17, 42]
+    attention = answer_attention(loaded, prompt, answer, pixels)
+    assert attention.shape == (3, 4, 4)  # 32 px images, 8 px patches, CLS dropped
+    assert np.allclose(attention.sum(axis=(1, 2)), 1, atol=1e-5)
+    # The first row is the position that predicts the first answer token: the prompt's last one.
+    with torch.no_grad():
+        output = loaded.model(input_ids=torch.tensor([prompt]), pixel_values=pixels, output_post_decoder_attentions=True)
+    last = torch.stack(output.post_decoder_attentions).mean(dim=(0, 2))[0, -1]
+    assert np.allclose(attention[0].reshape(-1), last.numpy(), atol=1e-6)
+
+    seen = seen_image(pixels, loaded.image_processor)
+    assert seen.size == (336, 336)
+    assert seen.getpixel((168, 168))[0] > 150  # the red circle is in the middle of the padded square
+    drawn = overlay(seen, attention[0])
+    assert drawn.size == seen.size and drawn.tobytes() != seen.tobytes()
+
+    bypassed = block_bypassed(loaded)
+    assert answer_attention(bypassed, prompt, answer, pixels) is None  # no block: no heat map
+
+
+def test_the_bypassed_base_shares_the_trained_weights(folders, plain_llava):
+    loaded = load_model(folders["trained"], None, "trained", "cpu", None)
+    base = block_bypassed(loaded)
+    assert base.model.post_decoder is None and base.model.config.post_decoder_config is None
+    assert loaded.model.post_decoder is not None  # the trained model keeps its block
+    assert base.model.lm_head.weight.data_ptr() == loaded.model.lm_head.weight.data_ptr()
+    ids = torch.tensor([[1, 5, 9, 13]])
+    assert torch.equal(base.model(input_ids=ids).logits, plain_llava(input_ids=ids).logits)
+
+
+def test_a_given_base_is_loaded_as_it_is(folders):
+    trained, base = load_models(folders["trained"], base_model_path=folders["plain"], device="cpu")
+    assert trained.has_block and not base.has_block and base.label == folders["plain"]
+    assert base.model.lm_head.weight.data_ptr() != trained.model.lm_head.weight.data_ptr()
+
+
+def test_sampling_settings_reach_generate(server, folders):
+    _, url = server
+    client = Client(url, verbose=False)
+    image = handle_file(os.path.join(folders["examples"], "circle.png"))
+    _, trained_chat, _, _, choice, *_ = client.predict(image, QUESTION, "sample", 1.5, 3, api_name="/answer")
+    assert texts(trained_chat)[0] == ("user", QUESTION)
+    assert 1 <= len(choice["choices"]) - 1 <= 3  # at most 3 new tokens
+
+
+def test_a_model_without_a_block_answers_alone_and_says_there_is_no_heat_map(folders):
+    trained, base = load_models(folders["plain"], device="cpu")
+    assert base is None
+    page = Page(trained, base)
+    updates = list(page.answer(os.path.join(folders["examples"], "circle.png"), QUESTION, "greedy", 0.7, 4, None))
+    base_chat, trained_chat, heat, caption, *_ = updates[-1]
+    assert base_chat == [] and trained_chat[0] == {"role": "user", "content": QUESTION} and heat is None
+    assert caption == "No heat map: the trained model has no cross-attention block."
+
+
+def test_no_model_path_without_the_toy_model_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo_app, "TOY_CHECKPOINT", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="pass --model-path PATH, or build the toy model"):
+        demo_app.create_app(demo_app.parse_args([]))
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+def test_the_page_in_headless_chromium(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _, url = server
+    screenshot = tmp_path / "page.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url)
+            page.click('#examples [data-testid="dataset-cell-0-0"]', timeout=30_000)
+            page.wait_for_function("document.querySelector('#question textarea').value.length > 0", timeout=10_000)
+            page.click("#ask")
+            for chat in ("#base-chat", "#trained-chat"):
+                page.wait_for_function(
+                    f"[...document.querySelectorAll('{chat} [data-testid=\"bot\"]')].some(m => m.innerText.trim().length > 0)",
+                    timeout=30_000,
+                )
+            page.wait_for_selector("#heatmap img", timeout=30_000)
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert screenshot.stat().st_size > 20_000
+    shot = Image.open(screenshot)
+    assert shot.width == 1280 and len(set(shot.convert("L").getdata())) > 50  # a page, not a blank frame
