@@ -19,7 +19,12 @@ from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ha_dpo.arguments import ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments, check_arguments, rename_old_flags
+from ha_dpo.collators import PreferenceCollator
+from ha_dpo.cpu_deepspeed import cpu_deepspeed_arguments
+from ha_dpo.hadpo_data import read_hadpo_pairs
+from ha_dpo.preference_data import PreferenceDataset
 from ha_dpo.reporting import configure_wandb, plot_training_curves
+from ha_dpo.skips import SkipCounter
 from ha_dpo.trainer import PreferenceTrainer
 from ha_dpo.training_model import load_for_training, preference_model
 
@@ -27,6 +32,7 @@ from ha_dpo.training_model import load_for_training, preference_model
 def parse(argv=None):
     parser = HfArgumentParser((ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments))
     argv = rename_old_flags(sys.argv[1:] if argv is None else list(argv))
+    argv += cpu_deepspeed_arguments(argv)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     notes = check_arguments(model_args, training_args, data_args.image_aspect_ratio)
     return model_args, data_args, training_args, notes
@@ -76,7 +82,22 @@ def main(argv=None):
 
 
 def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
-    raise NotImplementedError  # wired to ha_dpo's HA-DPO datasets below
+    """HA-DPO's pairs (its mix, or every pair), tokenized and checked; bad samples counted in `skips`."""
+    if data_args.vg_path is None:
+        raise SystemExit("--vg_path is required: the Visual Genome folder with image_data.json, VG_100K/ and VG_100K_2/")
+    skips = SkipCounter("HA-DPO pairs", strict=data_args.strict)
+    samples = read_hadpo_pairs(
+        data_args.vg_path,
+        data_args.desc_data_path,
+        data_args.pope_data_path,
+        sample_strategy="all" if data_args.all_pairs else "offline",
+        seed=training_args.seed,
+        skips=skips,
+    )
+    dataset = PreferenceDataset(
+        samples, tokenizer, model_config.image_token_id, model_config.image_seq_length, training_args.model_max_length, skips=skips
+    )
+    return dataset, PreferenceCollator(tokenizer, image_processor), skips
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""HA-DPO's published preference data (the LLaVA-1.5 files) read into preference samples.
+
+- `desc_data.json`: `{"<vg_id>": {"chosen": [str, ...], "rejected": [str, ...]}}`, detailed
+  descriptions of Visual Genome images; the question is one of HA-DPO's four description prompts.
+- `pope_data.json`: `[{"image_id", "question", "answer", "chosen", "reject", "correct"}, ...]`,
+  yes/no questions on Visual Genome images (`image_id` is a VG id); an entry with
+  `correct == true` is not a pair and is left out, as HA-DPO does.
+- Images: `vg_path/image_data.json` gives each VG id a url whose last two parts (`VG_100K` or
+  `VG_100K_2`, file name) locate the file under `vg_path`.
+
+HA-DPO's mix (`sample_strategy="offline"`): for each described image, one chosen and one rejected
+description drawn at random; then the pope pairs followed by the description pairs twice.
+`sample_strategy="all"` uses every chosen x rejected pair. The draws come from
+`random.Random(seed)` in HA-DPO's order, so well-formed data gives HA-DPO's pairs and prompts
+for the same seed (42, HA-DPO's default).
+"""
+
+import os
+import random
+
+from .json_files import read_json
+from .preference_data import PreferenceSample
+from .skips import SkipCounter
+
+DESCRIPTION_PROMPTS = (
+    "Describe this image in detail.",
+    "Take a look at this image and describe what you notice.",
+    "Please provide a detailed description of the picture.",
+    "Could you describe the contents of this image for me?",
+)
+SAMPLE_STRATEGIES = ("offline", "all")
+VG_FOLDERS = ("VG_100K", "VG_100K_2")
+POPE_KEYS = ("image_id", "question", "chosen", "reject", "correct")
+
+
+class VisualGenomeImages:
+    """VG image id -> file path, through `image_data.json` (VG 1.2 names the id `image_id`, 1.0 `id`)."""
+
+    def __init__(self, vg_path: str):
+        self.vg_path = vg_path
+        index_path = os.path.join(vg_path, "image_data.json")
+        entries = read_json(index_path, "Visual Genome image_data.json")
+        if not isinstance(entries, list):
+            raise ValueError(f"{index_path}: expected a list of images, found {type(entries).__name__}")
+        self.relative_paths: dict[int, tuple[str, str]] = {}
+        for number, entry in enumerate(entries):
+            try:
+                image_id = int(entry["image_id"] if "image_id" in entry else entry["id"])
+                folder, name = entry["url"].rstrip("/").split("/")[-2:]
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"{index_path}: entry {number} has no usable image id and url ({error!r})") from error
+            self.relative_paths[image_id] = (folder, name)
+
+    def path(self, image_id: int) -> str | None:
+        """The file's path: the url's folder, else the other VG folder where the file is there; None for an unknown id."""
+        if image_id not in self.relative_paths:
+            return None
+        folder, name = self.relative_paths[image_id]
+        candidates = [os.path.join(self.vg_path, folder, name)] + [
+            os.path.join(self.vg_path, other, name) for other in VG_FOLDERS
+        ]
+        return next((candidate for candidate in candidates if os.path.isfile(candidate)), candidates[0])
+
+
+def _image_id(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _usable_answers(answers: list, sample_id: str, which: str, source: str, skips: SkipCounter) -> list[str]:
+    """The non-empty strings of a chosen/rejected list; each empty one is counted."""
+    usable = []
+    for number, answer in enumerate(answers):
+        if isinstance(answer, str) and answer.strip():
+            usable.append(answer)
+        else:
+            skips.skip(f"{sample_id} {which}[{number}]", "empty answer", source=source)
+    return usable
+
+
+def read_description_pairs(
+    desc_data_path: str, images: VisualGenomeImages, sample_strategy: str, rng: random.Random, skips: SkipCounter
+) -> list[PreferenceSample]:
+    data = read_json(desc_data_path, "HA-DPO desc_data.json")
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{desc_data_path}: expected an object keyed by Visual Genome image id, found {type(data).__name__}"
+        )
+    samples = []
+    for key, entry in data.items():
+        sample_id = f"desc:{key}"
+        missing = [name for name in ("chosen", "rejected") if not isinstance(entry, dict) or name not in entry]
+        if missing:
+            skips.skip(sample_id, f"missing key '{missing[0]}'", source=desc_data_path)
+            continue
+        if not isinstance(entry["chosen"], list) or not isinstance(entry["rejected"], list):
+            skips.skip(sample_id, "malformed entry", "chosen and rejected must be lists of strings", desc_data_path)
+            continue
+        chosen = _usable_answers(entry["chosen"], sample_id, "chosen", desc_data_path, skips)
+        rejected = _usable_answers(entry["rejected"], sample_id, "rejected", desc_data_path, skips)
+        if not chosen or not rejected:
+            skips.skip(
+                sample_id, "empty answer", f"no {'chosen' if not chosen else 'rejected'} description", desc_data_path
+            )
+            continue
+        if sample_strategy == "offline":
+            chosen, rejected = [rng.choice(chosen)], [rng.choice(rejected)]
+        pairs = [(c, r, rng.choice(DESCRIPTION_PROMPTS)) for c in chosen for r in rejected]
+        image_id = _image_id(key)
+        image = images.path(image_id) if image_id is not None else None
+        if image is None:
+            skips.skip(sample_id, "image id not in image_data.json", source=desc_data_path)
+            continue
+        for number, (good, bad, prompt) in enumerate(pairs):
+            pair_id = sample_id if sample_strategy == "offline" else f"{sample_id}#{number}"
+            samples.append(PreferenceSample(pair_id, image, prompt, good, bad, desc_data_path))
+    return samples
+
+
+def read_pope_pairs(pope_data_path: str, images: VisualGenomeImages, skips: SkipCounter) -> list[PreferenceSample]:
+    data = read_json(pope_data_path, "HA-DPO pope_data.json")
+    if not isinstance(data, list):
+        raise ValueError(f"{pope_data_path}: expected a list of questions, found {type(data).__name__}")
+    samples = []
+    for number, entry in enumerate(data):
+        sample_id = f"pope:{number}"
+        missing = [key for key in POPE_KEYS if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            skips.skip(sample_id, f"missing key '{missing[0]}'", source=pope_data_path)
+            continue
+        if not isinstance(entry["correct"], bool):
+            skips.skip(
+                sample_id, "malformed entry", f"'correct' is {entry['correct']!r}, not true/false", pope_data_path
+            )
+            continue
+        if entry["correct"]:
+            skips.note("pope entries answered correctly (correct == true, not pairs; as HA-DPO)")
+            continue
+        if not all(isinstance(entry[key], str) and entry[key].strip() for key in ("question", "chosen", "reject")):
+            skips.skip(
+                sample_id, "empty answer" if str(entry["question"]).strip() else "empty question", source=pope_data_path
+            )
+            continue
+        image_id = _image_id(entry["image_id"])
+        image = images.path(image_id) if image_id is not None else None
+        if image is None:
+            skips.skip(sample_id, "image id not in image_data.json", str(entry["image_id"]), pope_data_path)
+            continue
+        samples.append(
+            PreferenceSample(sample_id, image, entry["question"], entry["chosen"], entry["reject"], pope_data_path)
+        )
+    return samples
+
+
+def read_hadpo_pairs(
+    vg_path: str,
+    desc_data_path: str | None = None,
+    pope_data_path: str | None = None,
+    sample_strategy: str = "offline",
+    seed: int = 42,
+    desc_repeat: int = 2,
+    skips: SkipCounter | None = None,
+) -> list[PreferenceSample]:
+    """HA-DPO's training list: pope pairs, then the description pairs `desc_repeat` times."""
+    if sample_strategy not in SAMPLE_STRATEGIES:
+        raise ValueError(f"unknown sample_strategy {sample_strategy!r}; choose one of {', '.join(SAMPLE_STRATEGIES)}")
+    if desc_data_path is None and pope_data_path is None:
+        raise ValueError("give desc_data_path, pope_data_path or both")
+    skips = skips if skips is not None else SkipCounter("HA-DPO pairs")
+    images = VisualGenomeImages(vg_path)
+    rng = random.Random(seed)
+    described = read_description_pairs(desc_data_path, images, sample_strategy, rng, skips) if desc_data_path else []
+    pope = read_pope_pairs(pope_data_path, images, skips) if pope_data_path else []
+    skips.note("pope pairs", len(pope))
+    skips.note(f"description pairs (each used {desc_repeat}x)", len(described))
+    return pope + described * desc_repeat

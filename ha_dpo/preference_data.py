@@ -1,0 +1,134 @@
+"""Preference pairs (image, question, chosen, rejected) tokenized for DPO: the prompt once, each
+answer with the ids LLaVA-1.5 gives it inside the whole conversation.
+
+The prompt is `question_prompt(question)` (ends with "ASSISTANT:"). An answer's ids are those of
+the whole conversation, `prompt + " " + answer + "</s>"`, after the prompt's ids: where LLaVA's
+preprocess_v1 starts an answer's labels. For ordinary text that equals
+`tokenizer(answer, add_special_tokens=False).input_ids + [eos]`; for an answer that begins with
+whitespace it does not (the space after "ASSISTANT:" joins it), and the whole conversation's ids
+are what LLaVA trained on (tested with the Llama-2 tokenizer).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from post_decoder.conversation import Conversation, question_prompt, tokenize_with_image
+
+from .images import image_problems, load_image
+from .skips import SkipCounter
+from .token_ids import compact, expand_image_tokens, expanded_length
+
+
+@dataclass(frozen=True)
+class PreferenceSample:
+    sample_id: str
+    image: str | None  # path of the image file; None for a text-only pair
+    question: str
+    chosen: str
+    rejected: str
+    source: str = ""  # the file it came from, for error messages
+
+
+def prompt_and_answer_ids(
+    question: str, answer: str, with_image: bool, tokenizer, image_token_id: int
+) -> tuple[list[int], list[int]] | None:
+    """(prompt ids, answer ids) with one image token per image, or None when the whole
+    conversation's ids do not begin with the prompt's (no clean place to cut)."""
+    if with_image:
+        question = question.strip()  # LLaVA's preprocess_multimodal strips the turn holding the image
+    prompt = tokenize_with_image(question_prompt(question, with_image=with_image), tokenizer, image_token_id, 1)
+    conversation = Conversation().add_user(question, with_image=with_image).add_assistant(answer).prompt()
+    whole = tokenize_with_image(conversation, tokenizer, image_token_id, 1)
+    if whole[: len(prompt)] != prompt:
+        return None
+    return prompt, whole[len(prompt) :]
+
+
+class PreferenceDataset(Dataset):
+    """Tokenized at construction, so every length problem is counted before training starts;
+    images are checked here (exists, PIL can read it) and opened when an item is served.
+
+    Items: `sample_id`, `prompt_input_ids`, `chosen_input_ids`, `rejected_input_ids` (1-D long
+    tensors; the prompt with its image tokens expanded) and `image` (RGB PIL image or None).
+    A sequence longer than `model_max_length` loses the end of its answer; a pair whose prompt
+    leaves no room for an answer is skipped.
+    """
+
+    def __init__(
+        self,
+        samples: list[PreferenceSample],
+        tokenizer,
+        image_token_id: int,
+        image_seq_length: int,
+        model_max_length: int,
+        skips: SkipCounter | None = None,
+        check_images: bool = True,
+    ):
+        self.image_token_id = image_token_id
+        self.image_seq_length = image_seq_length
+        self.model_max_length = model_max_length
+        self.skips = skips if skips is not None else SkipCounter("preference pairs")
+        problems = image_problems(s.image for s in samples if s.image) if check_images else {}
+        cache: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}  # HA-DPO repeats pairs: tokenize each once
+        self.items = []
+        for sample in samples:
+            problem = problems.get(sample.image) if sample.image else None
+            if problem:
+                self.skips.skip(sample.sample_id, problem[0], problem[1], sample.source)
+                continue
+            item = self._tokenize(sample, tokenizer, cache)
+            if item is not None:
+                self.items.append(item)
+        self.skips.note("preference pairs kept", len(self.items))
+        self.skips.log()
+
+    def _tokenize(self, sample: PreferenceSample, tokenizer, cache):
+        if not sample.chosen.strip() or not sample.rejected.strip():
+            self.skips.skip(
+                sample.sample_id, "empty answer", "chosen" if not sample.chosen.strip() else "rejected", sample.source
+            )
+            return None
+        answers = []
+        for answer in (sample.chosen, sample.rejected):
+            key = (sample.question, answer, sample.image is not None)
+            if key not in cache:
+                pair = prompt_and_answer_ids(
+                    sample.question, answer, sample.image is not None, tokenizer, self.image_token_id
+                )
+                cache[key] = None if pair is None else (compact(pair[0]), compact(pair[1]))
+            if cache[key] is None:
+                self.skips.skip(
+                    sample.sample_id,
+                    "tokenization mismatch",
+                    "prompt ids are not a prefix of the conversation's",
+                    sample.source,
+                )
+                return None
+            prompt, ids = cache[key]
+            answers.append(ids)
+        prompt_length = expanded_length(prompt, self.image_token_id, self.image_seq_length)
+        room = self.model_max_length - prompt_length
+        if room <= 0:
+            detail = f"prompt has {prompt_length} tokens, model_max_length is {self.model_max_length}"
+            self.skips.skip(sample.sample_id, "no room for the answer within model_max_length", detail, sample.source)
+            return None
+        if any(len(ids) > room for ids in answers):
+            self.skips.note("pairs with an answer cut at model_max_length")
+        return sample, prompt, answers[0][:room], answers[1][:room]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        sample, prompt, chosen, rejected = self.items[index]
+        prompt = expand_image_tokens(prompt, self.image_token_id, self.image_seq_length)
+        return {
+            "sample_id": sample.sample_id,
+            "prompt_input_ids": torch.from_numpy(prompt).long(),
+            "chosen_input_ids": torch.from_numpy(chosen).long(),
+            "rejected_input_ids": torch.from_numpy(rejected).long(),
+            "image": load_image(sample.image, sample.sample_id) if sample.image else None,
+        }

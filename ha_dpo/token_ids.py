@@ -1,0 +1,31 @@
+"""Token ids kept compact in memory: each image is one image-token id until a sample is served.
+
+Datasets tokenize with `image_seq_length=1` (identical to the expanded ids but for the length of
+the image run) and expand on access, so a large dataset holds a few hundred int32 per sample
+rather than 576 more Python ints.
+"""
+
+import numpy as np
+
+
+def compact(ids: list[int]) -> np.ndarray:
+    return np.asarray(ids, dtype=np.int32)
+
+
+def expanded_length(ids: np.ndarray, image_token_id: int, image_seq_length: int) -> int:
+    return len(ids) + int((ids == image_token_id).sum()) * (image_seq_length - 1)
+
+
+def expand_image_tokens(
+    ids: np.ndarray, image_token_id: int, image_seq_length: int, parallel: np.ndarray | None = None
+):
+    """Repeat each image-token position `image_seq_length` times: of `ids`, or of an array parallel
+    to them (labels) when `parallel` is given."""
+    repeats = np.where(ids == image_token_id, image_seq_length, 1)
+    return np.repeat(ids if parallel is None else parallel, repeats)
+
+
+def kept_length(ids: np.ndarray, image_token_id: int, image_seq_length: int, max_length: int) -> int:
+    """How many compact ids fit in `max_length` expanded positions (an image fits whole or not at all)."""
+    ends = np.cumsum(np.where(ids == image_token_id, image_seq_length, 1))
+    return int(np.searchsorted(ends, max_length, side="right"))
