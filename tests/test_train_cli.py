@@ -82,7 +82,8 @@ def test_stage1_merge_stage2_merge_load_gives_the_trained_model(base_and_data, t
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not installed")
 def test_two_process_deepspeed_zero2_on_the_cpu_matches_one_process(base_and_data, tmp_path):
     base, data = base_and_data
-    flags = ["--model_name_or_path", base, *data, "--tune_post_decoder", "True"]
+    # SGD: Adam's per-weight normalisation would blow summation-order noise up to full-size steps.
+    flags = ["--model_name_or_path", base, *data, "--tune_post_decoder", "True", "--optim", "sgd"]
     single = tmp_path / "single"
     run([sys.executable, TRAIN, *flags, "--use_cpu", "True", *common_flags(single)])
 
