@@ -54,14 +54,29 @@ class PreferenceDataArguments:
 
 
 @dataclass
-class PreferenceTrainingArguments(TrainingArguments):
+class SupervisedDataArguments:
+    data_path: str = field(metadata={"help": "LLaVA instruction json: [{id, image?, conversations}, ...]"})
+    image_folder: str = field(default="", metadata={"help": "folder the samples' `image` paths are relative to"})
+    keep_text_only: bool = field(default=True, metadata={"help": "keep samples without an image (the block passes them through)"})
+    strict: bool = field(default=False, metadata={"help": "stop at the first bad sample instead of skipping it"})
+    image_aspect_ratio: str = field(default="pad", metadata={"help": "LLaVA-1.5's 'pad' only"})
+    lazy_preprocess: bool = field(default=True, metadata={"help": "images are always read lazily"})
+    is_multimodal: bool = field(default=True, metadata={"help": "LLaVA's flag; samples say themselves whether they have an image"})
+
+
+@dataclass
+class PostDecoderTrainingArguments(TrainingArguments):
     model_max_length: int = field(default=2048, metadata={"help": "prompt + answer tokens; answers are cut to fit"})
+    group_by_modality_length: bool = False
+    remove_unused_columns: bool = False  # the batches are ours, not the model forward's signature
+    plot: bool = field(default=True, metadata={"help": "write training_curves.png at the end"})
+
+
+@dataclass
+class PreferenceTrainingArguments(PostDecoderTrainingArguments):
     beta: float = 0.1
     loss_type: str = field(default="sigmoid", metadata={"help": " | ".join(LOSS_TYPES)})
     gamma: float = field(default=0.0, metadata={"help": "weight of an SFT term on the chosen answer"})
-    group_by_modality_length: bool = False
-    remove_unused_columns: bool = False  # the batches are ours, not the model forward's signature
-    plot: bool = field(default=True, metadata={"help": "write training_curves.png (loss, margin, accuracy) at the end"})
 
 
 def rename_old_flags(argv: list[str]) -> list[str]:
@@ -83,7 +98,7 @@ def check_arguments(model_args: ModelArguments, training_args: PreferenceTrainin
         refusals.append(f"--mm_projector_type {model_args.mm_projector_type}: LLaVA-1.5's projector is mlp2x_gelu")
     if image_aspect_ratio != "pad":
         refusals.append(f"--image_aspect_ratio {image_aspect_ratio}: only LLaVA-1.5's 'pad' is implemented")
-    if training_args.loss_type not in LOSS_TYPES:
+    if getattr(training_args, "loss_type", "sigmoid") not in LOSS_TYPES:
         refusals.append(f"--loss_type {training_args.loss_type}: choose one of {', '.join(LOSS_TYPES)}")
     if model_args.post_decoder_variant not in (None, *VARIANTS):
         refusals.append(f"--post_decoder_variant {model_args.post_decoder_variant}: choose one of {', '.join(VARIANTS)}")

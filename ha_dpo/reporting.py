@@ -22,18 +22,19 @@ def configure_wandb(report_to: list[str]) -> str | None:
 
 
 def plot_training_curves(log_history: list[dict], path: str) -> str | None:
-    """Loss, reward margin and reward accuracy against the step, one panel each. Returns the path,
-    or None when nothing was logged."""
+    """Loss, reward margin and reward accuracy (those that were logged) against the step, one panel
+    each. Returns the path, or None when nothing was logged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [row for row in log_history if "loss" in row and "step" in row]
-    if not rows:
+    curves = [(key, title) for key, title in CURVES if any(key in row for row in rows)]
+    if not curves:
         return None
-    figure, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for axis, (key, title) in zip(axes, CURVES):
+    figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for axis, (key, title) in zip(axes[0], curves):
         points = [(row["step"], row[key]) for row in rows if key in row]
         axis.plot([step for step, _ in points], [value for _, value in points], marker=".")
         axis.set_title(title)

@@ -15,70 +15,16 @@ import sys
 if __package__ in (None, ""):  # run as a file (`deepspeed ha_dpo/train_dpo_post.py`): make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import set_seed
 
-from ha_dpo.arguments import ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments, check_arguments, rename_old_flags
+from ha_dpo.arguments import ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments
 from ha_dpo.collators import PreferenceCollator
-from ha_dpo.cpu_deepspeed import cpu_deepspeed_arguments
 from ha_dpo.hadpo_data import read_hadpo_pairs
 from ha_dpo.preference_data import PreferenceDataset
-from ha_dpo.reporting import configure_wandb, plot_training_curves
 from ha_dpo.skips import SkipCounter
 from ha_dpo.trainer import PreferenceTrainer
 from ha_dpo.training_model import load_for_training, preference_model
-
-
-def parse(argv=None):
-    parser = HfArgumentParser((ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments))
-    argv = rename_old_flags(sys.argv[1:] if argv is None else list(argv))
-    argv += cpu_deepspeed_arguments(argv)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    notes = check_arguments(model_args, training_args, data_args.image_aspect_ratio)
-    return model_args, data_args, training_args, notes
-
-
-def resume_checkpoint(training_args) -> str | None:
-    """`--resume_from_checkpoint PATH`, or `True`/`latest` for the newest checkpoint in output_dir."""
-    resume = training_args.resume_from_checkpoint
-    if resume in (None, "", "False", "false"):
-        return None
-    if resume in ("True", "true", "latest"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise SystemExit(f"--resume_from_checkpoint {resume}: no checkpoint in {training_args.output_dir}")
-        return last
-    return resume
-
-
-def main(argv=None):
-    model_args, data_args, training_args, notes = parse(argv)
-    wandb_note = configure_wandb(training_args.report_to)
-    set_seed(training_args.seed)  # before the block is created: its initialisation is part of the run
-
-    tokenizer, model, image_processor = load_for_training(model_args, training_args)
-    dataset, collator, skips = preference_data(data_args, training_args, tokenizer, image_processor, model.config)
-    trainer = PreferenceTrainer(
-        model=preference_model(model_args, model, tokenizer),
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=tokenizer,
-        beta=training_args.beta,
-        loss_type=training_args.loss_type,
-        gamma=training_args.gamma,
-    )
-    if trainer.is_world_process_zero():
-        for note in [*notes, wandb_note, skips.summary()]:
-            if note:
-                print(note, flush=True)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        if training_args.plot:
-            plot_training_curves(trainer.state.log_history, os.path.join(training_args.output_dir, "training_curves.png"))
-        print(skips.summary(), flush=True)
-    return trainer
+from ha_dpo.training_run import parse, train_and_save
 
 
 def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
@@ -98,6 +44,24 @@ def preference_data(data_args, training_args, tokenizer, image_processor, model_
         samples, tokenizer, model_config.image_token_id, model_config.image_seq_length, training_args.model_max_length, skips=skips
     )
     return dataset, PreferenceCollator(tokenizer, image_processor), skips
+
+
+def main(argv=None):
+    model_args, data_args, training_args, notes = parse((ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments), argv)
+    set_seed(training_args.seed)  # before the block is created: its initialisation is part of the run
+    tokenizer, model, image_processor = load_for_training(model_args, training_args)
+    dataset, collator, skips = preference_data(data_args, training_args, tokenizer, image_processor, model.config)
+    trainer = PreferenceTrainer(
+        model=preference_model(model_args, model, tokenizer),
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        beta=training_args.beta,
+        loss_type=training_args.loss_type,
+        gamma=training_args.gamma,
+    )
+    return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""`PreferenceTrainer`: transformers' Trainer (DeepSpeed, accelerate, logging, checkpoints) with
-our DPO loss, HA-DPO's metric names, and checkpoints of the trained tensors only.
+"""Trainers: transformers' Trainer (DeepSpeed, accelerate, logging, checkpoints) with checkpoints
+of the trained tensors only, each checkpoint folder complete or absent.
 
-The model it trains is a `preference_model` wrapper whose forward returns `PairLogps`.
+- `PreferenceTrainer`: our DPO loss and HA-DPO's metric names; it trains a `preference_model`
+  wrapper whose forward returns `PairLogps`.
+- `TrainableOnlyTrainer` itself, for LLaVA instruction data: it trains a `SupervisedModel`, whose
+  forward is the model's own (labels in, loss out).
+Both wrappers keep the model being trained as `.policy`.
 """
 
 import os
 import shutil
 from collections import defaultdict
 
+from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -17,28 +22,24 @@ from .dpo_loss import preference_loss
 PARTIAL_CHECKPOINTS = ".partial"  # checkpoints are written here, then renamed into the run folder
 
 
-class PreferenceTrainer(Trainer):
-    def __init__(self, *args, beta: float = 0.1, loss_type: str = "sigmoid", gamma: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.beta, self.loss_type, self.gamma = beta, loss_type, gamma
-        self._metrics = defaultdict(list)  # averaged into the next log line, as TRL does
+class SupervisedModel(nn.Module):
+    """The model's own forward with labels; only its trainable part is checkpointed."""
 
-    # --- loss and metrics ---
+    def __init__(self, model):
+        super().__init__()
+        self.policy = model
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps = model(**inputs)
-        loss, metrics = preference_loss(logps, self.beta, self.loss_type, self.gamma)
-        for name, value in metrics.items():
-            self._metrics[name].append(self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean().item())
-        return (loss, logps) if return_outputs else loss
+    @property
+    def config(self):
+        return self.policy.config
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._metrics:
-            logs.update({name: sum(values) / len(values) for name, values in self._metrics.items()})
-            self._metrics.clear()
-        super().log(logs, start_time)
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None):
+        return self.policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values)
 
-    # --- checkpoints: trained tensors only, each checkpoint folder complete or absent ---
+
+class TrainableOnlyTrainer(Trainer):
+    """Checkpoints hold the trained tensors only (never a gather of the whole model) and are
+    written under a temporary folder, then renamed: a crash never leaves half a checkpoint."""
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         output_dir = output_dir or self.args.output_dir
@@ -77,3 +78,24 @@ class PreferenceTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trainable_checkpoint(self.accelerator.unwrap_model(model or self.model).policy, resume_from_checkpoint)
+
+
+
+class PreferenceTrainer(TrainableOnlyTrainer):
+    def __init__(self, *args, beta: float = 0.1, loss_type: str = "sigmoid", gamma: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta, self.loss_type, self.gamma = beta, loss_type, gamma
+        self._metrics = defaultdict(list)  # averaged into the next log line, as TRL does
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps = model(**inputs)
+        loss, metrics = preference_loss(logps, self.beta, self.loss_type, self.gamma)
+        for name, value in metrics.items():
+            self._metrics[name].append(self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean().item())
+        return (loss, logps) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metrics:
+            logs.update({name: sum(values) / len(values) for name, values in self._metrics.items()})
+            self._metrics.clear()
+        super().log(logs, start_time)

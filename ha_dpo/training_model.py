@@ -40,9 +40,16 @@ def load_for_training(model_args, training_args):
 
 def preference_model(model_args, model, tokenizer):
     """Freeze all but the trained part and wrap policy + reference for the trainer."""
-    model.requires_grad_(False)
     if model_args.lora_enable:
+        model.requires_grad_(False)
         return LoraPreferenceModel(_with_lora(model_args, model), tokenizer.pad_token_id)
+    train_block_and_head_only(model_args, model)
+    return SharedBackbonePreferenceModel(model, tune_lm_head=model_args.tune_lm_head)
+
+
+def train_block_and_head_only(model_args, model):
+    """Everything frozen but the block (`--tune_post_decoder`) and/or `lm_head` (`--tune_lm_head`)."""
+    model.requires_grad_(False)
     trained = []
     if model_args.tune_post_decoder:
         trained.append(model.post_decoder)
@@ -51,7 +58,6 @@ def preference_model(model_args, model, tokenizer):
     for module in trained:
         # fp32 master weights for the trained part; the frozen backbone stays in the run's dtype.
         module.to(torch.float32).requires_grad_(True)
-    return SharedBackbonePreferenceModel(model, tune_lm_head=model_args.tune_lm_head)
 
 
 def _with_lora(model_args, model):

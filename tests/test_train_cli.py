@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 from ha_dpo.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.builder import load_pretrained_model
 from post_decoder.tiny import save_llava_hf
-from tests.data_files import write_hadpo
+from tests.data_files import write_hadpo, write_llava
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "ha_dpo", "train_dpo_post.py")
+TRAIN_SFT = os.path.join(ROOT, "ha_dpo", "train_llava_post.py")
 REPLACE_BIN = os.path.join(ROOT, "scripts", "replace_bin.py")
 
 
@@ -100,3 +101,17 @@ def test_two_process_deepspeed_zero2_on_the_cpu_matches_one_process(base_and_dat
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-5), name
     assert any(not torch.equal(tensor, torch.zeros_like(tensor)) for name, tensor in two.items() if "o_proj" in name)
+
+
+def test_supervised_fine_tuning_of_the_block_on_llava_data(base_and_data, tmp_path):
+    base, _ = base_and_data
+    data_path, image_folder = write_llava(tmp_path / "llava")
+    output_dir = tmp_path / "sft"
+    output = run([sys.executable, TRAIN_SFT, "--model_name_or_path", base, "--data_path", data_path,
+                  "--image_folder", image_folder, "--tune_post_decoder", "True", "--use_cpu", "True",
+                  *common_flags(output_dir)])
+    assert "without an image" in output  # text-only samples are counted, kept by default
+    trained = load_file(output_dir / TRAINABLE_WEIGHTS)
+    assert trained and all(name.startswith("post_decoder.") for name in trained)
+    assert any(tensor.abs().sum() > 0 for name, tensor in trained.items() if "down_proj" in name)  # it learned
+    assert (output_dir / "training_curves.png").is_file()
