@@ -17,10 +17,11 @@ setup(
         "numpy",
     ],
     extras_require={
-        "train": ["trl>=1.0", "peft>=0.15", "deepspeed>=0.16", "wandb", "matplotlib", "tqdm"],
+        "train": ["peft>=0.15", "deepspeed>=0.16", "wandb", "matplotlib", "tqdm"],
         "eval": ["pycocotools", "matplotlib", "tqdm"],
         "demo": ["gradio>=6,<7", "matplotlib"],
-        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm", "gradio>=6,<7", "gradio_client", "playwright"],
+        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm", "gradio>=6,<7", "gradio_client", "playwright",
+                 "peft>=0.15", "deepspeed>=0.16"],
     },
     entry_points={
         "console_scripts": [
