@@ -33,3 +33,14 @@ def load_image(path: str, sample_id) -> Image.Image:
         return open_image(path)
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(f"sample {sample_id}: {error}") from error
+
+
+def with_readable_images(samples, skips, check_images: bool = True):
+    """The samples whose image (if any) exists and PIL can read; the others are counted in `skips`."""
+    problems = image_problems(sample.image for sample in samples if sample.image) if check_images else {}
+    for sample in samples:
+        problem = problems.get(sample.image) if sample.image else None
+        if problem:
+            skips.skip(sample.sample_id, problem[0], problem[1], sample.source)
+            continue
+        yield sample

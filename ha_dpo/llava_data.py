@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from post_decoder.conversation import ANSWER_END, ASSISTANT, IMAGE_TOKEN, USER, Conversation, tokenize_with_image
 
-from .images import image_problems, load_image
+from .images import load_image, with_readable_images
 from .json_files import read_json
 from .skips import SkipCounter
 from .token_ids import compact, expand_image_tokens, kept_length
@@ -191,13 +191,8 @@ class SupervisedDataset(Dataset):
         self.image_token_id = image_token_id
         self.image_seq_length = image_seq_length
         self.skips = skips if skips is not None else SkipCounter("LLaVA samples")
-        problems = image_problems(s.image for s in samples if s.image) if check_images else {}
         self.items = []
-        for sample in samples:
-            problem = problems.get(sample.image) if sample.image else None
-            if problem:
-                self.skips.skip(sample.sample_id, problem[0], problem[1], sample.source)
-                continue
+        for sample in with_readable_images(samples, self.skips, check_images):
             item = self._tokenize(sample, tokenizer, model_max_length)
             if item is not None:
                 self.items.append(item)

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from post_decoder.conversation import Conversation, question_prompt, tokenize_with_image
 
-from .images import image_problems, load_image
+from .images import load_image, with_readable_images
 from .skips import SkipCounter
 from .token_ids import compact, expand_image_tokens, expanded_length
 
@@ -71,14 +71,9 @@ class PreferenceDataset(Dataset):
         self.image_seq_length = image_seq_length
         self.model_max_length = model_max_length
         self.skips = skips if skips is not None else SkipCounter("preference pairs")
-        problems = image_problems(s.image for s in samples if s.image) if check_images else {}
         cache: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}  # HA-DPO repeats pairs: tokenize each once
         self.items = []
-        for sample in samples:
-            problem = problems.get(sample.image) if sample.image else None
-            if problem:
-                self.skips.skip(sample.sample_id, problem[0], problem[1], sample.source)
-                continue
+        for sample in with_readable_images(samples, self.skips, check_images):
             item = self._tokenize(sample, tokenizer, cache)
             if item is not None:
                 self.items.append(item)

@@ -1,0 +1,245 @@
+"""Write the toy world in the real datasets' formats, so the real loaders and CLIs run on it.
+
+    python -m ha_dpo.toy.files --out toy_world            # pope_data.json asks the committed base model
+
+    toy_world/
+      world.json                              the design (categories, pairs, probabilities) and its statistics
+      coco/annotations/instances_{train,val}2014.json   COCO instances (pycocotools opens them)
+      coco/annotations/captions_{train,val}2014.json    COCO captions, faithful
+      coco/{train,val}2014/COCO_{split}2014_{id:012d}.jpg
+      llava/toy_instruct.json                 LLaVA-format conversations on train2014 that carry the bias
+      vg/image_data.json + vg/VG_100K/{id}.jpg           Visual Genome's layout, for the DPO images
+      hadpo/desc_data.json, hadpo/pope_data.json         HA-DPO's preference data on the VG images
+      pope/coco_pope_{random,popular,adversarial}.json   POPE on val2014, by eval/build_pope.py
+
+Splits: `train` images teach the base model, `dpo` images (VG layout) carry the preference pairs,
+`val` images are held out for POPE. HA-DPO's pairs are built from the ground truth here, not by
+GPT-4: desc `chosen` is the faithful description, `rejected` adds an absent partner of a present
+anchor (or a random absent object). In pope_data, `answer` is the base model's greedy answer and
+`correct` whether it agrees with the ground truth, as HA-DPO marks the questions its model got wrong.
+"""
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import asdict
+
+from eval.build_pope import build_pope_sets, question_text, write_pope_sets
+from post_decoder.saving import atomic_directory
+
+from .text import faithful_description, hallucinated_description, no_answer, training_conversation, yes_answer
+from .world import BY_NAME, CATEGORIES, PAIRS, WorldConfig, draw, generate_world
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
+VG_URL = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"  # VG's own url form; loaders keep its last two parts
+COCO_SPLITS = {"train": "train2014", "val": "val2014"}
+ALL_NAMES = [category.name for category in CATEGORIES]
+
+
+def coco_file_name(image) -> str:
+    return f"COCO_{COCO_SPLITS[image.split]}_{image.image_id:012d}.jpg"
+
+
+def image_path(root: str, image) -> str:
+    if image.split == "dpo":
+        return os.path.join(root, "vg", "VG_100K", f"{image.image_id}.jpg")
+    return os.path.join(root, "coco", COCO_SPLITS[image.split], coco_file_name(image))
+
+
+def save_jpeg(picture, path: str):
+    # 4:4:4 chroma keeps the small objects' colours; libjpeg is deterministic for the same input.
+    picture.save(path, format="JPEG", quality=95, subsampling=0)
+
+
+def coco_instances(images, size: int) -> dict:
+    annotations = []
+    for image in images:
+        for item in image.objects:
+            x, y, w, h = item.box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image.image_id,
+                    "category_id": BY_NAME[item.name].id,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                    "iscrowd": 0,
+                }
+            )
+    return {
+        "info": {"description": "post-decoder toy world", "version": "1.0"},
+        "licenses": [],
+        "images": [{"id": image.image_id, "file_name": coco_file_name(image), "width": size, "height": size} for image in images],
+        "annotations": annotations,
+        "categories": [{"id": category.id, "name": category.name, "supercategory": "toy"} for category in CATEGORIES],
+    }
+
+
+def coco_captions(images, size: int) -> dict:
+    return {
+        "info": {"description": "post-decoder toy world: faithful captions", "version": "1.0"},
+        "licenses": [],
+        "images": [{"id": image.image_id, "file_name": coco_file_name(image), "width": size, "height": size} for image in images],
+        "annotations": [{"id": index + 1, "image_id": image.image_id, "caption": faithful_description(image)} for index, image in enumerate(images)],
+    }
+
+
+def llava_conversations(images, config: WorldConfig, rng: random.Random) -> list[dict]:
+    """LLaVA's instruction format: the image on the first human turn as "<image>\\n"."""
+    records = []
+    for image in images:
+        turns = training_conversation(image, rng, config.hallucination_probability, ALL_NAMES)
+        conversation = []
+        for index, (question, answer) in enumerate(turns):
+            conversation.append({"from": "human", "value": ("<image>\n" if index == 0 else "") + question})
+            conversation.append({"from": "gpt", "value": answer})
+        records.append({"id": str(image.image_id), "image": coco_file_name(image), "conversations": conversation})
+    return records
+
+
+def vg_image_data(images, size: int) -> list[dict]:
+    return [
+        {"image_id": image.image_id, "url": VG_URL.format(image_id=image.image_id), "width": size, "height": size, "coco_id": None, "flickr_id": None}
+        for image in images
+    ]
+
+
+def desc_data(images, rng: random.Random) -> dict:
+    """HA-DPO's desc_data: VG image id -> faithful `chosen` and hallucinated `rejected` descriptions."""
+    return {
+        str(image.image_id): {"chosen": [faithful_description(image)], "rejected": [hallucinated_description(image, rng, ALL_NAMES)]}
+        for image in images
+    }
+
+
+def pope_data_questions(images, rng: random.Random) -> list[dict]:
+    """Per DPO image: a "yes" question per object, a "no" per absent partner of a present anchor,
+    and a "no" about one other absent object. `chosen` states the truth, `reject` its opposite."""
+    entries = []
+    for image in images:
+        absent_partners = image.absent_partners()
+        others = [name for name in ALL_NAMES if name not in image.names and name not in absent_partners]
+        asked = [(name, True) for name in dict.fromkeys(image.names)]
+        asked += [(name, False) for name in absent_partners] + [(rng.choice(others), False)]
+        for name, present in asked:
+            truth, opposite = (yes_answer(name), no_answer(name)) if present else (no_answer(name), yes_answer(name))
+            entries.append({"image_id": image.image_id, "question": question_text(name), "truth": "yes" if present else "no", "chosen": truth, "reject": opposite})
+    return entries
+
+
+def label_with_model(entries: list[dict], image_paths: dict[int, str], model_path: str, threads: int = 2) -> list[dict]:
+    """Ask the model each question (greedy, LLaVA-1.5's prompt) and keep HA-DPO's fields:
+    `answer` is its answer, `correct` whether its yes/no agrees with the ground truth."""
+    import torch
+
+    from eval.answering import PrefixCachedAnswerer
+    from eval.pope_scoring import parse_yes_no
+    from post_decoder.builder import load_pretrained_model
+    from post_decoder.image_processing import open_image
+
+    torch.set_num_threads(threads)
+    tokenizer, model, image_processor, _ = load_pretrained_model(model_path, device="cpu", dtype=torch.float32)
+    answerer = PrefixCachedAnswerer(model, tokenizer, image_processor, max_new_tokens=16)
+    by_image = {}
+    for entry in entries:
+        by_image.setdefault(entry["image_id"], []).append(entry)
+    labelled = []
+    for image_id, questions in by_image.items():
+        answers = answerer.answer(open_image(image_paths[image_id]), [entry["question"] for entry in questions])
+        for entry, answer in zip(questions, answers):
+            labelled.append(
+                {
+                    "image_id": image_id,
+                    "question": entry["question"],
+                    "answer": answer,
+                    "chosen": entry["chosen"],
+                    "reject": entry["reject"],
+                    "correct": parse_yes_no(answer) == entry["truth"],
+                }
+            )
+    return labelled
+
+
+def write_json(path: str, content):
+    """Written whole to a temporary file, then renamed."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(content, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def write_pope_data(root: str, images, model_path: str, seed: int) -> dict:
+    """hadpo/pope_data.json for the DPO images, answered by the model at `model_path`."""
+    dpo_images = [image for image in images if image.split == "dpo"]
+    entries = pope_data_questions(dpo_images, random.Random(f"{seed}-pope-data"))
+    labelled = label_with_model(entries, {image.image_id: image_path(root, image) for image in dpo_images}, model_path)
+    write_json(os.path.join(root, "hadpo", "pope_data.json"), labelled)
+    wrong = sum(not entry["correct"] for entry in labelled)
+    return {"pope_data_questions": len(labelled), "pope_data_incorrect": wrong, "pope_data_model": model_path}
+
+
+def world_statistics(images) -> dict:
+    """Per pair, over the train images: P(partner | anchor) and P(anchor | partner)."""
+    train = [set(image.names) for image in images if image.split == "train"]
+    pairs = {}
+    for anchor, partner in PAIRS.items():
+        with_anchor = sum(anchor in names for names in train)
+        with_partner = sum(partner in names for names in train)
+        both = sum(anchor in names and partner in names for names in train)
+        pairs[f"{anchor}->{partner}"] = {
+            "p_partner_given_anchor": round(both / max(with_anchor, 1), 3),
+            "p_anchor_given_partner": round(both / max(with_partner, 1), 3),
+        }
+    return {"pairs": pairs, "images": {split: sum(image.split == split for image in images) for split in ("train", "dpo", "val")}}
+
+
+def write_world(out: str, config: WorldConfig = WorldConfig(), pope_images: int = 150, model_path: str | None = None) -> dict:
+    """Generate the world and write every file under `out` (replaced whole, atomically).
+    `model_path`: the base model that answers pope_data's questions; None leaves pope_data out."""
+    images = generate_world(config)
+    rng = random.Random(f"{config.seed}-text")  # text draws apart from the images' stream
+    with atomic_directory(out) as root:
+        for image in images:
+            path = image_path(root, image)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_jpeg(draw(image, config.image_size), path)
+        for split, folder in COCO_SPLITS.items():
+            chosen = [image for image in images if image.split == split]
+            write_json(os.path.join(root, "coco", "annotations", f"instances_{folder}.json"), coco_instances(chosen, config.image_size))
+            write_json(os.path.join(root, "coco", "annotations", f"captions_{folder}.json"), coco_captions(chosen, config.image_size))
+        train = [image for image in images if image.split == "train"]
+        write_json(os.path.join(root, "llava", "toy_instruct.json"), llava_conversations(train, config, rng))
+        dpo = [image for image in images if image.split == "dpo"]
+        write_json(os.path.join(root, "vg", "image_data.json"), vg_image_data(dpo, config.image_size))
+        write_json(os.path.join(root, "hadpo", "desc_data.json"), desc_data(dpo, rng))
+        sets = build_pope_sets(os.path.join(root, "coco", "annotations", "instances_val2014.json"), pope_images, config.seed)
+        write_pope_sets(sets, os.path.join(root, "pope"))
+        summary = {"config": asdict(config), "pope_images": pope_images, **world_statistics(images)}
+        if model_path is not None:
+            summary.update(write_pope_data(root, images, model_path, config.seed))
+        write_json(os.path.join(root, "world.json"), summary)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write the toy world (images, COCO, LLaVA, VG, HA-DPO and POPE files).")
+    parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pope-images", type=int, default=150, help="held-out images asked about in each POPE set")
+    parser.add_argument("--base-model", default=DEFAULT_CHECKPOINT, help="the model whose answers mark pope_data's `correct`")
+    parser.add_argument("--no-pope-data", action="store_true", help="leave hadpo/pope_data.json out (no model is run)")
+    args = parser.parse_args(argv)
+    if not args.no_pope_data and not os.path.isfile(os.path.join(args.base_model, "config.json")):
+        parser.error(f"--base-model {args.base_model} holds no model (config.json); pass another or --no-pope-data")
+    start = time.perf_counter()
+    summary = write_world(args.out, WorldConfig(seed=args.seed), args.pope_images, None if args.no_pope_data else args.base_model)
+    print(json.dumps(summary["images"]), f"written to {args.out} in {time.perf_counter() - start:.1f} s")
+    if "pope_data_questions" in summary:
+        print(f"pope_data: the base model got {summary['pope_data_incorrect']} of {summary['pope_data_questions']} questions wrong")
+
+
+if __name__ == "__main__":
+    main()
