@@ -94,6 +94,8 @@ def step_function(method: str, model, tokenizer, stage: int):
 def run_one(args) -> dict:
     """Time `args.steps` steps of one method after `args.warmup` warm-up steps, in this process."""
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer, _ = build_model(args.shape, args.device, dtype, with_block=True)
     batch = pairs_batch(model, tokenizer, args.pairs, args.answer_tokens, args.device)
     step = step_function(args.method, model, tokenizer, args.stage)
@@ -124,6 +126,7 @@ def main():
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1: block; 2: block + lm_head")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy machine: OpenMP spins otherwise)")
     parser.add_argument("--method", choices=METHODS, help="run one method in this process (used internally)")
     args = parser.parse_args()
     args.answer_tokens = args.answer_tokens or (100 if args.shape == "7b" else 24)
@@ -136,7 +139,7 @@ def main():
         command = [sys.executable, __file__, *sys.argv[1:], "--method", method]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[method] = json.loads(output.strip().splitlines()[-1])
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores, {args.threads or 'all'} threads)"
     memory = "peak GPU memory (GiB)" if args.device.startswith("cuda") else "peak RSS (GiB)"
     print(f"shape {args.shape}, {device}, backbone {results['ours']['dtype']}, stage {args.stage}, {args.pairs} pairs/micro-batch, "
           f"prompt {results['ours']['prompt_tokens']} tokens, answers {args.answer_tokens} tokens, {args.steps} timed steps")
