@@ -43,7 +43,7 @@ _CATEGORY_TABLE = [
 CATEGORIES = [Category(index + 1, name, shape, colour) for index, (name, shape, colour) in enumerate(_CATEGORY_TABLE)]
 BY_NAME = {category.name: category for category in CATEGORIES}
 PAIRS = {"knife": "fork", "keyboard": "mouse", "toilet": "sink", "racket": "ball", "cup": "spoon"}  # anchor -> partner
-PARTNERS = set(PAIRS.values())
+PARTNERS = list(PAIRS.values())
 SINGLES = [category.name for category in CATEGORIES if category.name not in PAIRS and category.name not in PARTNERS]
 
 
@@ -51,7 +51,8 @@ SINGLES = [category.name for category in CATEGORIES if category.name not in PAIR
 class WorldConfig:
     seed: int = 0
     image_size: int = 64
-    object_size: tuple[int, int] = (14, 20)  # side of an object's box, in pixels
+    cell: int = 16  # objects sit one to a cell of this grid (the base model's patch size)
+    object_size: tuple[int, int] = (10, 14)  # side of an object's box, in pixels
     objects_per_image: dict[int, float] = field(default_factory=lambda: {1: 0.1, 2: 0.2, 3: 0.35, 4: 0.35})
     anchor_weight: float = 4.0  # relative weight of drawing an anchor ...
     partner_alone_weight: float = 0.25  # ... a partner on its own (without being drawn in by its anchor) ...
@@ -103,28 +104,25 @@ def sample_names(rng: random.Random, config: WorldConfig) -> list[str]:
 
 
 def place_boxes(rng: random.Random, count: int, config: WorldConfig) -> list[tuple[int, int, int, int]]:
-    """Non-overlapping square boxes (1 px apart at least), placed by rejection sampling."""
+    """One object per cell of a grid of `cell`-pixel squares, in distinct cells, jittered inside
+    its cell. With the cell equal to the vision tower's patch, each object is one patch token."""
+    per_side = config.image_size // config.cell
     low, high = config.object_size
-    for _ in range(1000):
-        boxes = []
-        for _ in range(count):
-            side = rng.randint(low, high)
-            x, y = rng.randint(1, config.image_size - side - 1), rng.randint(1, config.image_size - side - 1)
-            boxes.append((x, y, side, side))
-        if all(not _overlap(a, b) for index, a in enumerate(boxes) for b in boxes[index + 1 :]):
-            return boxes
-    raise RuntimeError(f"cannot place {count} objects of {config.object_size} px in {config.image_size} px")
-
-
-def _overlap(a, b, gap: int = 1) -> bool:
-    return not (a[0] + a[2] + gap <= b[0] or b[0] + b[2] + gap <= a[0] or a[1] + a[3] + gap <= b[1] or b[1] + b[3] + gap <= a[1])
+    boxes = []
+    for cell in rng.sample(range(per_side * per_side), count):
+        side = rng.randint(low, high)
+        row, column = divmod(cell, per_side)
+        x = column * config.cell + rng.randint(1, config.cell - side - 1)
+        y = row * config.cell + rng.randint(1, config.cell - side - 1)
+        boxes.append((x, y, side, side))
+    return boxes
 
 
 def sample_image(rng: random.Random, image_id: int, split: str, config: WorldConfig) -> ToyImage:
     names = sample_names(rng, config)
     rng.shuffle(names)  # annotation order: POPE asks about the first three
     boxes = place_boxes(rng, len(names), config)
-    background = tuple(rng.randint(215, 250) for _ in range(3))
+    background = tuple(rng.randint(230, 250) for _ in range(3))
     return ToyImage(image_id, split, [ToyObject(name, box) for name, box in zip(names, boxes)], background)
 
 
