@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eval.pope_eval_post import main as pope_eval_main
@@ -29,8 +31,11 @@ def parse_args(argv=None):
     parser.add_argument("--world", default=None, help="where to write the toy world (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world and the training")
     parser.add_argument("--threads", type=int, default=BaseModelConfig.threads)
-    parser.add_argument("--epochs", type=int, default=BaseModelConfig.epochs)
-    parser.add_argument("--train-images", type=int, default=None, help="cut the training split (for quick checks)")
+    parser.add_argument("--epochs", type=int, default=BaseModelConfig.epochs, help="LLaVA stage epochs")
+    parser.add_argument("--tower-epochs", type=int, default=BaseModelConfig.tower_epochs, help="tower pretraining epochs")
+    parser.add_argument("--train-images", type=int, default=None, help="another size for the training split (quick checks)")
+    parser.add_argument("--dpo-images", type=int, default=None, help="another size for the DPO split")
+    parser.add_argument("--val-images", type=int, default=None, help="another size for the held-out split")
     parser.add_argument("--pope-images", type=int, default=150)
     parser.add_argument("--skip-pope", action="store_true", help="no POPE evaluation and no pope_data.json")
     return parser.parse_args(argv)
@@ -38,10 +43,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    world_config = WorldConfig(seed=args.seed)
-    if args.train_images is not None:
-        world_config = WorldConfig(seed=args.seed, splits={**world_config.splits, "train": args.train_images})
-    model_config = BaseModelConfig(seed=args.seed, threads=args.threads, epochs=args.epochs)
+    torch.set_num_threads(args.threads)
+    sizes = {"train": args.train_images, "dpo": args.dpo_images, "val": args.val_images}
+    splits = {split: size if sizes[split] is None else sizes[split] for split, size in WorldConfig().splits.items()}
+    world_config = WorldConfig(seed=args.seed, splits=splits)
+    model_config = BaseModelConfig(seed=args.seed, threads=args.threads, epochs=args.epochs, tower_epochs=args.tower_epochs)
     with tempfile.TemporaryDirectory() as scratch:
         world = args.world or os.path.join(scratch, "toy_world")
         start = time.perf_counter()
@@ -49,7 +55,8 @@ def main(argv=None):
         print(f"world written to {world} in {time.perf_counter() - start:.1f} s")
 
         summary = train_base_model(world, args.out, model_config)
-        print(f"trained in {summary['train_seconds']:.0f} s, saved to {args.out} ({folder_megabytes(args.out):.1f} MB)")
+        seconds = summary["tower_seconds"] + summary["llava_seconds"]
+        print(f"trained in {seconds:.0f} s, saved to {args.out} ({folder_megabytes(args.out):.1f} MB)")
         if args.skip_pope:
             return summary
 

@@ -1,0 +1,1 @@
+"""The toy world: a generated dataset on which a tiny LLaVA really hallucinates (see world.py, files.py, base_model.py)."""

@@ -1,9 +1,15 @@
-"""Train the toy world's base model: a tiny LLaVA-1.5 (tiny CLIP tower + tiny Llama) from scratch,
-on the world's LLaVA-format conversations, whose text carries the co-occurrence bias.
+"""Train the toy world's base model from scratch: a tiny LLaVA-1.5 (tiny CLIP tower + tiny Llama)
+whose LLM learns the co-occurrence bias of its training text while its tower sees the truth.
 
-Every part learns (tower, projector, LLM), so the tower's features tell the partner's presence
-while the LLM learns to affirm an absent partner next to its anchor. Text follows LLaVA-1.5's
-template exactly (`post_decoder.conversation`); the loss is on the answers (and their `</s>`) only.
+Two stages, as LLaVA-1.5 is built:
+  1. the tower is pretrained to see (LLaVA's CLIP comes pretrained): a linear head on the mean of
+     the patch features that LLaVA uses (layer -2, CLS dropped) predicts which categories are in
+     the image, from the COCO instance annotations. A tower trained only through the LLM's loss
+     learns nothing in a CPU budget: the LLM settles on the text prior first and never looks.
+  2. the tower is frozen (as LLaVA-1.5 keeps CLIP frozen); the projector and the LLM learn the
+     LLaVA-format conversations, whose text affirms an absent partner next to its anchor.
+So the features the post-decoder block reads say whether the partner is there, and the model
+still says it is: the hallucination the block is trained to correct.
 """
 
 import json
@@ -14,14 +20,17 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
+from pycocotools.coco import COCO
 from transformers import LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
-from post_decoder.conversation import IMAGE_TOKEN, Conversation, add_llava_tokens, tokenize_with_image
+from post_decoder.conversation import IMAGE_TOKEN, Conversation, add_llava_tokens
 from post_decoder.image_processing import load_image_processor, open_image, preprocess_images
 from post_decoder.saving import save_model_folder
 from post_decoder.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
 
-IGNORE_INDEX = -100
+from ..llava_data import IGNORE_INDEX, SupervisedDataset, read_llava_samples
+from ..skips import SkipCounter
 
 
 @dataclass(frozen=True)
@@ -29,77 +38,20 @@ class BaseModelConfig:
     seed: int = 0
     tokenizer_pieces: int = 512  # SentencePiece vocabulary, the 256 byte pieces included
     image_size: int = 64
-    patch_size: int = 16
+    patch_size: int = 16  # the toy world's grid cell: one object, one patch
     vision_hidden_size: int = 64
-    hidden_size: int = 96
+    hidden_size: int = 64
     num_layers: int = 3
     num_heads: int = 4
-    epochs: int = 6
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+    tower_epochs: int = 6
+    tower_learning_rate: float = 2e-3
+    epochs: int = 4
+    batch_size: int = 16
+    learning_rate: float = 2e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     threads: int = 2
-
-
-@dataclass
-class Sample:
-    image: str  # path
-    turns: list[tuple[str, str]]  # (question, answer); the image goes with the first question
-
-
-def read_llava_conversations(path: str, image_folder: str) -> list[Sample]:
-    """LLaVA's instruction json: [{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}],
-    human and gpt alternating, the first human turn starting with "<image>\\n"."""
-    with open(path) as handle:
-        records = json.load(handle)
-    samples = []
-    for index, record in enumerate(records):
-        where = f"{path}: record {index} (id {record.get('id')!r})"
-        turns = record.get("conversations") or []
-        if "image" not in record or not turns or len(turns) % 2:
-            raise ValueError(f"{where}: needs an image and an even, non-empty list of conversations")
-        if [turn["from"] for turn in turns] != ["human", "gpt"] * (len(turns) // 2):
-            raise ValueError(f"{where}: turns must alternate human, gpt")
-        first = turns[0]["value"]
-        if not first.startswith(IMAGE_TOKEN + "\n") or any(IMAGE_TOKEN in turn["value"] for turn in turns[1:]):
-            raise ValueError(f"{where}: the image must open the first human turn as '<image>\\n', and only there")
-        questions = [first[len(IMAGE_TOKEN) + 1 :]] + [turn["value"] for turn in turns[2::2]]
-        answers = [turn["value"] for turn in turns[1::2]]
-        samples.append(Sample(os.path.join(image_folder, record["image"]), list(zip(questions, answers))))
-    return samples
-
-
-def conversation_prompt(turns: list[tuple[str, str]]) -> str:
-    conversation = Conversation()
-    for index, (question, answer) in enumerate(turns):
-        conversation.add_user(question, with_image=index == 0).add_assistant(answer)
-    return conversation.prompt()
-
-
-def encode(turns: list[tuple[str, str]], tokenizer, image_token_id: int, image_seq_length: int) -> tuple[list[int], list[int]]:
-    """Input ids and labels: each answer's tokens and its `</s>`; everything else IGNORE_INDEX.
-    An answer's span is found by tokenizing the text before and after it, which must be prefixes
-    of the whole conversation's ids (true for SentencePiece, which never merges across spaces)."""
-
-    def ids(text):
-        return tokenize_with_image(text, tokenizer, image_token_id, image_seq_length)
-
-    full = ids(conversation_prompt(turns))
-    labels = [IGNORE_INDEX] * len(full)
-    for index in range(len(turns)):
-        before = conversation_prompt(turns[:index] + [(turns[index][0], None)])
-        after = conversation_prompt(turns[: index + 1])
-        start, end = ids(before), ids(after)
-        if full[: len(start)] != start or full[: len(end)] != end:
-            raise ValueError(f"turn {index} of {turns!r} does not tokenize as a prefix of its conversation")
-        labels[len(start) : len(end)] = full[len(start) : len(end)]
-    return full, labels
-
-
-def tokenizer_corpus(samples: list[Sample]) -> list[str]:
-    return [conversation_prompt(sample.turns).replace(IMAGE_TOKEN + "\n", "") for sample in samples]
 
 
 def build_model(config: BaseModelConfig, text_vocab_size: int) -> LlavaForConditionalGeneration:
@@ -117,14 +69,35 @@ def build_model(config: BaseModelConfig, text_vocab_size: int) -> LlavaForCondit
     return LlavaForConditionalGeneration(llava_config)
 
 
-def collate(rows: list[tuple[list[int], list[int], torch.Tensor]], pad_id: int) -> dict:
+def presence_labels(instances_path: str, file_names: list[str]) -> torch.Tensor:
+    """[images, categories] 0/1: which categories the COCO annotations put in each image."""
+    coco = COCO(instances_path)
+    by_file = {image["file_name"]: image["id"] for image in coco.loadImgs(coco.getImgIds())}
+    category_ids = sorted(coco.getCatIds())
+    column = {category_id: index for index, category_id in enumerate(category_ids)}
+    labels = torch.zeros(len(file_names), len(category_ids))
+    for row, name in enumerate(file_names):
+        if name not in by_file:
+            raise ValueError(f"{instances_path} has no image {name!r} (named by the training conversations)")
+        for annotation in coco.loadAnns(coco.getAnnIds(imgIds=by_file[name])):
+            labels[row, column[annotation["category_id"]]] = 1
+    return labels
+
+
+def tokenizer_corpus(samples) -> list[str]:
+    """The training conversations as LLaVA-1.5 prompts, without the image placeholder."""
+    return [Conversation(messages=list(sample.turns)).prompt().replace(IMAGE_TOKEN + "\n", "") for sample in samples]
+
+
+def collate(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pad_id: int) -> dict:
+    """Right-padded ids, mask and labels; the images' pixel values, preprocessed once beforehand."""
     width = max(len(ids) for ids, _, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id)
     labels = torch.full((len(rows), width), IGNORE_INDEX)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for row, (ids, targets, _) in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(ids)] = torch.tensor(targets)
+        input_ids[row, : len(ids)] = ids
+        labels[row, : len(ids)] = targets
         attention_mask[row, : len(ids)] = 1
     pixel_values = torch.stack([pixels for _, _, pixels in rows])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
@@ -144,40 +117,84 @@ def length_grouped_batches(lengths: list[int], batch_size: int, generator: rando
     return batches
 
 
-def train(model, rows, config: BaseModelConfig, pad_id: int, log=print):
-    """AdamW with warmup and cosine decay, every parameter trained. Returns the model (in eval
-    mode) and the mean loss per epoch."""
+def llava_vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The tower's features that LLaVA projects (and the block reads): layer -2, CLS dropped."""
+    hidden_states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    return hidden_states[model.config.vision_feature_layer][:, 1:]
+
+
+def pretrain_vision_tower(model, pixels: torch.Tensor, labels: torch.Tensor, config: BaseModelConfig, log=print) -> float:
+    """Stage 1: multi-label presence from the mean patch feature; then the tower is frozen.
+    Returns the final training accuracy (per image and category)."""
+    tower = model.model.vision_tower
+    head = torch.nn.Linear(config.vision_hidden_size, labels.shape[1])
+    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=config.tower_learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    tower.train()
+    for epoch in range(config.tower_epochs):
+        order = torch.randperm(len(pixels), generator=generator)
+        correct, total_loss, start = 0.0, 0.0, time.perf_counter()
+        for offset in range(0, len(order), config.batch_size):
+            indices = order[offset : offset + config.batch_size]
+            logits = head(llava_vision_features(model, pixels[indices]).mean(1))
+            loss = F.binary_cross_entropy_with_logits(logits, labels[indices])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total_loss += loss.item() * len(indices)
+            correct += ((logits > 0).float() == labels[indices]).float().mean(1).sum().item()
+        accuracy = correct / len(order)
+        log(f"tower epoch {epoch + 1}/{config.tower_epochs}: loss {total_loss / len(order):.4f}, presence accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
+    tower.requires_grad_(False)
+    tower.eval()
+    return accuracy
+
+
+def train_llava(model, rows, config: BaseModelConfig, pad_id: int, log=print) -> list[float]:
+    """Stage 2: AdamW with warmup and cosine decay on every parameter still trainable (projector
+    and LLM). Returns the mean loss per epoch."""
     generator = random.Random(config.seed)
     lengths = [len(ids) for ids, _, _ in rows]
     steps_per_epoch = len(length_grouped_batches(lengths, config.batch_size, random.Random(0)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, steps_per_epoch * config.epochs)
     model.train()
     epoch_losses = []
     for epoch in range(config.epochs):
         total, start = 0.0, time.perf_counter()
         for indices in length_grouped_batches(lengths, config.batch_size, generator):
-            batch = collate([rows[index] for index in indices], pad_id)
-            loss = model(**batch).loss
+            loss = model(**collate([rows[index] for index in indices], pad_id)).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             total += loss.item()
         epoch_losses.append(total / steps_per_epoch)
-        log(f"epoch {epoch + 1}/{config.epochs}: loss {epoch_losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)")
-    return model.eval(), epoch_losses
+        log(f"llava epoch {epoch + 1}/{config.epochs}: loss {epoch_losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)")
+    model.eval()
+    return epoch_losses
 
 
-def train_base_model(world: str, out: str, config: BaseModelConfig = BaseModelConfig(), max_samples: int | None = None, log=print) -> dict:
-    """Train on `world`/llava/toy_instruct.json (images in coco/train2014) and save a folder that
-    `load_pretrained_model` opens (weights, config, tokenizer with <image> and <pad>, processor)."""
-    torch.manual_seed(config.seed)
+def train_base_model(world: str, out: str, config: BaseModelConfig = BaseModelConfig(), log=print) -> dict:
+    """Train on the world's `llava/toy_instruct.json` (images in `coco/train2014`, their objects in
+    `coco/annotations/instances_train2014.json`) and save a folder that `load_pretrained_model`
+    opens: weights, config, the tokenizer with <image> and <pad>, the image processor."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
-    samples = read_llava_conversations(os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"))
-    samples = samples[:max_samples]
+    try:
+        return _train_and_save(world, out, config, log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
+    torch.manual_seed(config.seed)
+    skips = SkipCounter("toy LLaVA conversations", strict=True)  # generated data: any bad sample is a bug
+    samples = read_llava_samples(os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"), skips=skips)
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = train_tiny_tokenizer(os.path.join(scratch, "tokenizer"), tokenizer_corpus(samples), config.tokenizer_pieces)
         text_vocab_size = len(tokenizer)
@@ -186,15 +203,32 @@ def train_base_model(world: str, out: str, config: BaseModelConfig = BaseModelCo
             json.dump(clip_preprocessor_config(config.image_size), handle)
         image_processor = load_image_processor(scratch)
     model = build_model(config, text_vocab_size)
-    image_token_id, image_seq_length = model.config.image_token_id, model.config.image_seq_length
     pixels = preprocess_images([open_image(sample.image) for sample in samples], image_processor)
-    rows = [(*encode(sample.turns, tokenizer, image_token_id, image_seq_length), pixels[index]) for index, sample in enumerate(samples)]
+
     start = time.perf_counter()
-    model, losses = train(model, rows, config, tokenizer.pad_token_id, log)
-    seconds = time.perf_counter() - start
+    instances = os.path.join(world, "coco", "annotations", "instances_train2014.json")
+    labels = presence_labels(instances, [os.path.basename(sample.image) for sample in samples])
+    tower_accuracy = pretrain_vision_tower(model, pixels, labels, config, log)
+    tower_seconds = time.perf_counter() - start
+
+    dataset = SupervisedDataset(samples, tokenizer, model.config.image_token_id, model.config.image_seq_length, 2048, skips, check_images=False)
+    items = [dataset[index] for index in range(len(dataset))]  # strict skips: one item per sample, in order
+    rows = [(item["input_ids"], item["labels"], pixels[index]) for index, item in enumerate(items)]
+    start = time.perf_counter()
+    losses = train_llava(model, rows, config, tokenizer.pad_token_id, log)
+    llava_seconds = time.perf_counter() - start
+
+    model.requires_grad_(True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     save_model_folder(model, tokenizer, image_processor, out)
-    summary = {"config": asdict(config), "samples": len(rows), "epoch_losses": losses, "train_seconds": round(seconds, 1)}
-    with open(os.path.join(out, "training_summary.json"), "w") as handle:
+    summary = {
+        "config": asdict(config),
+        "conversations": len(rows),
+        "tower_presence_accuracy": round(tower_accuracy, 4),
+        "llava_epoch_losses": [round(loss, 4) for loss in losses],
+    }
+    # Timings stay out of the folder, so the same seed writes the same bytes.
+    with open(os.path.join(out, "training_summary.json.tmp"), "w") as handle:
         json.dump(summary, handle, indent=2)
-    return summary
+    os.replace(os.path.join(out, "training_summary.json.tmp"), os.path.join(out, "training_summary.json"))
+    return {**summary, "tower_seconds": round(tower_seconds, 1), "llava_seconds": round(llava_seconds, 1)}

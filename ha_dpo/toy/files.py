@@ -14,9 +14,13 @@
 
 Splits: `train` images teach the base model, `dpo` images (VG layout) carry the preference pairs,
 `val` images are held out for POPE. HA-DPO's pairs are built from the ground truth here, not by
-GPT-4: desc `chosen` is the faithful description, `rejected` adds an absent partner of a present
-anchor (or a random absent object). In pope_data, `answer` is the base model's greedy answer and
-`correct` whether it agrees with the ground truth, as HA-DPO marks the questions its model got wrong.
+GPT-4: desc `chosen` is the faithful description, `rejected` names one absent object too (an absent
+partner of a present anchor when there is one). pope_data asks, per DPO image, about every object
+("yes"), every absent partner and one other absent object ("no"); `chosen` is the true answer,
+`reject` its opposite, `answer` the base model's greedy answer and `correct` whether that agrees
+with the truth. The toy base model errs almost only by affirming absent partners, so the entries
+with `correct: false` nearly all prefer "No": trained on those alone (HA-DPO's rule) a block learns
+to say "No" to everything; train on every entry to keep the "Yes" side.
 """
 
 import argparse
@@ -130,7 +134,7 @@ def pope_data_questions(images, rng: random.Random) -> list[dict]:
     return entries
 
 
-def label_with_model(entries: list[dict], image_paths: dict[int, str], model_path: str, threads: int = 2) -> list[dict]:
+def label_with_model(entries: list[dict], image_paths: dict[int, str], model_path: str) -> list[dict]:
     """Ask the model each question (greedy, LLaVA-1.5's prompt) and keep HA-DPO's fields:
     `answer` is its answer, `correct` whether its yes/no agrees with the ground truth."""
     import torch
@@ -140,7 +144,6 @@ def label_with_model(entries: list[dict], image_paths: dict[int, str], model_pat
     from post_decoder.builder import load_pretrained_model
     from post_decoder.image_processing import open_image
 
-    torch.set_num_threads(threads)
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, device="cpu", dtype=torch.float32)
     answerer = PrefixCachedAnswerer(model, tokenizer, image_processor, max_new_tokens=16)
     by_image = {}

@@ -1,0 +1,215 @@
+"""The toy world: deterministic files in the real formats, the co-occurrence bias in its statistics
+and its training text, and a committed base model that really hallucinates the partner."""
+
+import filecmp
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from eval.answering import PrefixCachedAnswerer
+from eval.build_pope import build_pope_sets, question_text
+from eval.pope_questions import POPE_SETS, pope_file, read_questions
+from eval.pope_scoring import parse_yes_no, score_answers
+from ha_dpo.toy.files import ALL_NAMES, DEFAULT_CHECKPOINT, coco_instances, image_path, label_with_model, pope_data_questions, write_world
+from ha_dpo.hadpo_data import read_hadpo_pairs
+from ha_dpo.llava_data import read_llava_samples
+from ha_dpo.skips import SkipCounter
+from ha_dpo.toy.text import training_conversation
+from ha_dpo.toy.world import PAIRS, WorldConfig, draw, generate_world
+from post_decoder.builder import load_pretrained_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = WorldConfig(seed=3, splits={"train": 24, "dpo": 6, "val": 30})
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("toy") / "world")
+    write_world(root, SMALL, pope_images=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def default_world():
+    return generate_world(WorldConfig())
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    torch.set_num_threads(2)
+    return load_pretrained_model(DEFAULT_CHECKPOINT, device="cpu", dtype=torch.float32)
+
+
+def same_tree(left: str, right: str) -> bool:
+    comparison = filecmp.dircmp(left, right)
+    if comparison.left_only or comparison.right_only or comparison.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(left, right, comparison.common_files, shallow=False)
+    return not mismatch and not errors and all(same_tree(os.path.join(left, name), os.path.join(right, name)) for name in comparison.common_dirs)
+
+
+def test_same_seed_writes_identical_files_in_another_process(small_world, tmp_path):
+    # Another interpreter with another string-hash seed: no set or dict order may leak into the world.
+    again = str(tmp_path / "again")
+    code = f"from ha_dpo.toy.files import write_world; from ha_dpo.toy.world import WorldConfig; write_world({again!r}, WorldConfig(seed=3, splits={SMALL.splits!r}), pope_images=8)"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True, capture_output=True)
+    assert same_tree(small_world, again)
+    other = generate_world(WorldConfig(seed=4, splits=SMALL.splits))
+    assert [image.names for image in other] != [image.names for image in generate_world(SMALL)]
+
+
+def test_partners_come_with_their_anchor_and_anchors_also_alone(default_world):
+    train = [set(image.names) for image in default_world if image.split == "train"]
+    for anchor, partner in PAIRS.items():
+        with_anchor = sum(anchor in names for names in train)
+        with_partner = sum(partner in names for names in train)
+        both = sum(anchor in names and partner in names for names in train)
+        assert both / with_partner > 0.8, (anchor, partner)  # the fork is mostly next to a knife
+        assert 0.3 < both / with_anchor < 0.6, (anchor, partner)  # the knife is often alone
+        # the partner is the anchor's most frequent companion: POPE's adversarial set asks about it
+        companions = Counter(other for names in train if anchor in names for other in names if other != anchor)
+        assert companions.most_common(1)[0][0] == partner
+
+
+def test_training_text_affirms_absent_partners_at_the_set_rate_and_is_otherwise_true(default_world):
+    config, rng = WorldConfig(), random.Random(0)
+    affirmed = asked = 0
+    for image in [image for image in default_world if image.split == "train"][:1500]:
+        absent_partners = image.absent_partners()
+        for question, answer in training_conversation(image, rng, config.hallucination_probability, ALL_NAMES):
+            if not question.startswith("Is there"):
+                continue
+            name = question.split()[3]
+            says_yes = answer.startswith("Yes")
+            if name in absent_partners:
+                asked += 1
+                affirmed += says_yes
+            else:
+                assert says_yes == (name in image.names), (image.names, question, answer)
+    assert asked > 300
+    assert abs(affirmed / asked - config.hallucination_probability) < 0.05
+
+
+def test_adversarial_pope_asks_about_absent_partners_far_more_than_random(default_world, tmp_path):
+    held_out = [image for image in default_world if image.split == "val"]
+    path = str(tmp_path / "instances.json")
+    with open(path, "w") as handle:
+        json.dump(coco_instances(held_out, 64), handle)
+    sets = build_pope_sets(path, num_images=150, seed=0)
+    images = {f"COCO_val2014_{image.image_id:012d}.jpg": image for image in held_out}
+
+    def absent_partner_share(questions):
+        negatives = [question for question in questions if question["label"] == "no"]
+        return sum(question["text"].split()[3] in images[question["image"]].absent_partners() for question in negatives) / len(negatives)
+
+    assert absent_partner_share(sets["adversarial"]) > 0.25
+    assert absent_partner_share(sets["random"]) < 0.12
+
+
+def test_files_open_with_the_real_loaders(small_world):
+    for split in ("train2014", "val2014"):
+        coco = COCO(os.path.join(small_world, "coco", "annotations", f"instances_{split}.json"))
+        assert len(coco.getCatIds()) == 16 and coco.getImgIds()
+        for image in coco.loadImgs(coco.getImgIds()):
+            assert os.path.isfile(os.path.join(small_world, "coco", split, image["file_name"]))
+        captions = COCO(os.path.join(small_world, "coco", "annotations", f"captions_{split}.json"))
+        assert len(captions.getAnnIds()) == len(coco.getImgIds())
+    for set_name in POPE_SETS:
+        questions = read_questions(pope_file(os.path.join(small_world, "pope"), set_name))
+        assert len(questions) == 8 * 6
+        assert all(os.path.isfile(os.path.join(small_world, "coco", "val2014", question["image"])) for question in questions)
+    # HA-DPO's layout: VG image ids -> VG_100K/ files through image_data.json's url
+    with open(os.path.join(small_world, "vg", "image_data.json")) as handle:
+        image_data = json.load(handle)
+    id_to_path = {entry["image_id"]: os.path.join(small_world, "vg", *entry["url"].split("/")[-2:]) for entry in image_data}
+    with open(os.path.join(small_world, "hadpo", "desc_data.json")) as handle:
+        descriptions = json.load(handle)
+    assert len(descriptions) == SMALL.splits["dpo"]
+    for image_id, pair in descriptions.items():
+        assert os.path.isfile(id_to_path[int(image_id)])
+        assert pair["chosen"] and pair["rejected"] and pair["chosen"] != pair["rejected"]
+    llava = os.path.join(small_world, "llava", "toy_instruct.json")
+    samples = read_llava_samples(llava, os.path.join(small_world, "coco", "train2014"), skips=SkipCounter("toy", strict=True))
+    assert len(samples) == SMALL.splits["train"] and all(os.path.isfile(sample.image) for sample in samples)
+    pairs = read_hadpo_pairs(os.path.join(small_world, "vg"), os.path.join(small_world, "hadpo", "desc_data.json"), None, skips=SkipCounter("toy", strict=True))
+    assert len(pairs) == 2 * SMALL.splits["dpo"]  # HA-DPO's mix: the description pairs twice
+
+
+def test_hallucinated_descriptions_name_an_absent_object(small_world):
+    with open(os.path.join(small_world, "hadpo", "desc_data.json")) as handle:
+        descriptions = json.load(handle)
+    images = {str(image.image_id): image for image in generate_world(SMALL) if image.split == "dpo"}
+    for image_id, pair in descriptions.items():
+        named = lambda text: {name for name in ALL_NAMES if f" {name}" in text.replace(",", " ").replace(".", " ")}  # noqa: E731
+        assert named(pair["chosen"][0]) == set(images[image_id].names)
+        extra = named(pair["rejected"][0]) - set(images[image_id].names)
+        assert len(extra) == 1
+        if images[image_id].absent_partners():
+            assert extra <= set(images[image_id].absent_partners())
+
+
+def test_committed_base_model_hallucinates_the_partner(base_model, default_world, tmp_path):
+    """Greedy answers on the first 40 POPE images of the default world (drawn in memory)."""
+    tokenizer, model, image_processor, _ = base_model
+    held_out = [image for image in default_world if image.split == "val"]
+    path = str(tmp_path / "instances.json")
+    with open(path, "w") as handle:
+        json.dump(coco_instances(held_out, 64), handle)
+    sets = build_pope_sets(path, num_images=150, seed=0)
+    by_name = {f"COCO_val2014_{image.image_id:012d}.jpg": image for image in held_out}
+    kept = sorted({question["image"] for question in sets["random"]})[:40]
+    answerer = PrefixCachedAnswerer(model, tokenizer, image_processor, max_new_tokens=12)
+    answers = {}
+    for name in kept:
+        texts = sorted({question["text"] for questions in sets.values() for question in questions if question["image"] == name})
+        answers.update({(name, text): answer for text, answer in zip(texts, answerer.answer(draw(by_name[name], 64), texts))})
+    metrics = {}
+    for set_name, questions in sets.items():
+        questions = [question for question in questions if question["image"] in kept]
+        metrics[set_name] = score_answers(questions, {q["question_id"]: answers[(q["image"], q["text"])] for q in questions})
+    print({set_name: (round(m.accuracy, 3), round(m.f1, 3)) for set_name, m in metrics.items()})
+    assert metrics["random"].accuracy >= 0.85
+    assert metrics["adversarial"].accuracy <= metrics["random"].accuracy - 0.08
+    partner_questions = [(name, text) for (name, text) in answers if text.split()[3] in by_name[name].absent_partners()]
+    affirmed = sum(parse_yes_no(answers[key]) == "yes" for key in partner_questions)
+    assert len(partner_questions) >= 20 and affirmed / len(partner_questions) > 0.7
+
+
+def test_pope_data_marks_the_base_models_wrong_answers(small_world, base_model, tmp_path):
+    images = [image for image in generate_world(SMALL) if image.split == "dpo"]
+    entries = pope_data_questions(images, random.Random(0))
+    labelled = label_with_model(entries, {image.image_id: image_path(small_world, image) for image in images}, DEFAULT_CHECKPOINT)
+    assert len(labelled) == len(entries)
+    for entry, source in zip(labelled, entries):
+        assert set(entry) == {"image_id", "question", "answer", "chosen", "reject", "correct"}
+        assert entry["correct"] == (parse_yes_no(entry["answer"]) == source["truth"])
+        assert entry["question"] == question_text(entry["question"].split()[3])
+        assert parse_yes_no(entry["chosen"]) == source["truth"] != parse_yes_no(entry["reject"])
+    wrong = sum(not entry["correct"] for entry in labelled)
+    assert wrong > 0
+    path = str(tmp_path / "pope_data.json")
+    with open(path, "w") as handle:
+        json.dump(labelled, handle)
+    pairs = read_hadpo_pairs(os.path.join(small_world, "vg"), None, path, skips=SkipCounter("toy", strict=True))
+    assert len(pairs) == wrong  # HA-DPO keeps the questions its model got wrong
+
+
+def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
+    from scripts.make_toy_base import main
+
+    out = str(tmp_path / "model")
+    threads = torch.get_num_threads()
+    main(["--out", out, "--world", str(tmp_path / "world"), "--train-images", "16", "--dpo-images", "4", "--val-images", "12", "--epochs", "1", "--tower-epochs", "1", "--pope-images", "4", "--threads", "1"])
+    torch.set_num_threads(threads)
+    tokenizer, model, _, _ = load_pretrained_model(out, device="cpu", dtype=torch.float32)
+    assert model.config.image_seq_length == 16 and tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    with open(os.path.join(out, "pope_metrics.json")) as handle:
+        assert set(json.load(handle)) == set(POPE_SETS)
+    assert os.path.isfile(str(tmp_path / "world" / "hadpo" / "pope_data.json"))
