@@ -13,8 +13,9 @@ from post_decoder import VARIANTS
 
 from .dpo_loss import LOSS_TYPES
 
-# transformers renamed these; HA-DPO's commands still use the old names.
-RENAMED_FLAGS = {"--evaluation_strategy": "--eval_strategy"}
+# transformers 5 renamed these; HA-DPO's and LLaVA's commands still use the old names
+# (`--warmup_steps` reads a float below 1 as the ratio of all steps).
+RENAMED_FLAGS = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "--warmup_steps"}
 
 
 @dataclass
@@ -48,6 +49,9 @@ class PreferenceDataArguments:
     desc_data_path: str | None = field(default=None, metadata={"help": "HA-DPO desc_data.json"})
     pope_data_path: str | None = field(default=None, metadata={"help": "HA-DPO pope_data.json"})
     all_pairs: bool = field(default=False, metadata={"help": "every pair, not HA-DPO's one pair per image"})
+    pope_correct_pairs: bool = field(
+        default=False, metadata={"help": "also train on the pope entries the model answered correctly (HA-DPO leaves them out)"}
+    )
     strict: bool = field(default=False, metadata={"help": "stop at the first bad sample instead of skipping it"})
     image_aspect_ratio: str = field(default="pad", metadata={"help": "LLaVA-1.5's 'pad' only"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "images are always read lazily"})

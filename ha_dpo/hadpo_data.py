@@ -4,7 +4,9 @@
   descriptions of Visual Genome images; the question is one of HA-DPO's four description prompts.
 - `pope_data.json`: `[{"image_id", "question", "answer", "chosen", "reject", "correct"}, ...]`,
   yes/no questions on Visual Genome images (`image_id` is a VG id); an entry with
-  `correct == true` is not a pair and is left out, as HA-DPO does.
+  `correct == true` is not a pair and is left out, as HA-DPO does, unless `pope_correct_pairs`:
+  then it is a pair too (its `chosen` is the truth), so the pairs also prefer "Yes" where the
+  truth does, not only the "No" of a model that errs by affirming absent objects.
 - Images: `vg_path/image_data.json` gives each VG id a url whose last two parts (`VG_100K` or
   `VG_100K_2`, file name) locate the file under `vg_path`.
 
@@ -119,7 +121,9 @@ def read_description_pairs(
     return samples
 
 
-def read_pope_pairs(pope_data_path: str, images: VisualGenomeImages, skips: SkipCounter) -> list[PreferenceSample]:
+def read_pope_pairs(
+    pope_data_path: str, images: VisualGenomeImages, skips: SkipCounter, correct_pairs: bool = False
+) -> list[PreferenceSample]:
     data = read_json(pope_data_path, "HA-DPO pope_data.json")
     if not isinstance(data, list):
         raise ValueError(f"{pope_data_path}: expected a list of questions, found {type(data).__name__}")
@@ -135,7 +139,7 @@ def read_pope_pairs(pope_data_path: str, images: VisualGenomeImages, skips: Skip
                 sample_id, "malformed entry", f"'correct' is {entry['correct']!r}, not true/false", pope_data_path
             )
             continue
-        if entry["correct"]:
+        if entry["correct"] and not correct_pairs:
             skips.note("pope entries answered correctly (correct == true, not pairs; as HA-DPO)")
             continue
         if not all(isinstance(entry[key], str) and entry[key].strip() for key in ("question", "chosen", "reject")):
@@ -162,6 +166,7 @@ def read_hadpo_pairs(
     seed: int = 42,
     desc_repeat: int = 2,
     skips: SkipCounter | None = None,
+    pope_correct_pairs: bool = False,
 ) -> list[PreferenceSample]:
     """HA-DPO's training list: pope pairs, then the description pairs `desc_repeat` times."""
     if sample_strategy not in SAMPLE_STRATEGIES:
@@ -172,7 +177,7 @@ def read_hadpo_pairs(
     images = VisualGenomeImages(vg_path)
     rng = random.Random(seed)
     described = read_description_pairs(desc_data_path, images, sample_strategy, rng, skips) if desc_data_path else []
-    pope = read_pope_pairs(pope_data_path, images, skips) if pope_data_path else []
+    pope = read_pope_pairs(pope_data_path, images, skips, pope_correct_pairs) if pope_data_path else []
     skips.note("pope pairs", len(pope))
     skips.note(f"description pairs (each used {desc_repeat}x)", len(described))
     return pope + described * desc_repeat

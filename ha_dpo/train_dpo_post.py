@@ -39,6 +39,7 @@ def preference_data(data_args, training_args, tokenizer, image_processor, model_
         sample_strategy="all" if data_args.all_pairs else "offline",
         seed=training_args.seed,
         skips=skips,
+        pope_correct_pairs=data_args.pope_correct_pairs,
     )
     dataset = PreferenceDataset(
         samples, tokenizer, model_config.image_token_id, model_config.image_seq_length, training_args.model_max_length, skips=skips

@@ -57,6 +57,8 @@ def test_pope_entries_answered_correctly_are_left_out_and_noted(hadpo):
     assert "pope:1" not in ids_of(samples)
     assert skips.notes["pope entries answered correctly (correct == true, not pairs; as HA-DPO)"] == 1
     assert "pope:1" not in str(skips.first_ids)  # not a skip: a deliberate rule
+    with_correct = read_hadpo_pairs(vg_path, pope_data_path=pope, pope_correct_pairs=True)
+    assert ids_of(with_correct) == sorted(ids_of(samples) + ["pope:1"], key=lambda sample_id: int(sample_id.split(":")[1]))
 
 
 def test_all_pairs_option_uses_every_chosen_rejected_pair(hadpo):

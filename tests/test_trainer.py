@@ -150,6 +150,6 @@ def test_flags_without_work_here_are_reported_and_old_names_accepted(tmp_path):
     training_args = PreferenceTrainingArguments(output_dir=str(tmp_path), report_to=[], gradient_checkpointing=True)
     notes = check_arguments(ModelArguments("unused", tune_post_decoder=True), training_args)
     assert any("gradient_checkpointing" in note for note in notes) and not training_args.gradient_checkpointing
-    assert rename_old_flags(["--evaluation_strategy", "no", "--evaluation_strategy=no"]) == [
-        "--eval_strategy", "no", "--eval_strategy=no",
+    assert rename_old_flags(["--evaluation_strategy", "no", "--evaluation_strategy=no", "--warmup_ratio", "0.03"]) == [
+        "--eval_strategy", "no", "--eval_strategy=no", "--warmup_steps", "0.03",
     ]

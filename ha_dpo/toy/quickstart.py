@@ -1,0 +1,145 @@
+"""The project's main job on the toy world, in one command, on a CPU:
+
+    python -m ha_dpo.toy.quickstart --out runs/toy
+
+the toy world -> POPE on the committed base model -> stage-1 DPO of the block on the toy HA-DPO
+pairs (ha_dpo/train_dpo_post.py) -> POPE on base + block -> a before/after table (printed and in
+`results.md`), `pope_comparison.png` and `results.json`, all under `--out`:
+
+    world/            the toy world's files (see ha_dpo/toy/files.py)
+    base/             POPE answers and metrics of the base model
+    stage1/           the training run (the block, training_curves.png) and its POPE answers and metrics
+
+The recipe is HA-DPO's stage 1 with two changes that the toy base model needs, both flags of the
+training script: `--pope_correct_pairs True` (the base model errs only by affirming absent objects,
+so HA-DPO's wrong-answers-only pairs all prefer "No" and teach the block to deny everything) and
+`--gamma 1.0` (an SFT term on the chosen answer keeps the answers fluent).
+"""
+
+import argparse
+import json
+import os
+import time
+from contextlib import contextmanager
+
+import torch
+
+from eval.pope_eval_post import main as pope_eval_main
+from eval.pope_report import format_table, plot_chart
+from post_decoder import VARIANTS
+
+from ..train_dpo_post import main as train_dpo_main
+from .files import DEFAULT_CHECKPOINT, write_world
+from .world import WorldConfig
+
+STAGE1_RECIPE = {
+    "--tune_post_decoder": "True",
+    "--pope_correct_pairs": "True",
+    "--gamma": "1.0",
+    "--beta": "0.1",
+    "--learning_rate": "1e-4",
+    "--per_device_train_batch_size": "16",
+    "--num_train_epochs": "1",
+    "--lr_scheduler_type": "cosine",
+    "--warmup_ratio": "0.05",
+    "--logging_steps": "20",
+    "--save_strategy": "no",
+    "--report_to": "none",
+}
+RUN_NAMES = {"base": "base", "stage1": "base + block"}
+
+
+def make_world(out: str, dpo_images: int | None, pope_images: int, base_model: str) -> str:
+    """The default world (the one the base model learned from), its DPO split cut to `dpo_images`;
+    pope_data.json is answered by `base_model`, as HA-DPO asks its own model."""
+    splits = WorldConfig().splits
+    if dpo_images is not None:
+        splits = {**splits, "dpo": dpo_images}
+    world = os.path.join(out, "world")
+    write_world(world, WorldConfig(splits=splits), pope_images, model_path=base_model)
+    return world
+
+
+def pope(world: str, out: str, model_path: str, model_base: str | None = None) -> dict:
+    """POPE random/popular/adversarial on the world's held-out images; metrics per set."""
+    return pope_eval_main(
+        ["--model-path", model_path, "--pope_path", os.path.join(world, "pope"), "--coco_path", os.path.join(world, "coco", "val2014"),
+         "--answers-file", os.path.join(out, "pope_answers.jsonl"), "--metrics-file", os.path.join(out, "pope_metrics.json")]
+        + (["--model-base", model_base] if model_base else [])
+    )  # fmt: skip
+
+
+def train_stage1(world: str, out: str, base_model: str, seed: int, variant: str, extra: list[str] = ()):
+    """Stage 1 through the training CLI: the block alone, on the world's HA-DPO files."""
+    argv = ["--model_name_or_path", base_model, "--vg_path", os.path.join(world, "vg"), "--output_dir", out, "--seed", str(seed),
+            "--desc_data_path", os.path.join(world, "hadpo", "desc_data.json"), "--pope_data_path", os.path.join(world, "hadpo", "pope_data.json"),
+            "--post_decoder_variant", variant]  # fmt: skip
+    for flag, value in STAGE1_RECIPE.items():
+        argv += [flag, value]
+    train_dpo_main(argv + list(extra))
+
+
+def comparison(metrics: dict[str, dict]) -> str:
+    """The before/after table and each set's F1 change, in points."""
+    table = format_table({RUN_NAMES[run]: by_set for run, by_set in metrics.items()})
+    changes = ", ".join(f"{name} {100 * (metrics['stage1'][name]['f1'] - metrics['base'][name]['f1']):+.2f}" for name in metrics["base"])
+    return f"{table}\n\nF1 change (points): {changes}"
+
+
+class Steps:
+    """Numbered progress headers and each step's seconds."""
+
+    def __init__(self, total: int):
+        self.total, self.seconds = total, {}
+
+    @contextmanager
+    def step(self, title: str):
+        print(f"\n[{len(self.seconds) + 1}/{self.total}] {title}", flush=True)
+        start = time.perf_counter()
+        yield
+        self.seconds[title] = round(time.perf_counter() - start, 1)
+
+
+def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None, pope_images: int = 150,
+        base_model: str = DEFAULT_CHECKPOINT) -> dict:  # fmt: skip
+    if os.path.isdir(out) and os.listdir(out):
+        raise SystemExit(f"--out {out} is not empty: give a new folder")
+    os.makedirs(out, exist_ok=True)
+    steps, metrics, trained = Steps(4), {}, os.path.join(out, "stage1")
+    with steps.step("toy world"):
+        world = make_world(out, dpo_images, pope_images, base_model)
+    with steps.step("POPE on the base model"):
+        metrics["base"] = pope(world, os.path.join(out, "base"), base_model)
+    with steps.step(f"stage-1 DPO of the block ({variant})"):
+        train_stage1(world, trained, base_model, seed, variant)
+    with steps.step("POPE on base + block"):
+        metrics["stage1"] = pope(world, trained, trained, base_model)
+    summary = comparison(metrics)
+    plot_chart({RUN_NAMES[run]: by_set for run, by_set in metrics.items()}, os.path.join(out, "pope_comparison.png"))
+    with open(os.path.join(out, "results.md"), "w") as handle:
+        handle.write(f"# Toy-world quickstart (seed {seed}, block {variant})\n\n```\n{summary}\n```\n")
+    results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images, "base_model": base_model,
+               "seconds": steps.seconds, "metrics": metrics}  # fmt: skip
+    with open(os.path.join(out, "results.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"\n{summary}\n\ntook {sum(steps.seconds.values()):.0f} s; results in {out} (results.md, results.json, pope_comparison.png)")
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Toy world -> POPE -> stage-1 DPO of the block -> POPE, before and after.")
+    parser.add_argument("--out", required=True, help="a new or empty folder for everything the run writes")
+    parser.add_argument("--seed", type=int, default=0, help="the training seed (block initialisation, pair order)")
+    parser.add_argument("--variant", default="post_interaction", choices=VARIANTS, help="the block to train")
+    parser.add_argument("--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000 (quicker)")
+    parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set (POPE uses 500)")
+    parser.add_argument("--base-model", default=DEFAULT_CHECKPOINT, help="the model to improve (default: the committed toy model)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return run(args.out, args.seed, args.variant, args.dpo_images, args.pope_images, args.base_model)
+
+
+if __name__ == "__main__":
+    main()
