@@ -7,6 +7,7 @@ Binds 127.0.0.1 and makes no public link unless asked (--host, --share).
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -19,8 +20,9 @@ from demo.loading import load_models
 from demo.page import build_page
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The toy world's trained model and example images (ha_dpo/toy builds them).
+# The toy world's base model, the quickstart's block trained on it, and held-out example images.
 TOY_CHECKPOINT = os.path.join(REPO_ROOT, "ha_dpo", "toy", "checkpoint")
+TOY_BLOCK = os.path.join(REPO_ROOT, "ha_dpo", "toy", "block")
 TOY_EXAMPLES = os.path.join(REPO_ROOT, "ha_dpo", "toy", "examples")
 SHARED_IMAGES = os.path.join(REPO_ROOT, "..", "shared", "data", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -28,15 +30,13 @@ EXAMPLE_QUESTIONS = ("Describe the image in detail.", "Is there a person in the 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def default_model_paths() -> tuple[str, str | None]:
-    """(model path, base model path) when none is given: the toy world's model, whose base column
-    is the same model with its block bypassed."""
-    if not os.path.isfile(os.path.join(TOY_CHECKPOINT, "config.json")):
-        raise SystemExit(
-            f"no --model-path given and the toy model is not built ({TOY_CHECKPOINT} has no config.json): "
-            "pass --model-path PATH, or build the toy model first"
-        )
-    return TOY_CHECKPOINT, None
+def default_model_paths() -> tuple[str, str]:
+    """(block, its base) when no model is given: the toy world's trained block on the toy base
+    model; the base column is the same model with its block bypassed, i.e. the toy base model."""
+    for path, name in ((TOY_CHECKPOINT, "config.json"), (TOY_BLOCK, "post_decoder_config.json")):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise SystemExit(f"no --model-path given and the toy model is incomplete ({path} has no {name}): pass --model-path PATH")
+    return TOY_BLOCK, TOY_CHECKPOINT
 
 
 def example_images(folders: list[str], per_folder: int = 8) -> list[str]:
@@ -49,8 +49,22 @@ def example_images(folders: list[str], per_folder: int = 8) -> list[str]:
     return images
 
 
+def folder_questions(folder: str) -> dict[str, str]:
+    """A folder's questions.json (file name -> question), if it has one."""
+    path = os.path.join(folder, "questions.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def examples_with_questions(images: list[str]) -> list[list[str]]:
-    return [[image, EXAMPLE_QUESTIONS[index % len(EXAMPLE_QUESTIONS)]] for index, image in enumerate(images)]
+    """Each image with its folder's question for it, else a generic one."""
+    examples = []
+    for index, image in enumerate(images):
+        generic = EXAMPLE_QUESTIONS[index % len(EXAMPLE_QUESTIONS)]
+        examples.append([image, folder_questions(os.path.dirname(image)).get(os.path.basename(image), generic)])
+    return examples
 
 
 def parse_args(argv=None):
@@ -75,12 +89,11 @@ def parse_args(argv=None):
 
 def create_app(args):
     """(blocks, launch keyword arguments): the page with its models loaded, and how to serve it."""
-    model_path, base_model_path = args.model_path, args.base_model_path
+    model_path, model_base = args.model_path, args.model_base
     if model_path is None:
-        model_path, default_base = default_model_paths()
-        base_model_path = base_model_path or default_base
+        model_path, model_base = default_model_paths()
     trained, base = load_models(
-        model_path, args.model_base, base_model_path, device=args.device, dtype=DTYPES.get(args.dtype)
+        model_path, model_base, args.base_model_path, device=args.device, dtype=DTYPES.get(args.dtype)
     )
     images = example_images(args.examples_dir + [TOY_EXAMPLES, SHARED_IMAGES])
     blocks = build_page(trained, base, examples_with_questions(images), args.max_new_tokens)

@@ -257,9 +257,26 @@ def test_a_model_without_a_block_answers_alone_and_says_there_is_no_heat_map(fol
     assert caption == "No heat map: the trained model has no cross-attention block."
 
 
+def test_with_no_model_path_the_page_starts_on_the_toy_model_and_shows_the_fix():
+    blocks, launch = demo_app.create_app(demo_app.parse_args(["--device", "cpu"]))
+    blocks.close()
+    assert launch["server_name"] == "127.0.0.1" and not launch["share"]
+    trained, base = load_models(*demo_app.default_model_paths(), device="cpu")
+    page = Page(trained, base)
+    examples = demo_app.examples_with_questions(demo_app.example_images([demo_app.TOY_EXAMPLES]))
+    assert len(examples) == 6 and all(question.startswith("Is there a") for _, question in examples)
+    answers = []
+    for image, question in examples:  # each shows an anchor and asks about its absent partner
+        base_chat, trained_chat, *_ = list(page.answer(image, question, "greedy", 0.7, 12, None))[-1]
+        answers.append((base_chat[-1]["content"], trained_chat[-1]["content"]))
+    print(answers)
+    assert sum(base_answer.startswith("Yes") for base_answer, _ in answers) >= 5  # the base hallucinates the partner
+    assert sum(trained_answer.startswith("No") for _, trained_answer in answers) >= 4  # the block corrects it
+
+
 def test_no_model_path_without_the_toy_model_says_what_to_do(monkeypatch, tmp_path):
-    monkeypatch.setattr(demo_app, "TOY_CHECKPOINT", str(tmp_path / "missing"))
-    with pytest.raises(SystemExit, match="pass --model-path PATH, or build the toy model"):
+    monkeypatch.setattr(demo_app, "TOY_BLOCK", str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="toy model is incomplete .*missing has no post_decoder_config.json"):
         demo_app.create_app(demo_app.parse_args([]))
 
 

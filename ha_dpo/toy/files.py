@@ -1,6 +1,7 @@
 """Write the toy world in the real datasets' formats, so the real loaders and CLIs run on it.
 
     python -m ha_dpo.toy.files --out toy_world            # pope_data.json asks the committed base model
+    python -m ha_dpo.toy.files --examples --out ha_dpo/toy/examples   # the demo page's examples
 
     toy_world/
       world.json                              the design (categories, pairs, probabilities) and its statistics
@@ -227,6 +228,20 @@ def write_world(out: str, config: WorldConfig = WorldConfig(), pope_images: int 
     return summary
 
 
+def write_examples(folder: str, config: WorldConfig = WorldConfig(), count: int = 6) -> dict[str, str]:
+    """Demo examples from the held-out images: each shows an anchor without its partner and asks
+    about the partner (what the base model affirms), with `questions.json` (file -> question)."""
+    held_out = [image for image in generate_world(config) if image.split == "val" and image.absent_partners()]
+    questions = {}
+    with atomic_directory(folder) as root:
+        for image in held_out[:count]:
+            name = f"toy_{image.image_id}.jpg"
+            save_jpeg(draw(image, config.image_size), os.path.join(root, name))
+            questions[name] = question_text(image.absent_partners()[0])
+        write_json(os.path.join(root, "questions.json"), questions)
+    return questions
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the toy world (images, COCO, LLaVA, VG, HA-DPO and POPE files).")
     parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
@@ -234,7 +249,11 @@ def main(argv=None):
     parser.add_argument("--pope-images", type=int, default=150, help="held-out images asked about in each POPE set")
     parser.add_argument("--base-model", default=DEFAULT_CHECKPOINT, help="the model whose answers mark pope_data's `correct`")
     parser.add_argument("--no-pope-data", action="store_true", help="leave hadpo/pope_data.json out (no model is run)")
+    parser.add_argument("--examples", action="store_true", help="write only the demo's example images and questions to --out")
     args = parser.parse_args(argv)
+    if args.examples:
+        print(json.dumps(write_examples(args.out, WorldConfig(seed=args.seed)), indent=1))
+        return
     if not args.no_pope_data and not os.path.isfile(os.path.join(args.base_model, "config.json")):
         parser.error(f"--base-model {args.base_model} holds no model (config.json); pass another or --no-pope-data")
     start = time.perf_counter()
