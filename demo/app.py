@@ -18,12 +18,11 @@ import torch
 
 from demo.loading import load_models
 from demo.page import build_page
+from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The toy world's base model, the quickstart's block trained on it, and held-out example images.
-TOY_CHECKPOINT = os.path.join(REPO_ROOT, "ha_dpo", "toy", "checkpoint")
-TOY_BLOCK = os.path.join(REPO_ROOT, "ha_dpo", "toy", "block")
-TOY_EXAMPLES = os.path.join(REPO_ROOT, "ha_dpo", "toy", "examples")
+TOY_CHECKPOINT, TOY_BLOCK, TOY_EXAMPLES = DEFAULT_CHECKPOINT, DEFAULT_BLOCK, DEFAULT_EXAMPLES
 SHARED_IMAGES = os.path.join(REPO_ROOT, "..", "shared", "data", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EXAMPLE_QUESTIONS = ("Describe the image in detail.", "Is there a person in the image?")

@@ -21,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eval.pope_eval_post import main as pope_eval_main
 from ha_dpo.toy.base_model import BaseModelConfig, train_base_model
-from ha_dpo.toy.files import DEFAULT_CHECKPOINT, write_pope_data, write_world
+from ha_dpo.toy import DEFAULT_CHECKPOINT
+from ha_dpo.toy.files import write_pope_data, write_world
 from ha_dpo.toy.world import WorldConfig, generate_world
 
 

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ha_dpo.toy.files import DEFAULT_CHECKPOINT
+from ha_dpo.toy import DEFAULT_CHECKPOINT
 from ha_dpo.toy.quickstart import STAGE1_RECIPE, make_world, pope, train_stage1
 from post_decoder import VARIANTS
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ha_dpo.toy.files import DEFAULT_CHECKPOINT
+from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT
 from ha_dpo.toy.quickstart import main, pope, train_stage1
 
 POPE_IMAGES = 60
@@ -52,6 +52,13 @@ def test_a_block_that_cannot_see_the_image_does_not_clear_the_bar(quickstart, tm
     changes = f1_changes(results["metrics"]["base"], pope(world, trained, trained, DEFAULT_CHECKPOINT))
     print(changes)
     assert changes["adversarial"] < 2
+
+
+def test_the_committed_block_is_a_quickstart_block(quickstart, tmp_path):
+    # ha_dpo/toy/block (the demo's default) is the quickstart's stage-1 block at seed 0.
+    out, results = quickstart
+    committed = pope(os.path.join(out, "world"), str(tmp_path), DEFAULT_BLOCK, DEFAULT_CHECKPOINT)
+    assert f1_changes(results["metrics"]["base"], committed)["adversarial"] >= 5
 
 
 def test_quickstart_refuses_a_folder_in_use(tmp_path):

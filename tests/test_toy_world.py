@@ -17,7 +17,8 @@ from eval.answering import PrefixCachedAnswerer
 from eval.build_pope import build_pope_sets, question_text
 from eval.pope_questions import POPE_SETS, pope_file, read_questions
 from eval.pope_scoring import parse_yes_no, score_answers
-from ha_dpo.toy.files import ALL_NAMES, DEFAULT_CHECKPOINT, coco_instances, image_path, label_with_model, pope_data_questions, write_world
+from ha_dpo.toy import DEFAULT_CHECKPOINT
+from ha_dpo.toy.files import ALL_NAMES, coco_instances, image_path, label_with_model, pope_data_questions, write_world
 from ha_dpo.hadpo_data import read_hadpo_pairs
 from ha_dpo.llava_data import read_llava_samples
 from ha_dpo.skips import SkipCounter

@@ -1,1 +1,9 @@
-"""The toy world: a generated dataset on which a tiny LLaVA really hallucinates (see world.py, files.py, base_model.py)."""
+"""The toy world: a generated dataset on which a tiny LLaVA really hallucinates (see world.py,
+files.py, base_model.py, quickstart.py), and what the repository ships from it."""
+
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CHECKPOINT = os.path.join(_HERE, "checkpoint")  # the base model, made by scripts/make_toy_base.py
+DEFAULT_BLOCK = os.path.join(_HERE, "block")  # the quickstart's stage-1 block at seed 0
+DEFAULT_EXAMPLES = os.path.join(_HERE, "examples")  # held-out images for the demo (files.write_examples)

@@ -34,10 +34,10 @@ from dataclasses import asdict
 from eval.build_pope import build_pope_sets, question_text, write_pope_sets
 from post_decoder.saving import atomic_directory
 
+from . import DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
 from .text import faithful_description, hallucinated_description, no_answer, training_conversation, yes_answer
 from .world import BY_NAME, CATEGORIES, PAIRS, WorldConfig, draw, generate_world
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoint")
 VG_URL = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"  # VG's own url form; loaders keep its last two parts
 COCO_SPLITS = {"train": "train2014", "val": "val2014"}
 ALL_NAMES = [category.name for category in CATEGORIES]
@@ -228,7 +228,7 @@ def write_world(out: str, config: WorldConfig = WorldConfig(), pope_images: int 
     return summary
 
 
-def write_examples(folder: str, config: WorldConfig = WorldConfig(), count: int = 6) -> dict[str, str]:
+def write_examples(folder: str = DEFAULT_EXAMPLES, config: WorldConfig = WorldConfig(), count: int = 6) -> dict[str, str]:
     """Demo examples from the held-out images: each shows an anchor without its partner and asks
     about the partner (what the base model affirms), with `questions.json` (file -> question)."""
     held_out = [image for image in generate_world(config) if image.split == "val" and image.absent_partners()]

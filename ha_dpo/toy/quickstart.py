@@ -29,7 +29,8 @@ from eval.pope_report import format_table, plot_chart
 from post_decoder import VARIANTS
 
 from ..train_dpo_post import main as train_dpo_main
-from .files import DEFAULT_CHECKPOINT, write_world
+from . import DEFAULT_CHECKPOINT
+from .files import write_world
 from .world import WorldConfig
 
 STAGE1_RECIPE = {
