@@ -56,8 +56,8 @@ def plot_chart(runs: dict[str, dict[str, dict]], path: str):
         axis.set_title(f"POPE {metric}")
         axis.set_ylim(0, 105)
     axes[0].set_ylabel("%")
-    axes[1].legend(loc="lower right")
-    figure.tight_layout()
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=len(runs))  # above the bars, not on them
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 

@@ -51,8 +51,9 @@ RUN_NAMES = {"base": "base", "stage1": "base + block"}
 
 
 def make_world(out: str, dpo_images: int | None, pope_images: int, base_model: str) -> str:
-    """The default world (the one the base model learned from), its DPO split cut to `dpo_images`;
-    pope_data.json is answered by `base_model`, as HA-DPO asks its own model."""
+    """The default world (the one the base model learned from), with `dpo_images` DPO images (the
+    held-out images, drawn after them, then change too); pope_data.json is answered by
+    `base_model`, as HA-DPO asks its own model."""
     splits = WorldConfig().splits
     if dpo_images is not None:
         splits = {**splits, "dpo": dpo_images}
