@@ -22,7 +22,7 @@ setup(
         "eval": ["pycocotools", "matplotlib", "tqdm"],
         "demo": ["gradio>=6,<7", "matplotlib"],
         "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm", "gradio>=6,<7", "gradio_client", "playwright",
-                 "peft>=0.15", "deepspeed>=0.16"],
+                 "peft>=0.15", "deepspeed>=0.16", "trl>=1.16,<2"],
     },
     entry_points={
         "console_scripts": [

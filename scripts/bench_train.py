@@ -1,13 +1,24 @@
-"""Benchmark: one DPO training step of the block, ours against the usual recipe. Same model, same pairs.
+"""Benchmark: one DPO training step, ours against the usual recipe and TRL's DPOTrainer. Same model, same pairs.
 
     python scripts/bench_train.py --shape tiny                          # this CPU
     python scripts/bench_train.py --shape 7b --device cuda --pairs 4    # LLaVA-1.5-7B shape, random bf16 weights
 
+Stages: 1 trains the block, 2 the block and lm_head, `head` lm_head alone (no block).
 - ours: the frozen backbone runs once per pair (no grad), the prompt once for both answers (its
   KV cache continued twice), policy head (block + lm_head) and reference head only on answer positions.
-- usual (HA-DPO, TRL): a separate frozen reference model; policy and reference each run the full
+- usual (HA-DPO): a separate frozen reference model; policy and reference each run the full
   chosen and the full rejected sequences, with full-vocabulary logits everywhere.
-Each method runs in its own process, so its peak memory is its own. Prints pairs/s, peak memory, ratios.
+- trl (head stage only): trl's `DPOTrainer.train()` on a plain `LlavaForConditionalGeneration`
+  with the same weights and a separate frozen reference. TRL never calls the model's forward (it
+  runs `model.base_model`, then `lm_head` in chunks, without full logits), so it cannot train a
+  block: at stages 1 and 2 it is reported as not applicable. What differs from the others' step:
+  the batch comes through TRL's dataloader and our collator (scripts/bench_trl.py: the same token
+  ids and pixel values, in TRL's layout; TRL's own vision collator would re-tokenize text and
+  re-process PIL images); off CUDA/XPU (no Triton) TRL scores every position, prompt included;
+  it adds its metrics (entropy, mean logits, top-1 accuracy, rewards) and Trainer's bookkeeping.
+  Its optimizer is set as ours: AdamW 1e-5 constant, no clipping, no gradient checkpointing.
+Each method runs in its own process (same seed, same weights), so its peak memory is its own.
+Prints pairs/s, peak memory, ratios.
 """
 
 import argparse
@@ -29,7 +40,9 @@ from ha_dpo.full_sequence_logps import full_sequence_logps
 from ha_dpo.preference_model import SharedBackbonePreferenceModel
 from post_decoder.conversation import question_prompt, tokenize_with_image
 
-METHODS = ("ours", "usual")
+METHODS = ("ours", "usual", "trl")
+STAGES = ("1", "2", "head")
+NOT_APPLICABLE = {"trl": "n/a at this stage: TRL runs base_model + lm_head itself, it would skip the block"}
 
 
 def pairs_batch(model, tokenizer, pairs: int, answer_tokens: int, device) -> dict:
@@ -58,17 +71,25 @@ def pairs_batch(model, tokenizer, pairs: int, answer_tokens: int, device) -> dic
     return batch
 
 
-def step_function(method: str, model, tokenizer, stage: int):
+def applies(method: str, stage: str) -> bool:
+    return method != "trl" or stage == "head"
+
+
+def trained_modules(model, stage: str) -> list:
+    return {"1": [model.post_decoder], "2": [model.post_decoder, model.lm_head], "head": [model.lm_head]}[stage]
+
+
+def step_function(method: str, model, tokenizer, stage: str):
     """Returns a function that runs one training step (forward, backward, optimizer) on a batch."""
     model.requires_grad_(False)
-    trained = [model.post_decoder] + ([model.lm_head] if stage == 2 else [])
+    trained = trained_modules(model, stage)
     for module in trained:
         module.to(torch.float32).requires_grad_(True)
     optimizer = torch.optim.AdamW([p for module in trained for p in module.parameters()], lr=1e-5)
     autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.dtype == torch.bfloat16)
 
     if method == "ours":
-        preference_model = SharedBackbonePreferenceModel(model, tune_lm_head=stage == 2)
+        preference_model = SharedBackbonePreferenceModel(model, tune_lm_head=model.lm_head in trained)
 
         def logps(batch):
             return preference_model(**batch)
@@ -81,12 +102,13 @@ def step_function(method: str, model, tokenizer, stage: int):
                 reference, _ = full_sequence_logps(reference_model, batch, tokenizer.pad_token_id)
             return PairLogps.from_interleaved(policy, reference, mean_logits, batch["chosen_attention_mask"].sum(-1))
 
-    def step(batch):
+    def step(batch) -> dict:
         with autocast:
-            loss, _ = preference_loss(logps(batch), beta=0.1)
+            loss, metrics = preference_loss(logps(batch), beta=0.1)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.detach(), **metrics}  # before this step's update
 
     return step
 
@@ -96,24 +118,35 @@ def run_one(args) -> dict:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer, _ = build_model(args.shape, args.device, dtype, with_block=True)
+    torch.manual_seed(0)  # the same weights and pairs in every method's process
+    model, tokenizer, image_processor = build_model(args.shape, args.device, dtype, with_block=args.stage != "head")
     batch = pairs_batch(model, tokenizer, args.pairs, args.answer_tokens, args.device)
-    step = step_function(args.method, model, tokenizer, args.stage)
+    if args.method == "trl":
+        from bench_trl import time_trl_steps  # trl is needed by this method only
+
+        seconds = time_trl_steps(model, tokenizer, image_processor, batch, args.warmup, args.steps)
+    else:
+        seconds = time_steps(step_function(args.method, model, tokenizer, args.stage), batch, args.warmup, args.steps)
     cuda = args.device.startswith("cuda")
-    for _ in range(args.warmup):
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"method": args.method, "pairs_per_second": args.pairs * args.steps / seconds, "peak_gib": peak,
+            "prompt_tokens": batch["prompt_input_ids"].shape[1], "dtype": str(dtype).replace("torch.", "")}
+
+
+def time_steps(step, batch, warmup: int, steps: int) -> float:
+    """Seconds for `steps` steps after `warmup` untimed ones (CUDA peak memory reset after the warm-up)."""
+    cuda = batch["prompt_input_ids"].device.type == "cuda"
+    for _ in range(warmup):
         step(batch)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         step(batch)
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"method": args.method, "pairs_per_second": args.pairs * args.steps / seconds, "peak_gib": peak,
-            "prompt_tokens": batch["prompt_input_ids"].shape[1], "dtype": str(dtype).replace("torch.", "")}
+    return time.perf_counter() - start
 
 
 def main():
@@ -123,7 +156,7 @@ def main():
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="backbone dtype (default: bf16 on GPU)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs per micro-batch")
     parser.add_argument("--answer-tokens", type=int, default=None, help="per answer (default 100 at 7b, 24 at tiny)")
-    parser.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1: block; 2: block + lm_head")
+    parser.add_argument("--stage", choices=STAGES, default="1", help="1: block; 2: block + lm_head; head: lm_head alone (no block)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy machine: OpenMP spins otherwise)")
@@ -135,20 +168,30 @@ def main():
         return
 
     results = {}
-    for method in METHODS:
+    for method in filter(lambda method: applies(method, args.stage), METHODS):
         command = [sys.executable, __file__, *sys.argv[1:], "--method", method]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[method] = json.loads(output.strip().splitlines()[-1])
+    print_table(args, results)
+
+
+def print_table(args, results: dict):
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores, {args.threads or 'all'} threads)"
     memory = "peak GPU memory (GiB)" if args.device.startswith("cuda") else "peak RSS (GiB)"
-    print(f"shape {args.shape}, {device}, backbone {results['ours']['dtype']}, stage {args.stage}, {args.pairs} pairs/micro-batch, "
-          f"prompt {results['ours']['prompt_tokens']} tokens, answers {args.answer_tokens} tokens, {args.steps} timed steps")
-    print(f"{'method':<52}{'pairs/s':>10}{memory:>24}{'speed-up':>10}")
-    labels = {"ours": "ours: shared backbone, prompt once, heads on answers", "usual": "usual: separate reference, full sequences"}
+    ours = results["ours"]
+    print(f"shape {args.shape}, {device}, backbone {ours['dtype']}, stage {args.stage}, {args.pairs} pairs/micro-batch, "
+          f"prompt {ours['prompt_tokens']} tokens, answers {args.answer_tokens} tokens, {args.steps} timed steps")
+    print(f"{'method':<52}{'pairs/s':>10}{memory:>24}{'vs usual':>10}{'ours / it':>11}")
+    labels = {"ours": "ours: shared backbone, prompt once, heads on answers", "usual": "usual: separate reference, full sequences",
+              "trl": "trl: DPOTrainer, separate reference, lm_head only"}
     for method in METHODS:
+        if method not in results:
+            print(f"{labels[method]:<52}  {NOT_APPLICABLE[method]}")
+            continue
         row = results[method]
         speedup = row["pairs_per_second"] / results["usual"]["pairs_per_second"]
-        print(f"{labels[method]:<52}{row['pairs_per_second']:>10.2f}{row['peak_gib']:>24.2f}{speedup:>9.2f}x")
+        ours_ratio = ours["pairs_per_second"] / row["pairs_per_second"]
+        print(f"{labels[method]:<52}{row['pairs_per_second']:>10.2f}{row['peak_gib']:>24.2f}{speedup:>9.2f}x{ours_ratio:>10.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,17 @@ chosen rows, then prompt + rejected rows; `completion_mask` on the answers; each
 """
 
 import copy
+import tempfile
 import time
 
 import torch
 from datasets import Dataset
-from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, TrainerCallback
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    TrainerCallback,
+)
 from trl import DPOConfig, DPOTrainer
 
 from ha_dpo.full_sequence_logps import concatenated_pairs
@@ -81,7 +87,7 @@ class StepTimer(TrainerCallback):
             self.seconds = time.perf_counter() - self.start
 
 
-def trl_trainer(model, tokenizer, image_processor, batch: dict, steps: int, callbacks=(), output_dir="/tmp/bench_trl"):
+def trl_trainer(model, tokenizer, image_processor, batch: dict, steps: int, output_dir: str, callbacks=()):
     """A `DPOTrainer` for `steps` steps of all of `batch`'s pairs at once: sigmoid loss, beta 0.1, AdamW
     at 1e-5 (constant), no clipping, no gradient checkpointing: as the benchmark's other methods."""
     policy = plain_llava(model).requires_grad_(False)
@@ -90,7 +96,7 @@ def trl_trainer(model, tokenizer, image_processor, batch: dict, steps: int, call
     pairs = batch["prompt_input_ids"].shape[0]
     cuda = model.device.type == "cuda"
     config = DPOConfig(
-        output_dir=output_dir,
+        output_dir=output_dir,  # Trainer needs one; nothing is saved there
         loss_type=["sigmoid"],
         beta=0.1,
         learning_rate=1e-5,
@@ -98,7 +104,7 @@ def trl_trainer(model, tokenizer, image_processor, batch: dict, steps: int, call
         weight_decay=0.01,  # torch's AdamW default, which the other methods use
         max_grad_norm=0.0,
         optim="adamw_torch",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # TRL turns it on by default
         bf16=model.dtype == torch.bfloat16,
         use_cpu=not cuda,
         per_device_train_batch_size=pairs,
@@ -130,6 +136,6 @@ def trl_trainer(model, tokenizer, image_processor, batch: dict, steps: int, call
 def time_trl_steps(model, tokenizer, image_processor, batch: dict, warmup: int, steps: int) -> float:
     """Seconds for `steps` DPOTrainer steps after `warmup` untimed ones."""
     timer = StepTimer(warmup)
-    trainer = trl_trainer(model, tokenizer, image_processor, batch, warmup + steps, callbacks=[timer])
-    trainer.train()
+    with tempfile.TemporaryDirectory(prefix="bench_trl_") as folder:
+        trl_trainer(model, tokenizer, image_processor, batch, warmup + steps, folder, callbacks=[timer]).train()
     return timer.seconds

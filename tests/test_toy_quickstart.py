@@ -1,13 +1,19 @@
 """The README's quickstart on fixed seeds, with fewer POPE images: stage 1 of the block really fixes
-the toy base model's hallucination, and a block that cannot see the image does not."""
+the toy base model's hallucination, through what the block sees of the image."""
 
 import json
 import os
 
 import pytest
+import torch
+from PIL import Image
 
 from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT
-from ha_dpo.toy.quickstart import main, pope, train_stage1
+from ha_dpo.toy.quickstart import main, pope
+from post_decoder.block import PostInteractionBlock
+from post_decoder.builder import load_pretrained_model
+from post_decoder.conversation import question_prompt, tokenize_with_image
+from post_decoder.image_processing import preprocess_images
 
 POPE_IMAGES = 60
 
@@ -44,14 +50,32 @@ def test_trained_answers_stay_well_formed(quickstart):
     assert all(answer.startswith(("Yes, there is a", "No, there is no")) for answer in answers), answers[:5]
 
 
-def test_a_block_that_cannot_see_the_image_does_not_clear_the_bar(quickstart, tmp_path):
-    # The same recipe with the block's cross-attention removed: the +5 bar above must separate them.
+def blank_image_features() -> torch.Tensor:
+    """The toy tower's features of an image with no object in it, as the block receives them."""
+    tokenizer, model, image_processor, _ = load_pretrained_model(DEFAULT_CHECKPOINT, device="cpu", dtype=torch.float32)
+    config = model.config
+    input_ids = torch.tensor([tokenize_with_image(question_prompt("?"), tokenizer, config.image_token_id, config.image_seq_length)])
+    pixel_values = preprocess_images([Image.new("RGB", (64, 64), (240, 240, 240))], image_processor)
+    with torch.no_grad():
+        return model.backbone_forward(input_ids=input_ids, pixel_values=pixel_values).vision_features
+
+
+def test_the_gain_comes_through_what_the_block_sees(quickstart, tmp_path, monkeypatch):
+    # The trained block, shown an empty picture while the backbone still sees the real image: its
+    # gain must go. A block that cannot see the image (or an untouched identity) would not change.
     out, results = quickstart
-    world, trained = os.path.join(out, "world"), str(tmp_path / "no_cross_attn")
-    train_stage1(world, trained, DEFAULT_CHECKPOINT, seed=0, variant="no_cross_attn", extra=["--plot", "False"])
-    changes = f1_changes(results["metrics"]["base"], pope(world, trained, trained, DEFAULT_CHECKPOINT))
+    blank = blank_image_features()
+    encode_vision = PostInteractionBlock.encode_vision
+
+    def sees_a_blank_image(block, features, mask, batch_size):
+        return encode_vision(block, None if features is None else blank.expand(features.shape[0], -1, -1), mask, batch_size)
+
+    monkeypatch.setattr(PostInteractionBlock, "encode_vision", sees_a_blank_image)
+    trained = os.path.join(out, "stage1")
+    shown_blank = pope(os.path.join(out, "world"), str(tmp_path), trained, DEFAULT_CHECKPOINT)
+    changes = f1_changes(results["metrics"]["stage1"], shown_blank)
     print(changes)
-    assert changes["adversarial"] < 2
+    assert changes["adversarial"] <= -5 and changes["random"] <= -5
 
 
 def test_the_committed_block_is_a_quickstart_block(quickstart, tmp_path):

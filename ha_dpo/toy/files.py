@@ -21,7 +21,7 @@ partner of a present anchor when there is one). pope_data asks, per DPO image, a
 `reject` its opposite, `answer` the base model's greedy answer and `correct` whether that agrees
 with the truth. The toy base model errs almost only by affirming absent partners, so the entries
 with `correct: false` nearly all prefer "No": trained on those alone (HA-DPO's rule) a block learns
-to say "No" to everything; train on every entry to keep the "Yes" side.
+to say "No" to everything; `--pope_correct_pairs True` trains on every entry and keeps the "Yes" side.
 """
 
 import argparse
