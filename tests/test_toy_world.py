@@ -98,13 +98,19 @@ def test_training_text_affirms_absent_partners_at_the_set_rate_and_is_otherwise_
     assert abs(affirmed / asked - config.hallucination_probability) < 0.05
 
 
-def test_adversarial_pope_asks_about_absent_partners_far_more_than_random(default_world, tmp_path):
+@pytest.fixture(scope="module")
+def default_pope(default_world, tmp_path_factory):
+    """POPE's three sets on the default world's held-out images, and those images by file name."""
     held_out = [image for image in default_world if image.split == "val"]
-    path = str(tmp_path / "instances.json")
+    path = str(tmp_path_factory.mktemp("pope") / "instances.json")
     with open(path, "w") as handle:
         json.dump(coco_instances(held_out, 64), handle)
-    sets = build_pope_sets(path, num_images=150, seed=0)
     images = {f"COCO_val2014_{image.image_id:012d}.jpg": image for image in held_out}
+    return build_pope_sets(path, num_images=150, seed=0), images
+
+
+def test_adversarial_pope_asks_about_absent_partners_far_more_than_random(default_pope):
+    sets, images = default_pope
 
     def absent_partner_share(questions):
         negatives = [question for question in questions if question["label"] == "no"]
@@ -156,15 +162,10 @@ def test_hallucinated_descriptions_name_an_absent_object(small_world):
             assert extra <= set(images[image_id].absent_partners())
 
 
-def test_committed_base_model_hallucinates_the_partner(base_model, default_world, tmp_path):
+def test_committed_base_model_hallucinates_the_partner(base_model, default_pope):
     """Greedy answers on the first 40 POPE images of the default world (drawn in memory)."""
     tokenizer, model, image_processor, _ = base_model
-    held_out = [image for image in default_world if image.split == "val"]
-    path = str(tmp_path / "instances.json")
-    with open(path, "w") as handle:
-        json.dump(coco_instances(held_out, 64), handle)
-    sets = build_pope_sets(path, num_images=150, seed=0)
-    by_name = {f"COCO_val2014_{image.image_id:012d}.jpg": image for image in held_out}
+    sets, by_name = default_pope
     kept = sorted({question["image"] for question in sets["random"]})[:40]
     answerer = PrefixCachedAnswerer(model, tokenizer, image_processor, max_new_tokens=12)
     answers = {}
