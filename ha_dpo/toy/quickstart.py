@@ -17,7 +17,6 @@ so HA-DPO's wrong-answers-only pairs all prefer "No" and teach the block to deny
 """
 
 import argparse
-import json
 import os
 import time
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from post_decoder import VARIANTS
 
 from ..train_dpo_post import main as train_dpo_main
 from . import DEFAULT_CHECKPOINT
-from .files import write_world
+from .files import write_json, write_world
 from .world import WorldConfig
 
 STAGE1_RECIPE = {
@@ -118,12 +117,13 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
         metrics["stage1"] = pope(world, trained, trained, base_model)
     summary = comparison(metrics)
     plot_chart({RUN_NAMES[run]: by_set for run, by_set in metrics.items()}, os.path.join(out, "pope_comparison.png"))
-    with open(os.path.join(out, "results.md"), "w") as handle:
+    markdown = os.path.join(out, "results.md")
+    with open(markdown + ".tmp", "w") as handle:
         handle.write(f"# Toy-world quickstart (seed {seed}, block {variant})\n\n```\n{summary}\n```\n")
+    os.replace(markdown + ".tmp", markdown)
     results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images, "base_model": base_model,
                "seconds": steps.seconds, "metrics": metrics}  # fmt: skip
-    with open(os.path.join(out, "results.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_json(os.path.join(out, "results.json"), results)
     print(f"\n{summary}\n\ntook {sum(steps.seconds.values()):.0f} s; results in {out} (results.md, results.json, pope_comparison.png)")
     return results
 
