@@ -18,7 +18,7 @@ import tempfile
 import torch
 from safetensors.torch import load_file, save_file
 
-from post_decoder.saving import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, listing
+from post_decoder.saving import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, check_state_fits
 
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 NON_LORA_TRAINABLES = "non_lora_trainables.bin"
@@ -65,15 +65,7 @@ def load_trainable_checkpoint(policy: torch.nn.Module, directory: str):
         raise FileNotFoundError(f"{directory} is not a checkpoint of this trainer: {TRAINABLE_WEIGHTS} is missing")
     state = load_file(path)
     trainable = {name: parameter for name, parameter in policy.named_parameters() if parameter.requires_grad}
-    missing, unexpected = sorted(set(trainable) - set(state)), sorted(set(state) - set(trainable))
-    mis_shaped = sorted(name for name in set(state) & set(trainable) if state[name].shape != trainable[name].shape)
-    if missing or unexpected or mis_shaped:
-        raise ValueError(
-            f"trained weights {path} do not fit this run's trainable parameters:\n"
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("mis-shaped", mis_shaped)
-        )
+    check_state_fits(state, trainable, f"trained weights {path} do not fit this run's trainable parameters")
     with torch.no_grad():
         for name, tensor in state.items():
             trainable[name].copy_(tensor)

@@ -109,10 +109,9 @@ def load_post_decoder_weights(block: PostInteractionBlock, directory: str):
     load_state_strictly(block, load_file(path), f"post-decoder weights {path}")
 
 
-def load_state_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, assign: bool = False):
-    """`load_state_dict`, after checking that the key sets and shapes agree exactly (an error lists
-    every difference). `assign=True` for a module built on the meta device."""
-    expected = module.state_dict()
+def check_state_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], problem: str):
+    """Raise ValueError(`problem` + every missing, unexpected and mis-shaped name) unless `state`
+    has exactly `expected`'s names and shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mis_shaped = sorted(
@@ -122,9 +121,12 @@ def load_state_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor],
     )
     if missing or unexpected or mis_shaped:
         raise ValueError(
-            f"{what} do not fit the model:\n"
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("mis-shaped", mis_shaped)
+            f"{problem}:\n" + listing("missing", missing) + listing("unexpected", unexpected) + listing("mis-shaped", mis_shaped)
         )
+
+
+def load_state_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, assign: bool = False):
+    """`load_state_dict`, after checking that the key sets and shapes agree exactly (an error lists
+    every difference). `assign=True` for a module built on the meta device."""
+    check_state_fits(state, module.state_dict(), f"{what} do not fit the model")
     module.load_state_dict(state, assign=assign)

@@ -6,7 +6,13 @@ import torch
 
 from ha_dpo import trainer as trainer_module
 from ha_dpo.arguments import ModelArguments, PreferenceTrainingArguments, check_arguments, rename_old_flags
-from ha_dpo.checkpoints import NON_LORA_TRAINABLES, TRAINABLE_WEIGHTS
+from ha_dpo.checkpoints import (
+    NON_LORA_TRAINABLES,
+    TRAINABLE_WEIGHTS,
+    gather_trainable_state,
+    load_trainable_checkpoint,
+    write_trainable_checkpoint,
+)
 from ha_dpo.trainer import PreferenceTrainer
 from ha_dpo.training_model import preference_model
 from tests.conftest import pad_rows, with_block
@@ -100,6 +106,18 @@ def test_resume_from_a_checkpoint_continues_to_the_same_result(plain_llava, llav
     for name, tensor in straight.post_decoder.state_dict().items():
         assert torch.allclose(tensor, resumed.post_decoder.state_dict()[name], atol=1e-6), name
     assert straight.post_decoder.layers[0].cross_attn.o_proj.weight.abs().sum() > 0  # it really trained
+
+
+def test_a_checkpoint_of_another_run_is_refused_with_what_differs(plain_llava, tmp_path):
+    block_run = fresh_block(plain_llava).requires_grad_(False)
+    block_run.post_decoder.requires_grad_(True)
+    write_trainable_checkpoint(str(tmp_path), gather_trainable_state(block_run), block_run)
+    head_run = fresh_block(plain_llava).requires_grad_(False)
+    head_run.lm_head.requires_grad_(True)  # a stage-2/head run resumed from a stage-1 checkpoint
+    with pytest.raises(ValueError, match=r"do not fit this run's trainable parameters:\n(.|\n)*missing \(1\):\n    lm_head.weight"):
+        load_trainable_checkpoint(head_run, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=TRAINABLE_WEIGHTS):
+        load_trainable_checkpoint(head_run, str(tmp_path / "elsewhere"))
 
 
 def test_a_crash_while_saving_leaves_no_checkpoint_folder(plain_llava, llava_tokenizer, tmp_path, monkeypatch):
