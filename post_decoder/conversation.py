@@ -12,10 +12,22 @@ from dataclasses import dataclass, field
 
 from transformers import AddedToken
 
+from .errors import InputError
+
 SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+# LLaVA's `llava_v1` differs from `vicuna_v1` in its system prompt only; HA-DPO's POPE evaluation
+# of LLaVA-1.5 uses it, LLaVA's own evaluation scripts use `vicuna_v1`.
+CONV_MODES = {
+    "vicuna_v1": SYSTEM_PROMPT,
+    "llava_v1": (
+        "A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    ),
+}
+DEFAULT_CONV_MODE = "vicuna_v1"
 IMAGE_TOKEN = "<image>"
 USER, ASSISTANT = "USER", "ASSISTANT"
 TURN_SEPARATOR, ANSWER_END = " ", "</s>"
@@ -27,6 +39,13 @@ class Conversation:
 
     system: str = SYSTEM_PROMPT
     messages: list[tuple[str, str | None]] = field(default_factory=list)
+
+    @classmethod
+    def for_mode(cls, conv_mode: str = DEFAULT_CONV_MODE) -> "Conversation":
+        """An empty conversation in one of LLaVA's `conv_templates` (`CONV_MODES`)."""
+        if conv_mode not in CONV_MODES:
+            raise InputError(f"unknown conversation mode {conv_mode!r}: choose one of {', '.join(CONV_MODES)}")
+        return cls(system=CONV_MODES[conv_mode])
 
     def add_user(self, text: str, with_image: bool = False) -> "Conversation":
         self.messages.append((USER, f"{IMAGE_TOKEN}\n{text}" if with_image else text))
@@ -47,9 +66,10 @@ class Conversation:
         return text
 
 
-def question_prompt(question: str, with_image: bool = True, suffix: str = "") -> str:
+def question_prompt(question: str, with_image: bool = True, suffix: str = "", conv_mode: str = DEFAULT_CONV_MODE) -> str:
     """The single-turn prompt that POPE and the demo send: ends with "ASSISTANT:"."""
-    return Conversation().add_user(question + suffix, with_image=with_image).add_assistant(None).prompt()
+    conversation = Conversation.for_mode(conv_mode).add_user(question + suffix, with_image=with_image)
+    return conversation.add_assistant(None).prompt()
 
 
 def tokenize_with_image(prompt: str, tokenizer, image_token_id: int, image_seq_length: int) -> list[int]:

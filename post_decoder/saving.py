@@ -2,14 +2,12 @@
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers.utils import cached_file
 
+from .atomic_files import atomic_directory
 from .block import PostInteractionBlock
 from .configuration import PostDecoderConfig
 
@@ -51,29 +49,6 @@ def listing(title: str, names: list[str], limit: int = 20) -> str:
     shown = "\n".join(f"    {name}" for name in names[:limit])
     more = f"\n    ... and {len(names) - limit} more" if len(names) > limit else ""
     return f"  {title} ({len(names)}):\n{shown}{more}\n"
-
-
-@contextmanager
-def atomic_directory(directory: str):
-    """Yield a temporary sibling folder; on success it replaces `directory` (the old one is removed
-    only after the new one is complete), on failure it is deleted and `directory` is untouched."""
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if os.path.exists(directory):
-        previous = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
-        os.rmdir(previous)
-        os.rename(directory, previous)
-    os.rename(staging, directory)
-    if previous:
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def save_model_folder(model, tokenizer, image_processor, directory: str):
