@@ -10,6 +10,7 @@ from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 
 from .backbone import BackboneOutput, pack_images_per_sample
 from .block import ZERO_INIT_ATTRIBUTE, PostDecoderState, PostInteractionBlock
+from .compat import CACHE_KWARG, output_cache
 from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
 
 
@@ -62,13 +63,13 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         pixel_values=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         inputs_embeds=None,
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
         **kwargs,
     ) -> BackboneOutput:
-        """One pass of the vision tower and the language model: h, v (+ mask), the KV cache."""
+        """One pass of the vision tower and the language model: h, v (+ mask), the KV cache.
+        The cache goes in `kwargs` under `compat.CACHE_KWARG` (its name depends on transformers)."""
         mm_encoder_outputs, vision_features, vision_mask = None, None, None
         if pixel_values is not None:
             if input_ids is None:
@@ -92,12 +93,11 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
-        return BackboneOutput(outputs.last_hidden_state, vision_features, vision_mask, outputs.past_key_values)
+        return BackboneOutput(outputs.last_hidden_state, vision_features, vision_mask, output_cache(outputs))
 
     def _selected_vision_layer(self, hidden_states, layer, strategy) -> torch.Tensor:
         """The tower's layer(s) that LLaVA feeds its projector, before the projector (CLS dropped
@@ -118,7 +118,6 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         pixel_values=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         inputs_embeds=None,
         vision_feature_layer=None,
         vision_feature_select_strategy=None,
@@ -128,15 +127,16 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         output_post_decoder_attentions: bool = False,
         **kwargs,
     ) -> LlavaPostDecoderOutput:
-        """As LLaVA's forward. With a KV cache, pass the returned `post_decoder_state` back on the
-        next call (generate() does this): it holds the block's vision keys/values, which transformers
-        no longer recomputes because it sends the image on the prefill step only."""
+        """As LLaVA's forward. The KV cache comes in `kwargs` under `compat.CACHE_KWARG`, so the name the
+        installed transformers uses reaches the language model unchanged. With a KV cache, pass the
+        returned `post_decoder_state` back on the next call (generate() does this): it holds the block's
+        vision keys/values, which transformers no longer recomputes because it sends the image on the
+        prefill step only."""
         backbone_inputs = dict(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
@@ -168,7 +168,7 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         return LlavaPostDecoderOutput(
             loss=loss,
             logits=logits,
-            past_key_values=backbone.past_key_values,
+            **{CACHE_KWARG: backbone.past_key_values},
             post_decoder_state=post_decoder_state,
             post_decoder_attentions=attentions,
         )
@@ -176,7 +176,7 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
         # Carry the block's state only with a KV cache: without one the image comes back every step.
-        if getattr(outputs, "post_decoder_state", None) is not None and outputs.past_key_values is not None:
+        if getattr(outputs, "post_decoder_state", None) is not None and output_cache(outputs) is not None:
             model_kwargs["post_decoder_state"] = outputs.post_decoder_state
         return model_kwargs
 
