@@ -20,6 +20,8 @@ for the same seed (42, HA-DPO's default).
 import os
 import random
 
+from post_decoder.errors import InputError
+
 from .json_files import read_json
 from .preference_data import PreferenceSample
 from .skips import SkipCounter
@@ -43,15 +45,24 @@ class VisualGenomeImages:
         index_path = os.path.join(vg_path, "image_data.json")
         entries = read_json(index_path, "Visual Genome image_data.json")
         if not isinstance(entries, list):
-            raise ValueError(f"{index_path}: expected a list of images, found {type(entries).__name__}")
+            raise InputError(f"{index_path}: expected a list of images, found {type(entries).__name__}")
         self.relative_paths: dict[int, tuple[str, str]] = {}
         for number, entry in enumerate(entries):
-            try:
-                image_id = int(entry["image_id"] if "image_id" in entry else entry["id"])
-                folder, name = entry["url"].rstrip("/").split("/")[-2:]
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"{index_path}: entry {number} has no usable image id and url ({error!r})") from error
-            self.relative_paths[image_id] = (folder, name)
+            raw_id = entry.get("image_id", entry.get("id")) if isinstance(entry, dict) else None
+            image_id = image_id_of(raw_id)
+            url = entry.get("url") if isinstance(entry, dict) else None
+            parts = url.rstrip("/").split("/") if isinstance(url, str) else []
+            if image_id is None or len(parts) < 2:
+                raise InputError(
+                    f"{index_path}: entry {number} has no usable image id and url "
+                    f"(image_id {raw_id!r}, url {url!r}); is this Visual Genome's image_data.json?"
+                )
+            if image_id in self.relative_paths:
+                raise InputError(
+                    f"{index_path}: image id {image_id} is listed twice (again at entry {number}); "
+                    "keep one entry per image"
+                )
+            self.relative_paths[image_id] = (parts[-2], parts[-1])
 
     def path(self, image_id: int) -> str | None:
         """The file's path: the url's folder, else the other VG folder where the file is there; None for an unknown id."""
@@ -64,21 +75,40 @@ class VisualGenomeImages:
         return next((candidate for candidate in candidates if os.path.isfile(candidate)), candidates[0])
 
 
-def _image_id(value) -> int | None:
-    try:
+def image_id_of(value) -> int | None:
+    """A Visual Genome id: a JSON integer or a string of digits ("6001" keys desc_data.json); None for
+    anything else, so that 6001.7 or "6001.7" is never read as image 6001."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdecimal():
         return int(value)
-    except (TypeError, ValueError):
+    return None
+
+
+def _image_path(
+    raw_id, images: VisualGenomeImages, sample_id: str, source: str, skips: SkipCounter, id_in_detail: bool
+) -> str | None:
+    """The image file of a sample's id, or None (counted) when the id is malformed or unknown."""
+    image_id = image_id_of(raw_id)
+    if image_id is None:
+        skips.skip(sample_id, "image id not a whole number", repr(raw_id), source)
         return None
+    image = images.path(image_id)
+    if image is None:
+        skips.skip(sample_id, "image id not in image_data.json", str(raw_id) if id_in_detail else "", source)
+    return image
 
 
 def _usable_answers(answers: list, sample_id: str, which: str, source: str, skips: SkipCounter) -> list[str]:
-    """The non-empty strings of a chosen/rejected list; each empty one is counted."""
+    """The non-empty strings of a chosen/rejected list; each other one is counted."""
     usable = []
     for number, answer in enumerate(answers):
-        if isinstance(answer, str) and answer.strip():
-            usable.append(answer)
-        else:
+        if not isinstance(answer, str):
+            skips.skip(f"{sample_id} {which}[{number}]", "not a string", type(answer).__name__, source)
+        elif not answer.strip():
             skips.skip(f"{sample_id} {which}[{number}]", "empty answer", source=source)
+        else:
+            usable.append(answer)
     return usable
 
 
@@ -87,13 +117,17 @@ def read_description_pairs(
 ) -> list[PreferenceSample]:
     data = read_json(desc_data_path, "HA-DPO desc_data.json")
     if not isinstance(data, dict):
-        raise ValueError(
+        raise InputError(
             f"{desc_data_path}: expected an object keyed by Visual Genome image id, found {type(data).__name__}"
+            " (is this HA-DPO's desc_data.json?)"
         )
     samples = []
     for key, entry in data.items():
         sample_id = f"desc:{key}"
-        missing = [name for name in ("chosen", "rejected") if not isinstance(entry, dict) or name not in entry]
+        if not isinstance(entry, dict):
+            skips.skip(sample_id, "not an object", f"a {type(entry).__name__}", desc_data_path)
+            continue
+        missing = [name for name in ("chosen", "rejected") if name not in entry]
         if missing:
             skips.skip(sample_id, f"missing key '{missing[0]}'", source=desc_data_path)
             continue
@@ -110,10 +144,8 @@ def read_description_pairs(
         if sample_strategy == "offline":
             chosen, rejected = [rng.choice(chosen)], [rng.choice(rejected)]
         pairs = [(c, r, rng.choice(DESCRIPTION_PROMPTS)) for c in chosen for r in rejected]
-        image_id = _image_id(key)
-        image = images.path(image_id) if image_id is not None else None
+        image = _image_path(key, images, sample_id, desc_data_path, skips, id_in_detail=False)  # after the draws
         if image is None:
-            skips.skip(sample_id, "image id not in image_data.json", source=desc_data_path)
             continue
         for number, (good, bad, prompt) in enumerate(pairs):
             pair_id = sample_id if sample_strategy == "offline" else f"{sample_id}#{number}"
@@ -121,16 +153,31 @@ def read_description_pairs(
     return samples
 
 
+def _text_problem(entry: dict) -> tuple[str, str] | None:
+    """(reason, detail) when a pope entry's question, chosen or reject is not a non-empty string."""
+    for key in ("question", "chosen", "reject"):
+        if not isinstance(entry[key], str):
+            return "not a string", f"'{key}' is {type(entry[key]).__name__}"
+        if not entry[key].strip():
+            return ("empty question" if key == "question" else "empty answer"), ""
+    return None
+
+
 def read_pope_pairs(
     pope_data_path: str, images: VisualGenomeImages, skips: SkipCounter, correct_pairs: bool = False
 ) -> list[PreferenceSample]:
     data = read_json(pope_data_path, "HA-DPO pope_data.json")
     if not isinstance(data, list):
-        raise ValueError(f"{pope_data_path}: expected a list of questions, found {type(data).__name__}")
+        raise InputError(
+            f"{pope_data_path}: expected a list of questions, found {type(data).__name__} (is this HA-DPO's pope_data.json?)"
+        )
     samples = []
     for number, entry in enumerate(data):
         sample_id = f"pope:{number}"
-        missing = [key for key in POPE_KEYS if not isinstance(entry, dict) or key not in entry]
+        if not isinstance(entry, dict):
+            skips.skip(sample_id, "not an object", f"a {type(entry).__name__}", pope_data_path)
+            continue
+        missing = [key for key in POPE_KEYS if key not in entry]
         if missing:
             skips.skip(sample_id, f"missing key '{missing[0]}'", source=pope_data_path)
             continue
@@ -142,15 +189,12 @@ def read_pope_pairs(
         if entry["correct"] and not correct_pairs:
             skips.note("pope entries answered correctly (correct == true, not pairs; as HA-DPO)")
             continue
-        if not all(isinstance(entry[key], str) and entry[key].strip() for key in ("question", "chosen", "reject")):
-            skips.skip(
-                sample_id, "empty answer" if str(entry["question"]).strip() else "empty question", source=pope_data_path
-            )
+        problem = _text_problem(entry)
+        if problem:
+            skips.skip(sample_id, problem[0], problem[1], pope_data_path)
             continue
-        image_id = _image_id(entry["image_id"])
-        image = images.path(image_id) if image_id is not None else None
+        image = _image_path(entry["image_id"], images, sample_id, pope_data_path, skips, id_in_detail=True)
         if image is None:
-            skips.skip(sample_id, "image id not in image_data.json", str(entry["image_id"]), pope_data_path)
             continue
         samples.append(
             PreferenceSample(sample_id, image, entry["question"], entry["chosen"], entry["reject"], pope_data_path)
@@ -170,9 +214,9 @@ def read_hadpo_pairs(
 ) -> list[PreferenceSample]:
     """HA-DPO's training list: pope pairs, then the description pairs `desc_repeat` times."""
     if sample_strategy not in SAMPLE_STRATEGIES:
-        raise ValueError(f"unknown sample_strategy {sample_strategy!r}; choose one of {', '.join(SAMPLE_STRATEGIES)}")
+        raise InputError(f"unknown sample_strategy {sample_strategy!r}; choose one of {', '.join(SAMPLE_STRATEGIES)}")
     if desc_data_path is None and pope_data_path is None:
-        raise ValueError("give desc_data_path, pope_data_path or both")
+        raise InputError("give desc_data_path, pope_data_path or both")
     skips = skips if skips is not None else SkipCounter("HA-DPO pairs")
     images = VisualGenomeImages(vg_path)
     rng = random.Random(seed)

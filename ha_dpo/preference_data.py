@@ -1,7 +1,8 @@
 """Preference pairs (image, question, chosen, rejected) tokenized for DPO: the prompt once, each
 answer with the ids LLaVA-1.5 gives it inside the whole conversation.
 
-The prompt is `question_prompt(question)` (ends with "ASSISTANT:"). An answer's ids are those of
+The prompt is `question_prompt(question, conv_mode=...)` (ends with "ASSISTANT:"; `conv_mode` picks
+LLaVA's system prompt: `vicuna_v1`, LLaVA-1.5's own, or `llava_v1`). An answer's ids are those of
 the whole conversation, `prompt + " " + answer + "</s>"`, after the prompt's ids: where LLaVA's
 preprocess_v1 starts an answer's labels. For ordinary text that equals
 `tokenizer(answer, add_special_tokens=False).input_ids + [eos]`; for an answer that begins with
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from post_decoder.conversation import Conversation, question_prompt, tokenize_with_image
+from post_decoder.conversation import DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
 
 from .images import load_image, with_readable_images
 from .skips import SkipCounter
@@ -33,14 +34,16 @@ class PreferenceSample:
 
 
 def prompt_and_answer_ids(
-    question: str, answer: str, with_image: bool, tokenizer, image_token_id: int
+    question: str, answer: str, with_image: bool, tokenizer, image_token_id: int, conv_mode: str = DEFAULT_CONV_MODE
 ) -> tuple[list[int], list[int]] | None:
     """(prompt ids, answer ids) with one image token per image, or None when the whole
     conversation's ids do not begin with the prompt's (no clean place to cut)."""
     if with_image:
         question = question.strip()  # LLaVA's preprocess_multimodal strips the turn holding the image
-    prompt = tokenize_with_image(question_prompt(question, with_image=with_image), tokenizer, image_token_id, 1)
-    conversation = Conversation().add_user(question, with_image=with_image).add_assistant(answer).prompt()
+    prompt_text = question_prompt(question, with_image=with_image, conv_mode=conv_mode)
+    prompt = tokenize_with_image(prompt_text, tokenizer, image_token_id, 1)
+    conversation = Conversation.for_mode(conv_mode).add_user(question, with_image=with_image)
+    conversation = conversation.add_assistant(answer).prompt()
     whole = tokenize_with_image(conversation, tokenizer, image_token_id, 1)
     if whole[: len(prompt)] != prompt:
         return None
@@ -49,12 +52,14 @@ def prompt_and_answer_ids(
 
 class PreferenceDataset(Dataset):
     """Tokenized at construction, so every length problem is counted before training starts;
-    images are checked here (exists, PIL can read it) and opened when an item is served.
+    images are checked here (exists, PIL can decode it) and opened when an item is served.
 
     Items: `sample_id`, `prompt_input_ids`, `chosen_input_ids`, `rejected_input_ids` (1-D long
     tensors; the prompt with its image tokens expanded) and `image` (RGB PIL image or None).
     A sequence longer than `model_max_length` loses the end of its answer; a pair whose prompt
-    leaves no room for an answer is skipped.
+    leaves no room for an answer is skipped, and so is a pair whose two answers are the same ids
+    (in the file, or once cut): it has nothing to prefer and only pulls the loss toward ln 2.
+    No pair left at all is an `InputError` that says why.
     """
 
     def __init__(
@@ -66,10 +71,13 @@ class PreferenceDataset(Dataset):
         model_max_length: int,
         skips: SkipCounter | None = None,
         check_images: bool = True,
+        conv_mode: str = DEFAULT_CONV_MODE,
     ):
+        Conversation.for_mode(conv_mode)  # an unknown mode stops here, before any work
         self.image_token_id = image_token_id
         self.image_seq_length = image_seq_length
         self.model_max_length = model_max_length
+        self.conv_mode = conv_mode
         self.skips = skips if skips is not None else SkipCounter("preference pairs")
         cache: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}  # HA-DPO repeats pairs: tokenize each once
         self.items = []
@@ -77,21 +85,24 @@ class PreferenceDataset(Dataset):
             item = self._tokenize(sample, tokenizer, cache)
             if item is not None:
                 self.items.append(item)
+        self.skips.require_some(len(self.items), "preference pairs", (sample.source for sample in samples))
         self.skips.note("preference pairs kept", len(self.items))
         self.skips.log()
 
     def _tokenize(self, sample: PreferenceSample, tokenizer, cache):
-        if not sample.chosen.strip() or not sample.rejected.strip():
-            self.skips.skip(
-                sample.sample_id, "empty answer", "chosen" if not sample.chosen.strip() else "rejected", sample.source
-            )
-            return None
+        for which, answer in (("chosen", sample.chosen), ("rejected", sample.rejected)):
+            if not isinstance(answer, str):
+                self.skips.skip(sample.sample_id, "not a string", f"{which} is {type(answer).__name__}", sample.source)
+                return None
+            if not answer.strip():
+                self.skips.skip(sample.sample_id, "empty answer", which, sample.source)
+                return None
         answers = []
         for answer in (sample.chosen, sample.rejected):
             key = (sample.question, answer, sample.image is not None)
             if key not in cache:
                 pair = prompt_and_answer_ids(
-                    sample.question, answer, sample.image is not None, tokenizer, self.image_token_id
+                    sample.question, answer, sample.image is not None, tokenizer, self.image_token_id, self.conv_mode
                 )
                 cache[key] = None if pair is None else (compact(pair[0]), compact(pair[1]))
             if cache[key] is None:
@@ -104,15 +115,25 @@ class PreferenceDataset(Dataset):
                 return None
             prompt, ids = cache[key]
             answers.append(ids)
+        chosen, rejected = answers
+        if np.array_equal(chosen, rejected):
+            self.skips.skip(sample.sample_id, "chosen and rejected are the same", source=sample.source)
+            return None
         prompt_length = expanded_length(prompt, self.image_token_id, self.image_seq_length)
         room = self.model_max_length - prompt_length
         if room <= 0:
             detail = f"prompt has {prompt_length} tokens, model_max_length is {self.model_max_length}"
             self.skips.skip(sample.sample_id, "no room for the answer within model_max_length", detail, sample.source)
             return None
-        if any(len(ids) > room for ids in answers):
+        if np.array_equal(chosen[:room], rejected[:room]):
+            detail = f"they differ after token {room} of the answer; model_max_length is {self.model_max_length}"
+            self.skips.skip(
+                sample.sample_id, "chosen and rejected the same once cut at model_max_length", detail, sample.source
+            )
+            return None
+        if len(chosen) > room or len(rejected) > room:
             self.skips.note("pairs with an answer cut at model_max_length")
-        return sample, prompt, answers[0][:room], answers[1][:room]
+        return sample, prompt, chosen[:room], rejected[:room]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -125,5 +146,5 @@ class PreferenceDataset(Dataset):
             "prompt_input_ids": torch.from_numpy(prompt).long(),
             "chosen_input_ids": torch.from_numpy(chosen).long(),
             "rejected_input_ids": torch.from_numpy(rejected).long(),
-            "image": load_image(sample.image, sample.sample_id) if sample.image else None,
+            "image": load_image(sample.image, sample.sample_id, sample.source) if sample.image else None,
         }

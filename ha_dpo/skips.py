@@ -4,6 +4,8 @@ counts are printed at the end of a run. With `strict`, the first bad sample stop
 import logging
 from collections import Counter
 
+from post_decoder.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ class SkipCounter:
         described = f"{sample_id} ({detail})" if detail else str(sample_id)
         if self.strict:
             where = f"{source}: " if source else ""
-            raise ValueError(
+            raise InputError(
                 f"{where}sample {described}: {reason} (--strict stops here; without it the sample is skipped and counted)"
             )
         self.counts[reason] += 1
@@ -51,3 +53,16 @@ class SkipCounter:
 
     def log(self) -> None:
         (logger.warning if self.total else logger.info)(self.summary())
+
+    def require_some(self, kept: int, what: str, sources) -> None:
+        """Stop with one line saying why when nothing is left to train on (instead of a trainer failing
+        later on an empty dataset): `what` names the items ("preference pairs"), `sources` their files."""
+        if kept:
+            return
+        files = ", ".join(dict.fromkeys(source for source in sources if source)) or "the data given"
+        reasons = "; ".join(
+            f"{reason}: {count} (e.g. {self.first_ids[reason][0]})" for reason, count in self.counts.most_common()
+        )
+        notes = "; ".join(f"{what}: {count}" for what, count in self.notes.items() if count)
+        why = f"{self.total} skipped" + (f" ({reasons})" if reasons else "") + (f"; noted: {notes}" if notes else "")
+        raise InputError(f"no {what} left to train on in {files}: {why}")

@@ -7,9 +7,15 @@ skips the padding; we always pad, as the original models were trained.
 
 import os
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+from .errors import InputError
+
+# What PIL raises on a file it cannot decode (a truncated JPEG raises OSError only when decoded).
+UNREADABLE_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 def load_image_processor(path: str) -> LlavaImageProcessorPil:
@@ -18,17 +24,27 @@ def load_image_processor(path: str) -> LlavaImageProcessorPil:
 
 
 def open_image(path: str) -> Image.Image:
-    """An RGB PIL image; greyscale, palette and RGBA become RGB. A bad file names itself."""
+    """An RGB PIL image, decoded whole; greyscale, 16-bit, palette and RGBA become RGB. A bad file names itself."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
             return to_rgb(image)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise InputError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
+
+
+def sixteen_bit_to_8_bit(image: Image.Image) -> Image.Image:
+    """An `I;16*` or `I` image as 8-bit greyscale, keeping each value's high byte (v >> 8): what Pillow
+    itself does when it decodes 16-bit colour PNGs (raw mode `RGB;16B`) and libpng's `png_set_strip_16`,
+    which image viewers use. PIL's own `convert("L")` clips at 255 instead, so almost everything is white."""
+    values = np.asarray(image).astype(np.int64)  # `I` is 32-bit signed: values outside 16 bits are clipped
+    return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8), "L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I;16") or image.mode == "I":
+        image = sixteen_bit_to_8_bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels become white, not the black that a bare convert("RGB") gives.
         rgba = image.convert("RGBA")
@@ -41,4 +57,3 @@ def preprocess_images(images: list[Image.Image], processor: LlavaImageProcessorP
     """[len(images), 3, H, W] float pixel values."""
     rgb = [to_rgb(image) for image in images]
     return processor(images=rgb, return_tensors="pt")["pixel_values"]
-

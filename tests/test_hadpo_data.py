@@ -7,7 +7,8 @@ import torch
 from ha_dpo.hadpo_data import read_hadpo_pairs
 from ha_dpo.preference_data import PreferenceDataset, PreferenceSample
 from ha_dpo.skips import SkipCounter
-from post_decoder.conversation import add_llava_tokens, question_prompt, tokenize_with_image
+from post_decoder.conversation import CONV_MODES, add_llava_tokens, question_prompt, tokenize_with_image
+from post_decoder.errors import InputError
 from tests.conftest import shared_file
 from tests.data_files import write_hadpo, write_json, write_visual_genome
 
@@ -145,12 +146,26 @@ def test_unusable_files_are_errors_naming_them(tmp_path):
 # --- the tokenized dataset ---------------------------------------------------------------------
 
 
-def build(samples, tokenizer, model_max_length=512, strict=False):
-    skips = SkipCounter("pairs", strict=strict)
+def build(samples, tokenizer, model_max_length=512, strict=False, skips=None, **options):
+    skips = skips if skips is not None else SkipCounter("pairs", strict=strict)
     dataset = PreferenceDataset(
-        samples, tokenizer, tokenizer.convert_tokens_to_ids("<image>"), IMAGE_SEQ_LENGTH, model_max_length, skips
+        samples,
+        tokenizer,
+        tokenizer.convert_tokens_to_ids("<image>"),
+        IMAGE_SEQ_LENGTH,
+        model_max_length,
+        skips,
+        **options,
     )
     return dataset, skips
+
+
+def build_nothing(samples, tokenizer, model_max_length=512):
+    """The skips of a dataset left with no pair, which must refuse to be built, saying why."""
+    skips = SkipCounter("pairs")
+    with pytest.raises(InputError, match=r"^no preference pairs left to train on in .*: \d+ skipped \(") as error:
+        build(samples, tokenizer, model_max_length, skips=skips)
+    return skips, str(error.value)
 
 
 def test_dataset_skips_missing_and_corrupt_images_and_opens_every_mode_as_rgb(hadpo, llava_tokenizer):
@@ -211,8 +226,7 @@ def test_answers_are_cut_at_model_max_length_and_a_pair_without_room_is_skipped(
     assert dataset[0]["chosen_input_ids"].tolist() == full["chosen_input_ids"][:room].tolist()
     assert dataset[0]["rejected_input_ids"].tolist() == full["rejected_input_ids"].tolist()
     assert skips.notes["pairs with an answer cut at model_max_length"] == 1
-    dataset, skips = build([long_pair], llava_tokenizer, model_max_length=prompt_length)
-    assert len(dataset) == 0
+    skips, _ = build_nothing([long_pair], llava_tokenizer, model_max_length=prompt_length)
     assert skips.counts == {"no room for the answer within model_max_length": 1}
     assert skips.first_ids["no room for the answer within model_max_length"] == [
         f"long (prompt has {prompt_length} tokens, model_max_length is {prompt_length})"
@@ -223,10 +237,10 @@ def test_answers_are_cut_at_model_max_length_and_a_pair_without_room_is_skipped(
 
 def test_an_empty_answer_in_a_sample_is_skipped(tmp_path, llava_tokenizer):
     vg_path = write_visual_genome(tmp_path / "VG", {1: ("VG_100K", "VG_100K", "RGB", (8, 8))})
-    dataset, skips = build(
+    skips, _ = build_nothing(
         [PreferenceSample("blank", f"{vg_path}/VG_100K/1.jpg", "Is it red?", "Yes.", "  ")], llava_tokenizer
     )
-    assert len(dataset) == 0 and skips.first_ids == {"empty answer": ["blank (rejected)"]}
+    assert skips.first_ids == {"empty answer": ["blank (rejected)"]}
 
 
 def sentencepiece_reference(text, processor, image_token_id):
@@ -269,7 +283,7 @@ def test_answer_ids_are_llava_1_5s_with_the_real_tokenizer(tmp_path, llama2, ans
     tokenizer, processor = llama2
     vg_path = write_visual_genome(tmp_path / "VG", {1: ("VG_100K", "VG_100K", "RGB", (8, 8))})
     question = "Is there a dog in the image?"
-    sample = PreferenceSample("real", f"{vg_path}/VG_100K/1.jpg", question, answer, "No.")
+    sample = PreferenceSample("real", f"{vg_path}/VG_100K/1.jpg", question, answer, "I cannot tell.")  # never the same
     dataset = PreferenceDataset([sample], tokenizer, 32000, 1, 2048, SkipCounter("pairs"))
     item = dataset[0]
     conversation = question_prompt(question) + " " + answer + "</s>"
