@@ -32,15 +32,17 @@ def concatenated_pairs(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def full_sequence_logps(model, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row (chosen/rejected interleaved): the sum of log p(answer token), and the mean logit over
-    the answer's positions. One image per pair, repeated for its two sequences."""
+    """Per row (chosen/rejected interleaved): the sum of log p(answer token), and the mean logit at the
+    answer tokens' own positions. One image per pair, repeated for its two sequences."""
     input_ids, attention_mask, labels = concatenated_pairs(batch, pad_id)
     pixel_values = batch.get("pixel_values")
     if pixel_values is not None:
         pixel_values = pixel_values.repeat_interleave(2, 0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits.float()
+    # HA-DPO's `logits/chosen`: the logits at the answer tokens' own positions (unshifted labels).
+    own = labels != -100
+    mean_logits = (logits.detach().mean(-1) * own).sum(-1) / own.sum(-1)
     labels, logits = labels[:, 1:], logits[:, :-1]  # position t predicts token t + 1
     mask = labels != -100
     token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(2)).squeeze(2)
-    mean_logits = (logits.detach().mean(-1) * mask).sum(-1) / mask.sum(-1)
     return (token_logps * mask).sum(-1), mean_logits

@@ -12,6 +12,8 @@ import copy
 import torch
 from torch import nn
 
+from post_decoder.compat import CACHE_KWARG
+
 from .dpo_loss import PairLogps
 
 
@@ -46,19 +48,22 @@ def _interleave(chosen: torch.Tensor, rejected: torch.Tensor, pad_value) -> torc
 
 
 def _head_logps(post_decoder, lm_head, hidden, vision, vision_mask, targets, target_mask, sequence_mask, prompt_hidden):
-    """Per row: the sum of log p(target) through one head, and the mean logit over answer positions."""
+    """Per row: the sum of log p(target) through one head, and the mean logit at the answer tokens' own
+    positions (HA-DPO's `logits/chosen`). `hidden` holds the last prompt position, then every answer
+    position: position t predicts answer token t, position t + 1 is answer token t's own."""
     if post_decoder is not None:
         state = post_decoder.encode_vision(vision, vision_mask, batch_size=hidden.shape[0])
         if post_decoder.config.uses_self_attention:
             # Not token-wise: the block sees the prompt and the answer (its last prompt position predicts answer token 0).
             sequence = torch.cat([prompt_hidden[:, :-1], hidden], dim=1)
-            hidden = post_decoder(sequence, state, attention_mask=sequence_mask[:, :-1])[0][:, prompt_hidden.shape[1] - 1 :]
+            hidden = post_decoder(sequence, state, attention_mask=sequence_mask)[0][:, prompt_hidden.shape[1] - 1 :]
         else:
             hidden = post_decoder(hidden, state)[0]
     logits = lm_head(hidden).float()
-    token_logps = torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(2)).squeeze(2)
+    predicting, own = logits[:, :-1], logits[:, 1:]
+    token_logps = torch.gather(predicting.log_softmax(-1), 2, targets.unsqueeze(2)).squeeze(2)
     mask = target_mask.to(logits.dtype)
-    mean_logits = (logits.detach().mean(-1) * mask).sum(-1) / mask.sum(-1)
+    mean_logits = (own.detach().mean(-1) * mask).sum(-1) / mask.sum(-1)
     return (token_logps * mask).sum(-1), mean_logits
 
 
@@ -77,7 +82,7 @@ def shared_pair_logps(model, reference: ReferenceHead, batch: dict) -> PairLogps
         )
         answers = _interleave(batch["chosen_input_ids"], batch["rejected_input_ids"], pad_value=0)
         answer_mask = _interleave(batch["chosen_attention_mask"], batch["rejected_attention_mask"], pad_value=0)
-        cache = prompt.past_key_values
+        cache = prompt.past_key_values  # BackboneOutput's own field (not a transformers output)
         cache.batch_repeat_interleave(2)
         prompt_mask_2 = prompt_mask.repeat_interleave(2, 0)
         sequence_mask = torch.cat([prompt_mask_2, answer_mask], dim=1)
@@ -86,12 +91,13 @@ def shared_pair_logps(model, reference: ReferenceHead, batch: dict) -> PairLogps
             input_ids=answers,
             attention_mask=sequence_mask,
             position_ids=real_prompt_length + torch.arange(answers.shape[1], device=answers.device),
-            past_key_values=cache,
             use_cache=True,
+            **{CACHE_KWARG: cache},
         )
     prompt_hidden = prompt.hidden_states.repeat_interleave(2, 0)
-    # Position t predicts answer token t: the last prompt position, then the answer's own positions.
-    hidden = torch.cat([prompt_hidden[:, -1:], continued.hidden_states[:, :-1]], dim=1)
+    # The last prompt position (predicts answer token 0), then every answer position (the last one is
+    # only needed for the logits metric: the head is token-wise, one more position costs little).
+    hidden = torch.cat([prompt_hidden[:, -1:], continued.hidden_states], dim=1)
     vision = None if prompt.vision_features is None else prompt.vision_features.repeat_interleave(2, 0)
     vision_mask = None if prompt.vision_mask is None else prompt.vision_mask.repeat_interleave(2, 0)
     inputs = (hidden, vision, vision_mask, answers, answer_mask, sequence_mask, prompt_hidden)
