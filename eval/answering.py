@@ -4,29 +4,48 @@ Every POPE prompt of an image starts with the same tokens: the system text, "USE
 image's 576 tokens. That prefix (and the block's vision keys/values) is computed once; each batch
 of questions continues from a copy of its KV cache. The questions' own tokens are left-padded
 after the prefix with explicit position ids, so each answer is the one `generate` gives the
-question alone.
+question alone. Greedy decoding stops a row at `</s>` (the model's EOS) and the batch when every
+row has stopped, so a large `max_new_tokens` (LLaVA's 128) costs nothing for one-word answers.
 """
 
 import copy
 
 import torch
 
-from post_decoder.conversation import question_prompt, tokenize_with_image
+from post_decoder.compat import CACHE_KWARG, output_cache
+from post_decoder.conversation import DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
+from post_decoder.errors import InputError
 from post_decoder.image_processing import preprocess_images
+
+LLAVA_MAX_NEW_TOKENS = 128  # LLaVA's model_vqa_loader.py default
 
 
 class PrefixCachedAnswerer:
-    def __init__(self, model, tokenizer, image_processor, max_new_tokens: int = 16, batch_size: int = 32, prompt_suffix: str = ""):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor,
+        max_new_tokens: int = LLAVA_MAX_NEW_TOKENS,
+        batch_size: int = 32,
+        prompt_suffix: str = "",
+        conv_mode: str = DEFAULT_CONV_MODE,
+    ):
+        for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+        Conversation.for_mode(conv_mode)  # an unknown mode is refused here, before any image is read
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.prompt_suffix = prompt_suffix
+        self.conv_mode = conv_mode
 
     def prompt_ids(self, question: str) -> list[int]:
         config = self.model.config
-        prompt = question_prompt(question, suffix=self.prompt_suffix)
+        prompt = question_prompt(question, suffix=self.prompt_suffix, conv_mode=self.conv_mode)
         return tokenize_with_image(prompt, self.tokenizer, config.image_token_id, config.image_seq_length)
 
     def pixel_values(self, image) -> torch.Tensor:
@@ -58,9 +77,11 @@ class PrefixCachedAnswerer:
             positions.append([prefix_length] * padding + list(range(prefix_length, prefix_length + len(suffix))))
         device = prefix.device
         input_ids = torch.cat([prefix.expand(count, -1), torch.tensor(rows, device=device)], dim=1)
-        attention_mask = torch.cat([torch.ones(count, prefix_length, dtype=torch.long, device=device), torch.tensor(masks, device=device)], dim=1)
-        position_ids = torch.cat([torch.arange(prefix_length, device=device).expand(count, -1), torch.tensor(positions, device=device)], dim=1)
-        cache = copy.deepcopy(prefix_output.past_key_values)
+        prefix_mask = torch.ones(count, prefix_length, dtype=torch.long, device=device)
+        attention_mask = torch.cat([prefix_mask, torch.tensor(masks, device=device)], dim=1)
+        prefix_positions = torch.arange(prefix_length, device=device).expand(count, -1)
+        position_ids = torch.cat([prefix_positions, torch.tensor(positions, device=device)], dim=1)
+        cache = copy.deepcopy(output_cache(prefix_output))
         cache.batch_repeat_interleave(count)
         extra = {}
         if getattr(prefix_output, "post_decoder_state", None) is not None:
@@ -69,13 +90,14 @@ class PrefixCachedAnswerer:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **{CACHE_KWARG: cache},
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
             pad_token_id=pad,
             **extra,
         )
-        return [text.strip() for text in self.tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)]
+        new_tokens = generated[:, input_ids.shape[1] :]  # after a row's EOS: padding, dropped by the decode
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 def _shared_prefix_length(sequences: list[list[int]]) -> int:

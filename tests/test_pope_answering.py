@@ -54,3 +54,75 @@ def test_prefix_cached_batches_answer_as_plain_generate_one_by_one(plain_llava, 
         answers = answerer.answer(image, QUESTIONS)
         assert answers == one_question_at_a_time(answerer, image, QUESTIONS)
     assert all(answers) and answers[0] == answers[4]
+
+
+class RecordedGenerate:
+    """Wraps `model.generate` to keep each call's new tokens (the batch as generate returns it)."""
+
+    def __init__(self, model):
+        self.model, self.original, self.new_tokens = model, model.generate, []
+
+    def __call__(self, *args, **kwargs):
+        output = self.original(*args, **kwargs)
+        self.new_tokens.append(output[:, kwargs["input_ids"].shape[1] :])
+        return output
+
+    def __enter__(self):
+        self.model.generate = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.generate
+
+
+def test_rows_stop_at_their_eos_and_the_batch_when_all_have(plain_llava, llava_tokenizer, processor):
+    model = with_block(plain_llava, "post_interaction", perturb=0.3)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    questions = QUESTIONS[:4]
+    answerer = PrefixCachedAnswerer(model, llava_tokenizer, processor, max_new_tokens=8, batch_size=4)
+    eos = model.generation_config.eos_token_id
+    with eos_banned(model):  # the tiny model's own EOS never comes; a token it does emit plays </s>
+        with RecordedGenerate(model) as recorded:
+            answerer.answer(image, questions)
+        free_rows = recorded.new_tokens[0].tolist()
+        assert all(len(row) == 8 for row in free_rows)
+
+        def stop_at(token):
+            model.generation_config.eos_token_id = [eos, token]
+            try:
+                with RecordedGenerate(model) as recorded:
+                    answers = answerer.answer(image, questions)
+                return answers, recorded.new_tokens[0], one_question_at_a_time(answerer, image, questions)
+            finally:
+                model.generation_config.eos_token_id = eos
+
+        # A token only some rows emit: those rows end there, the others run to max_new_tokens.
+        token = next(token for row in free_rows for token in row[1:] if any(token not in other for other in free_rows))
+        answers, new_tokens, one_by_one = stop_at(token)
+        cut = [row[: row.index(token) + 1] if token in row else row for row in free_rows]
+        assert answers == one_by_one == [llava_tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in cut]
+        assert new_tokens.shape[1] == 8 and min(map(len, cut)) < 8
+        # A token every row emits early: the whole batch stops after it, far before max_new_tokens.
+        token = next(token for token in free_rows[0][1:] if all(token in row[1:4] for row in free_rows))
+        answers, new_tokens, one_by_one = stop_at(token)
+        assert answers == one_by_one and 2 <= new_tokens.shape[1] == max(row.index(token) + 1 for row in free_rows) <= 4
+
+
+def test_the_conversation_mode_reaches_the_prompt(plain_llava, llava_tokenizer, processor):
+    from post_decoder.conversation import question_prompt, tokenize_with_image
+    from post_decoder.errors import InputError
+
+    config = plain_llava.config
+    ids = {}
+    for mode in ("vicuna_v1", "llava_v1"):
+        answerer = PrefixCachedAnswerer(plain_llava, llava_tokenizer, processor, prompt_suffix=" Yes?", conv_mode=mode)
+        ids[mode] = answerer.prompt_ids("Is there a cup?")
+        prompt = question_prompt("Is there a cup?", suffix=" Yes?", conv_mode=mode)
+        assert ids[mode] == tokenize_with_image(prompt, llava_tokenizer, config.image_token_id, config.image_seq_length)
+    assert ids["vicuna_v1"] != ids["llava_v1"]
+    assert "curious human" in llava_tokenizer.decode(ids["llava_v1"]) and "human" not in llava_tokenizer.decode(ids["vicuna_v1"])
+    assert PrefixCachedAnswerer(plain_llava, llava_tokenizer, processor).max_new_tokens == 128  # LLaVA's default
+    with pytest.raises(InputError, match="unknown conversation mode 'llava_v2'"):
+        PrefixCachedAnswerer(plain_llava, llava_tokenizer, processor, conv_mode="llava_v2")
+    with pytest.raises(InputError, match="batch_size must be a whole number of at least 1, got 0"):
+        PrefixCachedAnswerer(plain_llava, llava_tokenizer, processor, batch_size=0)
