@@ -32,7 +32,8 @@ def _pixel_values(items: list[dict], image_processor) -> dict:
 def _pad_token_id(tokenizer) -> int:
     if tokenizer.pad_token_id is None:
         raise ValueError(
-            "the tokenizer has no pad token (LLaVA-1.5 checkpoints add <pad>; see post_decoder.conversation.add_llava_tokens)"
+            "the tokenizer has no pad token"
+            " (LLaVA-1.5 checkpoints add <pad>; see post_decoder.conversation.add_llava_tokens)"
         )
     return tokenizer.pad_token_id
 

@@ -65,7 +65,8 @@ class VisualGenomeImages:
             self.relative_paths[image_id] = (parts[-2], parts[-1])
 
     def path(self, image_id: int) -> str | None:
-        """The file's path: the url's folder, else the other VG folder where the file is there; None for an unknown id."""
+        """The file's path: the url's folder, else the other VG folder where the file is there; None for an
+        unknown id."""
         if image_id not in self.relative_paths:
             return None
         folder, name = self.relative_paths[image_id]
@@ -169,7 +170,8 @@ def read_pope_pairs(
     data = read_json(pope_data_path, "HA-DPO pope_data.json")
     if not isinstance(data, list):
         raise InputError(
-            f"{pope_data_path}: expected a list of questions, found {type(data).__name__} (is this HA-DPO's pope_data.json?)"
+            f"{pope_data_path}: expected a list of questions, found {type(data).__name__}"
+            " (is this HA-DPO's pope_data.json?)"
         )
     samples = []
     for number, entry in enumerate(data):

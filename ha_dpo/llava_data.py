@@ -1,5 +1,5 @@
 """LLaVA instruction data for supervised fine-tuning of the block, tokenized as LLaVA-1.5's
-`preprocess_v1` does (vicuna_v1 template).
+`preprocess_v1` does (the vicuna_v1 template by default; `conv_mode="llava_v1"` changes the system prompt only).
 
 Input: a JSON list of `{"id", "image" (optional, relative to `image_folder`), "conversations":
 [{"from": "human" | "gpt", "value": str}, ...]}`.
@@ -10,6 +10,7 @@ Input: a JSON list of `{"id", "image" (optional, relative to `image_folder`), "c
 - Labels are -100 except the answers and the `</s>` that closes each of them.
 - A sample without an image is kept (the block passes it through) unless `keep_text_only=False`;
   either way it is counted.
+- No sample left at all is an `InputError` that says why.
 """
 
 import os
@@ -19,7 +20,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from post_decoder.conversation import ANSWER_END, ASSISTANT, IMAGE_TOKEN, USER, Conversation, tokenize_with_image
+from post_decoder.conversation import (
+    ANSWER_END,
+    ASSISTANT,
+    DEFAULT_CONV_MODE,
+    IMAGE_TOKEN,
+    USER,
+    Conversation,
+    tokenize_with_image,
+)
+from post_decoder.errors import InputError
 
 from .images import load_image, with_readable_images
 from .json_files import read_json
@@ -84,11 +94,16 @@ def read_llava_samples(
     skips = skips if skips is not None else SkipCounter("LLaVA samples")
     data = read_json(data_path, "LLaVA instruction data")
     if not isinstance(data, list):
-        raise ValueError(f"{data_path}: expected a list of samples, found {type(data).__name__}")
+        raise InputError(
+            f"{data_path}: expected a list of samples, found {type(data).__name__} (is this LLaVA instruction data?)"
+        )
     samples = []
     for number, entry in enumerate(data):
         sample_id = str(entry["id"]) if isinstance(entry, dict) and "id" in entry else f"#{number}"
-        if not isinstance(entry, dict) or "conversations" not in entry:
+        if not isinstance(entry, dict):
+            skips.skip(sample_id, "not an object", f"a {type(entry).__name__}", data_path)
+            continue
+        if "conversations" not in entry:
             skips.skip(sample_id, "missing key 'conversations'", source=data_path)
             continue
         image = entry.get("image")
@@ -130,9 +145,9 @@ def _tokenize_after_answer(texts: list[str], tokenizer, image_token_id: int) -> 
     return [ids[1:] for ids in tokenized]
 
 
-def _round_texts(turns) -> list[tuple[str, str]]:
+def _round_texts(turns, conv_mode: str) -> list[tuple[str, str]]:
     """Per round, the text that adds its question up to "ASSISTANT:", and up to its answer's `</s>`."""
-    conversation, rounds, done = Conversation(), [], ""
+    conversation, rounds, done = Conversation.for_mode(conv_mode), [], ""
     for question, answer in zip(turns[0::2], turns[1::2]):
         conversation.add_user(question[1]).add_assistant(None)
         instruction = conversation.prompt()
@@ -145,7 +160,9 @@ def _round_texts(turns) -> list[tuple[str, str]]:
     return rounds
 
 
-def conversation_ids(turns, tokenizer, image_token_id: int) -> tuple[list[int], list[tuple[int, int]]] | None:
+def conversation_ids(
+    turns, tokenizer, image_token_id: int, conv_mode: str = DEFAULT_CONV_MODE
+) -> tuple[list[int], list[tuple[int, int]]] | None:
     """Compact ids (one image token) of the whole conversation and each answer's [start, end),
     its `</s>` included; None when an answer's first token would merge with "ASSISTANT:" (no
     clean cut: LLaVA masks such a sample entirely and warns "tokenization mismatch").
@@ -157,7 +174,7 @@ def conversation_ids(turns, tokenizer, image_token_id: int) -> tuple[list[int], 
     """
     if len(turns) % 2 or any(role != (USER, ASSISTANT)[number % 2] for number, (role, _) in enumerate(turns)):
         raise ValueError("turns must alternate question, answer and end with an answer")
-    rounds = _round_texts(turns)
+    rounds = _round_texts(turns, conv_mode)
     first = [tokenize_with_image(text, tokenizer, image_token_id, 1) for text in rounds[0]]
     later = _tokenize_after_answer([text for pair in rounds[1:] for text in pair], tokenizer, image_token_id)
     ids, spans = [], []
@@ -171,7 +188,7 @@ def conversation_ids(turns, tokenizer, image_token_id: int) -> tuple[list[int], 
 
 class SupervisedDataset(Dataset):
     """Tokenized at construction, so every length problem is counted before training starts;
-    images are checked here (exists, PIL can read it) and opened when an item is served.
+    images are checked here (exists, PIL can decode it) and opened when an item is served.
 
     Items: `sample_id`, `input_ids` and `labels` (1-D long tensors, image tokens expanded) and
     `image` (RGB PIL image or None). A conversation longer than `model_max_length` is cut at the
@@ -187,20 +204,24 @@ class SupervisedDataset(Dataset):
         model_max_length: int,
         skips: SkipCounter | None = None,
         check_images: bool = True,
+        conv_mode: str = DEFAULT_CONV_MODE,
     ):
+        Conversation.for_mode(conv_mode)  # an unknown mode stops here, before any work
         self.image_token_id = image_token_id
         self.image_seq_length = image_seq_length
+        self.conv_mode = conv_mode
         self.skips = skips if skips is not None else SkipCounter("LLaVA samples")
         self.items = []
         for sample in with_readable_images(samples, self.skips, check_images):
             item = self._tokenize(sample, tokenizer, model_max_length)
             if item is not None:
                 self.items.append(item)
+        self.skips.require_some(len(self.items), "LLaVA samples", (sample.source for sample in samples))
         self.skips.note("samples kept", len(self.items))
         self.skips.log()
 
     def _tokenize(self, sample: SupervisedSample, tokenizer, model_max_length: int):
-        tokenized = conversation_ids(sample.turns, tokenizer, self.image_token_id)
+        tokenized = conversation_ids(sample.turns, tokenizer, self.image_token_id, self.conv_mode)
         if tokenized is None:
             detail = "an answer's first token merges with 'ASSISTANT:'"
             self.skips.skip(sample.sample_id, "tokenization mismatch", detail, sample.source)
@@ -241,5 +262,5 @@ class SupervisedDataset(Dataset):
             "sample_id": sample.sample_id,
             "input_ids": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, self.image_seq_length)).long(),
             "labels": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, self.image_seq_length, labels)),
-            "image": load_image(sample.image, sample.sample_id) if sample.image else None,
+            "image": load_image(sample.image, sample.sample_id, sample.source) if sample.image else None,
         }

@@ -28,7 +28,8 @@ class SkipCounter:
         if self.strict:
             where = f"{source}: " if source else ""
             raise InputError(
-                f"{where}sample {described}: {reason} (--strict stops here; without it the sample is skipped and counted)"
+                f"{where}sample {described}: {reason}"
+                " (--strict stops here; without it the sample is skipped and counted)"
             )
         self.counts[reason] += 1
         ids = self.first_ids.setdefault(reason, [])

@@ -3,6 +3,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ha_dpo.hadpo_data import read_hadpo_pairs
 from ha_dpo.preference_data import PreferenceDataset, PreferenceSample
@@ -59,7 +60,8 @@ def test_pope_entries_answered_correctly_are_left_out_and_noted(hadpo):
     assert skips.notes["pope entries answered correctly (correct == true, not pairs; as HA-DPO)"] == 1
     assert "pope:1" not in str(skips.first_ids)  # not a skip: a deliberate rule
     with_correct = read_hadpo_pairs(vg_path, pope_data_path=pope, pope_correct_pairs=True)
-    assert ids_of(with_correct) == sorted(ids_of(samples) + ["pope:1"], key=lambda sample_id: int(sample_id.split(":")[1]))
+    in_file_order = sorted(ids_of(samples) + ["pope:1"], key=lambda sample_id: int(sample_id.split(":")[1]))
+    assert ids_of(with_correct) == in_file_order
 
 
 def test_all_pairs_option_uses_every_chosen_rejected_pair(hadpo):
@@ -292,3 +294,218 @@ def test_answer_ids_are_llava_1_5s_with_the_real_tokenizer(tmp_path, llama2, ans
     separate = tokenizer(answer, add_special_tokens=False).input_ids + [2]
     assert (item["chosen_input_ids"].tolist() == separate) == separate_tokenization_agrees
     assert np.all(item["chosen_input_ids"].numpy() < 32000)
+
+
+# --- pairs that are not pairs, and input errors that name what to fix ------------------------
+
+
+def one_image(tmp_path):
+    vg_path = write_visual_genome(tmp_path / "VG", {1: ("VG_100K", "VG_100K", "RGB", (8, 8))})
+    return f"{vg_path}/VG_100K/1.jpg"
+
+
+def test_a_pair_whose_answers_are_the_same_is_skipped_under_its_own_reason(tmp_path, llava_tokenizer):
+    image = one_image(tmp_path)
+    same = PreferenceSample("same", image, "Is it red?", "Yes, it is red.", "Yes, it is red.", "pairs.json")
+    kept = PreferenceSample("kept", image, "Is it red?", "Yes, it is red.", "No.", "pairs.json")
+    dataset, skips = build([same, kept], llava_tokenizer)
+    assert [item["sample_id"] for item in dataset] == ["kept"]
+    assert skips.counts == {"chosen and rejected are the same": 1}
+    assert skips.first_ids["chosen and rejected are the same"] == ["same"]
+    with pytest.raises(InputError, match=r"^pairs\.json: sample same: chosen and rejected are the same \(--strict"):
+        build([kept, same], llava_tokenizer, strict=True)
+
+
+def test_a_pair_whose_answers_are_the_same_once_cut_is_skipped_under_its_own_reason(tmp_path, llava_tokenizer):
+    image = one_image(tmp_path)
+    # The same first words, then different: cut after the shared words, nothing is left to prefer.
+    pair = PreferenceSample("cut", image, "Is it red?", "Yes, it is red and round.", "Yes, it is red and square.")
+    full = build([pair], llava_tokenizer)[0][0]
+    chosen, rejected = full["chosen_input_ids"].tolist(), full["rejected_input_ids"].tolist()
+    shared = next(i for i, (c, r) in enumerate(zip(chosen, rejected)) if c != r)
+    assert shared >= 2
+    prompt_length = len(full["prompt_input_ids"])
+    dataset, skips = build([pair], llava_tokenizer, model_max_length=prompt_length + shared + 1)  # one differing token
+    assert dataset[0]["chosen_input_ids"].tolist() == chosen[: shared + 1] != dataset[0]["rejected_input_ids"].tolist()
+    skips, message = build_nothing([pair], llava_tokenizer, model_max_length=prompt_length + shared)
+    reason = "chosen and rejected the same once cut at model_max_length"
+    assert skips.counts == {reason: 1}
+    assert skips.first_ids[reason] == [
+        f"cut (they differ after token {shared} of the answer; model_max_length is {prompt_length + shared})"
+    ]
+    assert f"1 skipped ({reason}: 1 (e.g. cut (" in message
+    with pytest.raises(InputError, match=f"sample cut .*: {reason} "):
+        build([pair], llava_tokenizer, model_max_length=prompt_length + shared, strict=True)
+
+
+def test_no_pair_left_names_the_files_and_every_reason(hadpo, llava_tokenizer):
+    vg_path, desc, pope = hadpo
+    skips = SkipCounter("HA-DPO pairs")
+    samples = read_hadpo_pairs(vg_path, desc, pope, skips=skips)
+    unusable = [s for s in samples if s.sample_id in ("pope:5", "desc:6")]  # a missing image; a corrupt one, twice
+    with pytest.raises(InputError) as error:
+        PreferenceDataset(unusable, llava_tokenizer, llava_tokenizer.convert_tokens_to_ids("<image>"), 16, 512, skips)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"no preference pairs left to train on in {pope}, {desc}: 8 skipped (")
+    for reason in ("missing image: 1 (e.g. pope:5", "unreadable image: 2 (e.g. desc:6", "empty answer: 2"):
+        assert reason in message
+    assert "noted: pope entries answered correctly (correct == true, not pairs; as HA-DPO): 1" in message
+
+
+def test_only_correctly_answered_pope_entries_leave_no_pair_and_say_so(tmp_path, llava_tokenizer):
+    vg_path = write_visual_genome(tmp_path / "VG", {1: ("VG_100K", "VG_100K", "RGB", (8, 8))})
+    pope = write_json(tmp_path / "pope.json", [{**POPE_ENTRY, "correct": True}] * 3)
+    skips = SkipCounter("HA-DPO pairs")
+    samples = read_hadpo_pairs(vg_path, pope_data_path=pope, skips=skips)
+    with pytest.raises(InputError, match=r"0 skipped; noted: pope entries answered correctly .*: 3"):
+        PreferenceDataset(samples, llava_tokenizer, llava_tokenizer.convert_tokens_to_ids("<image>"), 16, 512, skips)
+
+
+POPE_ENTRY = {
+    "image_id": 1,
+    "question": "Is there a dog in the image?",
+    "answer": "no",
+    "chosen": "No, there is no dog.",
+    "reject": "Yes, there is a dog.",
+    "correct": False,
+}
+
+
+def test_skip_reasons_say_what_is_wrong(tmp_path):
+    images = {i: ("VG_100K", "VG_100K", "RGB", (8, 8)) for i in (1, 6001)}
+    vg_path = write_visual_genome(tmp_path / "VG", images)
+    desc = write_json(
+        tmp_path / "desc.json",
+        {
+            "1": {"chosen": [7, "A small picture."], "rejected": [None, "A dog."]},
+            "6001": "A picture of a dog.",
+            "6001.7": {"chosen": ["Fine."], "rejected": ["Not fine."]},
+        },
+    )
+    pope = write_json(
+        tmp_path / "pope.json",
+        [
+            POPE_ENTRY,
+            "Is there a dog in the image?",
+            {**POPE_ENTRY, "chosen": ["No."]},
+            {**POPE_ENTRY, "question": 5},
+            {**POPE_ENTRY, "image_id": 6001.7},
+            {**POPE_ENTRY, "image_id": "6001.7"},
+            {**POPE_ENTRY, "image_id": True},
+            {**POPE_ENTRY, "image_id": "6001"},
+            {**POPE_ENTRY, "question": " "},
+        ],
+    )
+    skips = SkipCounter("HA-DPO pairs")
+    samples = read_hadpo_pairs(vg_path, desc, pope, skips=skips, desc_repeat=1)
+    assert [s.sample_id for s in samples] == ["pope:0", "pope:7", "desc:1"]
+    assert (samples[2].chosen, samples[2].rejected) == ("A small picture.", "A dog.")
+    assert skips.first_ids == {
+        "not a string": [
+            "desc:1 chosen[0] (int)",
+            "desc:1 rejected[0] (NoneType)",
+            "pope:2 ('chosen' is list)",
+            "pope:3 ('question' is int)",
+        ],
+        "not an object": ["desc:6001 (a str)", "pope:1 (a str)"],
+        "image id not a whole number": [
+            "desc:6001.7 ('6001.7')",
+            "pope:4 (6001.7)",
+            "pope:5 ('6001.7')",
+            "pope:6 (True)",
+        ],
+        "empty question": ["pope:8"],
+    }
+    pope = write_json(tmp_path / "pope.json", [POPE_ENTRY, {**POPE_ENTRY, "image_id": 6001.7}])
+    with pytest.raises(InputError, match=r"pope\.json: sample pope:1 \(6001\.7\): image id not a whole number"):
+        read_hadpo_pairs(vg_path, pope_data_path=pope, skips=SkipCounter("pairs", strict=True))
+
+
+def test_a_visual_genome_index_with_an_id_twice_or_an_unusable_entry_is_an_error(tmp_path):
+    vg_path = write_visual_genome(tmp_path / "VG", {1: ("VG_100K", "VG_100K", "RGB", (8, 8))})
+    desc = write_json(tmp_path / "desc.json", clean_descriptions(1))
+    index = tmp_path / "VG" / "image_data.json"
+    entry = {"image_id": 1, "url": "https://cs.stanford.edu/people/rak248/VG_100K/1.jpg"}
+    write_json(index, [entry, {"id": 2, "url": entry["url"]}, {**entry, "url": entry["url"] + "?"}])
+    with pytest.raises(InputError, match=rf"^{index}: image id 1 is listed twice \(again at entry 2\)"):
+        read_hadpo_pairs(vg_path, desc)
+    write_json(index, [entry, {"image_id": 2.5, "url": entry["url"]}])
+    with pytest.raises(InputError, match=rf"^{index}: entry 1 has no usable image id and url \(image_id 2\.5"):
+        read_hadpo_pairs(vg_path, desc)
+
+
+def test_a_data_file_that_is_not_utf8_or_not_json_names_itself(tmp_path):
+    vg_path = write_visual_genome(tmp_path / "VG", {1: ("VG_100K", "VG_100K", "RGB", (8, 8))})
+    latin = tmp_path / "desc.json"
+    latin.write_bytes('{"1": {"chosen": ["Un caf\u00e9."], "rejected": ["Un th\u00e9."]}}'.encode("latin-1"))
+    expected = rf"^{latin}: not UTF-8 text \(byte 25 is b'\\xe9'\); save the file as UTF-8$"
+    with pytest.raises(InputError, match=expected):
+        read_hadpo_pairs(vg_path, desc_data_path=str(latin))
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + '{"1": {"chosen": ["Un caf\u00e9."], "rejected": ["Non."]}}'.encode())
+    assert read_hadpo_pairs(vg_path, desc_data_path=str(with_bom))[0].chosen == "Un caf\u00e9."
+    with pytest.raises(InputError, match="HA-DPO pope_data.json not found: .*absent.json"):
+        read_hadpo_pairs(vg_path, pope_data_path=str(tmp_path / "absent.json"))
+
+
+def write_truncated_jpeg(path, keep=0.5):
+    """A JPEG cut short: its header is whole, so PIL opens and verifies it; decoding fails."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with Image.open(path) as image:
+        image.verify()  # the old start check let it through
+    return str(path)
+
+
+def test_a_truncated_jpeg_is_counted_before_training_and_a_file_gone_bad_later_names_everything(
+    tmp_path, llava_tokenizer
+):
+    image = one_image(tmp_path)
+    truncated = write_truncated_jpeg(tmp_path / "truncated.jpg")
+    samples = [
+        PreferenceSample("whole", image, "Is it red?", "Yes.", "No.", "pairs.json"),
+        PreferenceSample("cut-short", truncated, "Is it red?", "Yes.", "No.", "pairs.json"),
+    ]
+    dataset, skips = build(samples, llava_tokenizer)
+    assert [item["sample_id"] for item in dataset] == ["whole"]
+    assert skips.counts == {"unreadable image": 1}
+    detail = f"cut-short ({truncated}: OSError: image file is truncated"
+    assert skips.first_ids["unreadable image"][0].startswith(detail)
+    strict_message = r"^pairs\.json: sample cut-short \(.*truncated\.jpg: OSError: .*\): unreadable image \(--strict"
+    with pytest.raises(InputError, match=strict_message):
+        build(samples, llava_tokenizer, strict=True)
+    write_truncated_jpeg(tmp_path / "VG" / "VG_100K" / "1.jpg")  # goes bad after the check
+    served_message = r"^pairs\.json: sample whole: cannot read image .*1\.jpg: OSError: image file is truncated"
+    with pytest.raises(InputError, match=served_message):
+        dataset[0]
+
+
+@pytest.mark.parametrize("tokenizer_name", ["tiny", "llama2"])
+def test_llava_v1_mode_changes_the_system_prompt_ids_and_nothing_else(tmp_path, llava_tokenizer, tokenizer_name):
+    tokenizer = llava_tokenizer if tokenizer_name == "tiny" else _llama2_with_llava_tokens()
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    pair = PreferenceSample("p", one_image(tmp_path), "Is there a dog in the image?", "Yes, a dog.", "No.")
+    items = {}
+    for mode in CONV_MODES:
+        dataset = PreferenceDataset([pair], tokenizer, image_token_id, IMAGE_SEQ_LENGTH, 512, conv_mode=mode)
+        items[mode] = dataset[0]
+    vicuna, llava = items["vicuna_v1"], items["llava_v1"]
+    system = {mode: tokenizer(text).input_ids for mode, text in CONV_MODES.items()}  # BOS + the system prompt
+    assert system["vicuna_v1"] != system["llava_v1"]
+    rest = vicuna["prompt_input_ids"].tolist()[len(system["vicuna_v1"]) :]
+    assert vicuna["prompt_input_ids"].tolist() == system["vicuna_v1"] + rest
+    assert llava["prompt_input_ids"].tolist() == system["llava_v1"] + rest
+    assert tokenizer.decode(rest).strip().startswith("USER:")
+    for answer in ("chosen_input_ids", "rejected_input_ids"):
+        assert llava[answer].tolist() == vicuna[answer].tolist()
+    with pytest.raises(InputError, match="unknown conversation mode 'llava_v2'"):
+        PreferenceDataset([pair], tokenizer, image_token_id, IMAGE_SEQ_LENGTH, 512, conv_mode="llava_v2")
+
+
+def _llama2_with_llava_tokens():
+    from transformers import AutoTokenizer
+
+    return add_llava_tokens(AutoTokenizer.from_pretrained(shared_file("tokenizers", "llama2")))

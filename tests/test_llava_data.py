@@ -2,7 +2,15 @@ import pytest
 
 from ha_dpo.llava_data import SupervisedDataset, SupervisedSample, conversation_ids, read_llava_samples
 from ha_dpo.skips import SkipCounter
-from post_decoder.conversation import ASSISTANT, USER, Conversation, add_llava_tokens, tokenize_with_image
+from post_decoder.conversation import (
+    ASSISTANT,
+    CONV_MODES,
+    USER,
+    Conversation,
+    add_llava_tokens,
+    tokenize_with_image,
+)
+from post_decoder.errors import InputError
 from tests.conftest import shared_file
 from tests.data_files import write_llava
 
@@ -14,10 +22,23 @@ def llava(tmp_path):
     return write_llava(tmp_path / "llava")
 
 
-def build(samples, tokenizer, image_seq_length=IMAGE_SEQ_LENGTH, model_max_length=512, strict=False):
-    skips = SkipCounter("LLaVA samples", strict=strict)
+def build(
+    samples, tokenizer, image_seq_length=IMAGE_SEQ_LENGTH, model_max_length=512, strict=False, skips=None, **options
+):
+    skips = skips if skips is not None else SkipCounter("LLaVA samples", strict=strict)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    return SupervisedDataset(samples, tokenizer, image_token_id, image_seq_length, model_max_length, skips), skips
+    dataset = SupervisedDataset(
+        samples, tokenizer, image_token_id, image_seq_length, model_max_length, skips, **options
+    )
+    return dataset, skips
+
+
+def build_nothing(samples, tokenizer, model_max_length=512):
+    """The skips of a dataset left with no sample, which must refuse to be built, saying why."""
+    skips = SkipCounter("LLaVA samples")
+    with pytest.raises(InputError, match=r"^no LLaVA samples left to train on in .*: \d+ skipped \(") as error:
+        build(samples, tokenizer, model_max_length=model_max_length, skips=skips)
+    return skips, str(error.value)
 
 
 def test_reading_keeps_text_only_samples_and_counts_every_bad_one(llava):
@@ -52,7 +73,10 @@ def test_reading_keeps_text_only_samples_and_counts_every_bad_one(llava):
         (USER, "What colour is it?"),
         (ASSISTANT, "Red, on grass."),
     )
-    assert by_id["gpt-first"].turns == ((USER, "<image>\nDescribe the image in detail."), (ASSISTANT, "A grey square."))
+    assert by_id["gpt-first"].turns == (
+        (USER, "<image>\nDescribe the image in detail."),
+        (ASSISTANT, "A grey square."),
+    )
     assert by_id["palette"].turns[0] == (USER, "<image>\nDescribe the image.")
 
 
@@ -220,12 +244,11 @@ def test_model_max_length_cuts_answers_and_skips_a_sample_left_without_any(llava
     dataset, skips = build([sample], llava_tokenizer, model_max_length=last_answer)  # cuts the last answer's </s>
     assert dataset[0]["labels"].tolist() == labels[:last_answer]
     assert skips.notes["samples cut at model_max_length"] == 1
-    dataset, skips = build([sample], llava_tokenizer, model_max_length=first_answer)
-    assert len(dataset) == 0
+    skips, _ = build_nothing([sample], llava_tokenizer, model_max_length=first_answer)
     assert skips.first_ids["no answer token within model_max_length"] == [
         f"long (the first answer starts beyond token {first_answer})"
     ]
-    dataset, skips = build([sample], llava_tokenizer, model_max_length=5)
+    skips, _ = build_nothing([sample], llava_tokenizer, model_max_length=5)
     assert skips.counts == {"image tokens cut by model_max_length": 1}
     with pytest.raises(ValueError, match="sample long .*no answer token within model_max_length"):
         build([sample], llava_tokenizer, model_max_length=first_answer, strict=True)
@@ -261,8 +284,7 @@ def test_a_sample_whose_image_and_image_token_disagree_is_skipped(llava_tokenize
         SupervisedSample("file-without-token", image_file, ((USER, "What is this?"), (ASSISTANT, "A dog."))),
         SupervisedSample("token-without-file", None, ((USER, "<image>\nWhat is this?"), (ASSISTANT, "A dog."))),
     ]
-    dataset, skips = build(samples, llava_tokenizer)
-    assert len(dataset) == 0
+    skips, _ = build_nothing(samples, llava_tokenizer)
     assert skips.first_ids["image and <image> do not match"] == [
         "file-without-token (0 <image> in the text, an image file)",
         "token-without-file (1 <image> in the text, no image file)",
