@@ -21,15 +21,19 @@ import torch
 from tqdm import tqdm
 
 from eval.answer_files import AnswerWriter, existing_paths, merge_answers, part_path, read_answers
-from eval.answering import PrefixCachedAnswerer
+from eval.answer_provenance import AnswerSettings, check_same_settings, read_settings, weights_fingerprint, write_settings
+from eval.answering import LLAVA_MAX_NEW_TOKENS, PrefixCachedAnswerer
 from eval.pope_questions import POPE_SETS, SET_ALIASES, pope_file, read_questions
 from eval.pope_report import format_table, mean_f1, plot_chart, write_metrics
 from eval.pope_scoring import score_answers
 from post_decoder.builder import load_pretrained_model
+from post_decoder.conversation import CONV_MODES, DEFAULT_CONV_MODE
+from post_decoder.errors import InputError, run_command
 from post_decoder.image_processing import open_image
 
 LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SET_CHOICES = ("random", "popular", "adv", "adversarial", "all")
 
 
 def parse_args(argv=None):
@@ -37,13 +41,20 @@ def parse_args(argv=None):
     parser.add_argument("--model-path", help="any folder or hub id that load_pretrained_model opens")
     parser.add_argument("--model-base", default=None, help="the base, when --model-path holds only a block")
     parser.add_argument("--pope_path", "--pope-path", dest="pope_path", required=True, help="folder of coco_pope_*.json")
-    parser.add_argument("--set", default="all", choices=("random", "popular", "adv", "adversarial", "all"))
+    parser.add_argument("--set", default="all", choices=SET_CHOICES)
     parser.add_argument("--coco_path", "--coco-path", dest="coco_path", help="folder of the images the questions name")
-    parser.add_argument("--answers-file", required=True, help="JSON-lines answers (written as they come)")
+    parser.add_argument(
+        "--answers-file", action="append", required=True, metavar="[SET=]FILE",
+        help="JSON-lines answers (written as they come). With --score-only it may be LLaVA's or HA-DPO's answer "
+        "file, and may be given once per set as SET=FILE (their files do not name the set)",
+    )  # fmt: skip
     parser.add_argument("--metrics-file", help="JSON with one entry per set (default: next to --answers-file)")
     parser.add_argument("--chart", help="PNG bar chart (default: next to --metrics-file)")
+    parser.add_argument("--conv-mode", choices=tuple(CONV_MODES), default=DEFAULT_CONV_MODE,
+                        help="LLaVA's template: vicuna_v1 (LLaVA's own POPE script) or llava_v1 (HA-DPO's)")
     parser.add_argument("--prompt-suffix", default="", help=f"HA-DPO's protocol: empty; LLaVA's: {LLAVA_SUFFIX!r}")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=LLAVA_MAX_NEW_TOKENS,
+                        help="a row stops at </s> anyway; LLaVA's default (HA-DPO's: 512)")
     parser.add_argument("--batch-size", type=int, default=32, help="questions continued at once from an image's prefix")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: float16 on CUDA, float32 on CPU")
     parser.add_argument("--resume", action="store_true", help="keep the answers already in --answers-file")
@@ -52,14 +63,32 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.score_only and not (args.model_path and args.coco_path):
         parser.error("--model-path and --coco_path are needed unless --score-only")
+    for flag in ("batch_size", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    args.answer_files = [_set_and_path(spec, args.score_only) for spec in args.answers_file]
+    args.answers_file = args.answer_files[0][1]
     args.metrics_file = args.metrics_file or os.path.splitext(args.answers_file)[0] + "_metrics.json"
     args.chart = args.chart or os.path.splitext(args.metrics_file)[0] + ".png"
     return args
 
 
+def _set_and_path(spec: str, score_only: bool) -> tuple[str | None, str]:
+    """`FILE` or `SET=FILE` (the set of the file's answers that do not name theirs)."""
+    name, separator, path = spec.partition("=")
+    if not separator or name not in SET_CHOICES[:-1]:
+        return None, spec
+    if not score_only:
+        raise InputError(f"--answers-file {spec}: SET=FILE is for --score-only; a run writes one file for all its sets")
+    return SET_ALIASES.get(name, name), path
+
+
 def load_question_sets(pope_path: str, set_choice: str) -> dict[str, list[dict]]:
-    names = POPE_SETS if set_choice == "all" else (SET_ALIASES.get(set_choice, set_choice),)
-    return {name: read_questions(pope_file(pope_path, name)) for name in names}
+    return {name: read_questions(pope_file(pope_path, name)) for name in _set_names(set_choice)}
+
+
+def _set_names(set_choice: str) -> tuple[str, ...]:
+    return POPE_SETS if set_choice == "all" else (SET_ALIASES.get(set_choice, set_choice),)
 
 
 def pending_by_image(question_sets, done) -> dict[str, list[tuple[str, dict]]]:
@@ -72,16 +101,22 @@ def pending_by_image(question_sets, done) -> dict[str, list[tuple[str, dict]]]:
     return pending
 
 
-def answer_images(answerer, images, pending, coco_path, writer, model_id, skip_missing, show_progress) -> list[str]:
-    """Answer every pending question of `images`; returns the images skipped as missing."""
+def answer_images(answerer, images, pending, args, writer, show_progress) -> list[str]:
+    """Answer every pending question of `images`; returns the images skipped as missing or unreadable."""
     missing = []
     for image_name in tqdm(images, desc="POPE images", disable=not show_progress):
-        path = os.path.join(coco_path, image_name)
+        path = os.path.join(args.coco_path, image_name)
         try:
             image = open_image(path)
-        except FileNotFoundError:
-            if not skip_missing:
-                raise FileNotFoundError(f"image {path} (asked about in the POPE questions) is missing; pass --skip-missing to count and skip such images") from None
+        except (FileNotFoundError, ValueError) as error:
+            if not args.skip_missing:
+                set_name, question = pending[image_name][0]
+                problem = "is missing" if isinstance(error, FileNotFoundError) else f"cannot be read ({error})"
+                raise InputError(
+                    f"image {path} {problem} (question_id {question['question_id']} of "
+                    f"{pope_file(args.pope_path, set_name)} asks about it){_coco_path_hint(args.coco_path)}; "
+                    "pass --skip-missing to count and skip such images"
+                ) from None
             missing.append(image_name)
             continue
         entries = pending[image_name]
@@ -95,68 +130,118 @@ def answer_images(answerer, images, pending, coco_path, writer, model_id, skip_m
                     "image": image_name,
                     "prompt": question["text"] + answerer.prompt_suffix,
                     "answer": answers[question["text"]],
-                    "model_id": model_id,
+                    "model_id": args.model_path,
                 }
             )
     return missing
 
 
-def score_sets(question_sets, records, missing_images=()) -> dict[str, dict]:
+def _coco_path_hint(coco_path: str) -> str:
+    inner = os.path.join(coco_path, "val2014")
+    return f" (--coco_path is the images' own folder: {inner}?)" if os.path.isdir(inner) else ""
+
+
+def score_sets(question_sets, answers, missing_images=(), pope_path=None) -> dict[str, dict]:
+    """Metrics per set; each answer must answer its set's question of the same id (its recorded
+    question, when it has one, must start with that question's text)."""
     results = {}
     for set_name, questions in question_sets.items():
+        by_id = {question["question_id"]: question for question in questions}
+        texts = {}
+        for (name, question_id), line in answers.items():
+            if name != set_name:
+                continue
+            question = by_id.get(question_id)
+            where = pope_file(pope_path, set_name) if pope_path else f"the {set_name} set"
+            if question is None:
+                raise InputError(f"{line.where}: question_id {question_id!r} is not in {where}: is it another question file's answer?")
+            if isinstance(line.asked, str) and not line.asked.startswith(question["text"]):
+                raise InputError(
+                    f"{line.where}: question_id {question_id} answers {line.asked!r}, but question {question_id} of "
+                    f"{where} is {question['text']!r}: the file answers other questions (another numbering?)"
+                )
+            texts[question_id] = line.text
         kept = [question for question in questions if question["image"] not in missing_images]
-        answers = {question_id: record["answer"] for (name, question_id), record in records.items() if name == set_name}
-        results[set_name] = score_answers(kept, answers).as_dict()
+        results[set_name] = score_answers(kept, texts).as_dict()
     return results
 
 
-def report(question_sets, records, args, missing_images=()):
+def report(question_sets, answers, args, label, missing_images=()):
     missing_images = set(missing_images)
-    metrics = score_sets(question_sets, records, missing_images)
+    metrics = score_sets(question_sets, answers, missing_images, args.pope_path)
     write_metrics(metrics, args.metrics_file)
-    print(format_table({os.path.basename(os.path.normpath(args.model_path or args.answers_file)): metrics}))
+    print(format_table({label: metrics}))
     if len(metrics) > 1:
         print(f"mean F1 over {len(metrics)} sets: {100 * mean_f1(metrics):.2f}")
     if missing_images:
         skipped = sum(q["image"] in missing_images for questions in question_sets.values() for q in questions)
         print(f"skipped {skipped} questions about {len(missing_images)} missing images")
-    plot_chart({"run": metrics}, args.chart)
+    plot_chart({label: metrics}, args.chart)
     print(f"metrics: {args.metrics_file}\nchart: {args.chart}")
     return metrics
+
+
+def score_only(args, question_sets):
+    default_set = None if args.set == "all" else _set_names(args.set)[0]
+    answers = {}
+    for set_name, path in args.answer_files:
+        if not os.path.isfile(path):
+            raise InputError(f"--answers-file {path}: no such file")
+        answers.update(read_answers([path], set_name or default_set))
+    recorded = read_settings(args.answers_file) or {}
+    label = os.path.basename(os.path.normpath(recorded.get("model_path") or args.answers_file))
+    return report(question_sets, answers, args, label)
 
 
 def main(argv=None):
     args = parse_args(argv)
     question_sets = load_question_sets(args.pope_path, args.set)
     if args.score_only:
-        return report(question_sets, read_answers([args.answers_file]), args)
+        return score_only(args, question_sets)
+    if len(args.answer_files) > 1:
+        raise InputError("--answers-file is given once when answering (several are for --score-only)")
 
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     if world_size > 1:
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if rank == 0 and existing_paths(args.answers_file):
-        if not args.resume:
-            raise SystemExit(f"{args.answers_file} (or its parts) exists: pass --resume to continue it, or remove it")
-        merge_answers(args.answers_file)  # one clean file (a torn last line dropped) before anyone appends
-    _barrier(world_size)
+    resuming = bool(existing_paths(args.answers_file))
+    if resuming and not args.resume:  # before the model loads: a refusal should not take minutes
+        raise InputError(f"{args.answers_file} (or its parts) exists: pass --resume to continue it, or remove it")
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, args.model_base, device=device, dtype=dtype)
-    answerer = PrefixCachedAnswerer(model, tokenizer, image_processor, args.max_new_tokens, args.batch_size, args.prompt_suffix)
-    done = read_answers(existing_paths(args.answers_file)) if args.resume else {}
+    answerer = PrefixCachedAnswerer(
+        model, tokenizer, image_processor, args.max_new_tokens, args.batch_size, args.prompt_suffix, args.conv_mode
+    )
+    if rank == 0:
+        settings = AnswerSettings(
+            weights=weights_fingerprint(model),
+            dtype=str(model.dtype).removeprefix("torch."),
+            conv_mode=args.conv_mode,
+            prompt_suffix=args.prompt_suffix,
+            max_new_tokens=args.max_new_tokens,
+            model_path=args.model_path,
+            model_base=args.model_base,
+        )
+        if resuming:
+            check_same_settings(args.answers_file, settings)
+            merge_answers(args.answers_file)  # one clean file (a torn last line dropped) before anyone appends
+        write_settings(args.answers_file, settings)
+    _barrier(world_size)
+
+    done = read_answers(existing_paths(args.answers_file)) if resuming else {}
     pending = pending_by_image(question_sets, done)
     my_images = sorted(pending)[rank::world_size]
-    os.makedirs(os.path.dirname(os.path.abspath(args.answers_file)), exist_ok=True)
     writer = AnswerWriter(part_path(args.answers_file, rank))
     try:
-        missing = answer_images(answerer, my_images, pending, args.coco_path, writer, args.model_path, args.skip_missing, rank == 0)
+        missing = answer_images(answerer, my_images, pending, args, writer, rank == 0)
     finally:
         writer.close()
     missing = _gather(missing, world_size)
     if rank == 0:
-        records = merge_answers(args.answers_file)
-        metrics = report(question_sets, records, args, missing)
+        answers = merge_answers(args.answers_file)
+        metrics = report(question_sets, answers, args, os.path.basename(os.path.normpath(args.model_path)), missing)
     _barrier(world_size)
     if world_size > 1:
         torch.distributed.destroy_process_group()
@@ -177,4 +262,4 @@ def _gather(items: list, world_size: int) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

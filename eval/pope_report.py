@@ -6,6 +6,13 @@
 import argparse
 import json
 import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from post_decoder.atomic_files import atomic_file
+from post_decoder.errors import InputError, run_command
 
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 
@@ -16,10 +23,9 @@ def mean_f1(metrics_by_set: dict[str, dict]) -> float:
 
 
 def write_metrics(metrics_by_set: dict[str, dict], path: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as handle:
-        json.dump(metrics_by_set, handle, indent=2)
-    os.replace(path + ".tmp", path)
+    with atomic_file(path) as temporary:
+        with open(temporary, "w") as handle:
+            json.dump(metrics_by_set, handle, indent=2)
 
 
 def format_table(runs: dict[str, dict[str, dict]]) -> str:
@@ -58,8 +64,23 @@ def plot_chart(runs: dict[str, dict[str, dict]], path: str):
     axes[0].set_ylabel("%")
     figure.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=len(runs))  # above the bars, not on them
     figure.tight_layout(rect=(0, 0, 1, 0.9))
-    figure.savefig(path, dpi=120)
+    with atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
+
+
+def read_metrics(path: str) -> dict[str, dict]:
+    """A metrics JSON as `write_metrics` writes it: set -> metrics."""
+    try:
+        with open(path) as handle:
+            metrics_by_set = json.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"--compare: {path}: no such metrics file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"--compare: {path}: not a metrics JSON ({error})") from None
+    if not isinstance(metrics_by_set, dict) or not all(isinstance(m, dict) and set(METRICS) <= set(m) for m in metrics_by_set.values()):
+        raise InputError(f"--compare: {path}: not a POPE metrics file (set -> {', '.join(METRICS)})")
+    return metrics_by_set
 
 
 def main(argv=None):
@@ -72,8 +93,7 @@ def main(argv=None):
         name, separator, path = item.partition("=")
         if not separator:
             parser.error(f"--compare takes NAME=METRICS_JSON, got {item!r}")
-        with open(path) as handle:
-            runs[name] = json.load(handle)
+        runs[name] = read_metrics(path)
     print(format_table(runs))
     if args.chart:
         plot_chart(runs, args.chart)
@@ -81,4 +101,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

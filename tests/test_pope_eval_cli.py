@@ -1,5 +1,7 @@
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ from eval.pope_scoring import score_answers
 from post_decoder.image_processing import load_image_processor
 from post_decoder.saving import save_model_folder
 from post_decoder.tiny import clip_preprocessor_config
+from post_decoder.errors import InputError
 from tests.conftest import with_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +84,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(workspace, tmp_path, monkey
     pope_eval_post.main(cli_args(workspace, complete))
     lines = open(complete).read().splitlines(keepends=True)
     interrupted = tmp_path / "interrupted.jsonl"
+    shutil.copy(f"{complete}.settings.json", f"{interrupted}.settings.json")  # the same model and settings
     # Rank 0 had written 8 answers and was cut off in the middle of the 9th line.
     with open(f"{interrupted}.part0", "w") as handle:
         handle.writelines(lines[:8])
@@ -96,9 +100,10 @@ def test_an_interrupted_run_resumes_where_it_stopped(workspace, tmp_path, monkey
 
 def test_existing_answers_are_never_overwritten_without_resume(workspace, tmp_path):
     answers = tmp_path / "answers.jsonl"
-    answers.write_text("")
-    with pytest.raises(SystemExit, match="pass --resume"):
+    answers.write_text('{"set": "random", "question_id": 1, "answer": "Yes"}\n')
+    with pytest.raises(InputError, match=r"answers.jsonl \(or its parts\) exists: pass --resume"):
         pope_eval_post.main(cli_args(workspace, answers))
+    assert answers.read_text() == '{"set": "random", "question_id": 1, "answer": "Yes"}\n'
 
 
 def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
@@ -108,7 +113,9 @@ def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
         (images / name).write_bytes((workspace / "images" / name).read_bytes())
     args = cli_args(workspace, tmp_path / "a.jsonl")
     args[args.index("--coco_path") + 1] = str(images)
-    with pytest.raises(FileNotFoundError, match="img2.png"):
+    question_file = workspace / "pope" / "coco_pope_random.json"
+    expected = f"image {images / 'img2.png'} is missing (question_id 5 of {question_file} asks about it); pass --skip-missing"
+    with pytest.raises(InputError, match=re.escape(expected)):
         pope_eval_post.main(args)
     args[args.index("--answers-file") + 1] = str(tmp_path / "b.jsonl")
     metrics = pope_eval_post.main(args + ["--skip-missing"])
