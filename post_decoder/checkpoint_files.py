@@ -6,22 +6,38 @@ index. Key layouts: ours / transformers 5 (`model.language_model.*`), the hub's 
 Keys are shown under our model's names (`LlavaPostDecoderForConditionalGeneration.state_dict()`)
 and written back under the checkpoint's own; a block's keys are `post_decoder.*` in every layout.
 
-Rewriting only touches the files that change: either into a new folder (a copy of the old one),
-or in place, each file replaced atomically with its previous version kept as `NAME.bak`.
+Rewriting only touches the files that change: either into a new folder (a copy of the old one's
+model files: not the results of runs that describe the old model), or in place, each file replaced
+atomically with its previous version kept as `NAME.bak`.
 """
 
 import json
 import os
 import shutil
-import tempfile
+import stat
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from transformers.tokenization_utils_base import (
+    ADDED_TOKENS_FILE,
+    FULL_TOKENIZER_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    TOKENIZER_CONFIG_FILE,
+)
+from transformers.utils import (
+    CHAT_TEMPLATE_FILE,
+    GENERATION_CONFIG_NAME,
+    IMAGE_PROCESSOR_NAME,
+    LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE,
+    PROCESSOR_NAME,
+)
 
+from .atomic_files import atomic_directory, atomic_file
+from .errors import InputError
 from .original_llava import _converted_key, is_original_llava_config
-from .saving import atomic_directory
+from .saving import MissingCheckpointFile, check_new_folder, read_safetensors_header, read_weight_file
 
 CONFIG = "config.json"
 BACKUP_SUFFIX = ".bak"
@@ -29,6 +45,13 @@ _INDEXES = {"model.safetensors.index.json": ".safetensors", "pytorch_model.bin.i
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _HEAD = "lm_head.weight"
+# Besides its weights, what a model folder is made of. Anything else in a checkpoint's folder (POPE
+# results, training summaries, logs, *.bak) describes that model, not one written from it.
+MODEL_FOLDER_FILES = (
+    CONFIG, GENERATION_CONFIG_NAME, IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, CHAT_TEMPLATE_FILE,
+    LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE,
+    FULL_TOKENIZER_FILE, "tokenizer.model", "vocab.json", "merges.txt",
+)
 
 ORIGINAL, LLAVA_HF_HUB, LLAVA_HF = "original LLaVA-1.5", "llava-hf (hub keys)", "llava-hf (transformers 5 keys)"
 # The hub's llava-hf names -> ours (transformers 5 renames them the same way when it loads).
@@ -59,13 +82,14 @@ class CheckpointFolder:
     def __init__(self, path: str):
         path = os.path.abspath(path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
+            raise MissingCheckpointFile(f"checkpoint {path} does not exist")
         self.folder = path if os.path.isdir(path) else os.path.dirname(path)
         named = None if os.path.isdir(path) else os.path.basename(path)
         self.index_name, files = self._find_files(named)
+        self.weight_files = files
         self.config_path = os.path.join(self.folder, CONFIG)
         if not os.path.isfile(self.config_path):
-            raise FileNotFoundError(f"checkpoint {self.folder} has no {CONFIG}")
+            raise MissingCheckpointFile(f"checkpoint {self.folder} has no {CONFIG}")
         with open(self.config_path) as handle:
             self.config = json.load(handle)
 
@@ -82,7 +106,7 @@ class CheckpointFolder:
         for key in self._specs:
             ours = self._our_name(key)
             if ours in self._to_checkpoint:
-                raise ValueError(f"{self.folder}: {self._to_checkpoint[ours]} and {key} are both {ours} in our names")
+                raise InputError(f"{self.folder}: {self._to_checkpoint[ours]} and {key} are both {ours} in our names")
             self._to_checkpoint[ours] = key
         head_file = self.weight_map.get(self._to_checkpoint.get(_HEAD, ""))
         self.new_keys_file = named or head_file or sorted(files)[-1]
@@ -109,10 +133,17 @@ class CheckpointFolder:
 
     # --- rewriting ---
 
-    def rewrite(self, updates: dict[str, torch.Tensor], config: dict | None, output: str | None = None, overwrite_backup: bool = False) -> list[str]:
+    def model_files(self) -> list[str]:
+        """The files of this folder that make up the model: weights, index, config, tokenizer, processor."""
+        present = [name for name in MODEL_FOLDER_FILES if os.path.isfile(os.path.join(self.folder, name))]
+        return sorted({*present, *self.weight_files, *([self.index_name] if self.index_name else [])})
+
+    def rewrite(
+        self, updates: dict[str, torch.Tensor], config: dict | None, output: str | None = None, overwrite_backup: bool = False
+    ) -> list[str]:
         """Store `updates` (our names; new keys are added) and, if given, a new config.json.
 
-        output: a new folder (must not exist) holding a copy of this one with the changed files;
+        output: a new folder (must not exist) holding this one's model files, with the changed files;
         None: replace the changed files in place, each kept as `NAME.bak`. Returns the files written."""
         changes: dict[str, dict[str, torch.Tensor]] = {}
         size_change = 0
@@ -129,7 +160,7 @@ class CheckpointFolder:
         if output is None:
             replace_in_place(self.folder, writers, overwrite_backup)
         else:
-            write_new_folder(self.folder, output, writers)
+            write_new_folder(self.folder, output, writers, self.model_files())
         return list(writers)
 
     def _updated_index(self, changes: dict[str, dict[str, torch.Tensor]], size_change: int) -> dict:
@@ -149,20 +180,20 @@ class CheckpointFolder:
         if named in _INDEXES:
             return named, self._index_files(named)
         if named is not None and not named.endswith(_WEIGHT_SUFFIXES):
-            raise ValueError(f"{os.path.join(self.folder, named)} is neither a weight file (.safetensors, .bin) nor an index")
+            raise InputError(f"{os.path.join(self.folder, named)} is neither a weight file (.safetensors, .bin) nor an index")
         indexes = [name for name in _INDEXES if os.path.isfile(os.path.join(self.folder, name))]
         if named is not None:
             indexes = [name for name in indexes if named.endswith(_INDEXES[name])]
         if indexes:
             files = self._index_files(indexes[0])
             if named is not None and named not in files:
-                raise ValueError(f"{os.path.join(self.folder, named)} is not one of the shards of {indexes[0]}")
+                raise InputError(f"{os.path.join(self.folder, named)} is not one of the shards of {indexes[0]}")
             return indexes[0], files
         if named is not None:
             return None, [named]
         singles = [name for name in _SINGLE_FILES if os.path.isfile(os.path.join(self.folder, name))]
         if not singles:
-            raise FileNotFoundError(f"no weights in {self.folder}: expected one of {', '.join([*_INDEXES, *_SINGLE_FILES])}")
+            raise MissingCheckpointFile(f"no weights in {self.folder}: expected one of {', '.join([*_INDEXES, *_SINGLE_FILES])}")
         return None, singles[:1]
 
     def _index_files(self, index_name: str) -> list[str]:
@@ -170,7 +201,7 @@ class CheckpointFolder:
             files = sorted(set(json.load(handle)["weight_map"].values()))
         absent = [name for name in files if not os.path.isfile(os.path.join(self.folder, name))]
         if absent:
-            raise FileNotFoundError(f"{os.path.join(self.folder, index_name)} names shards that are not there: {', '.join(absent)}")
+            raise MissingCheckpointFile(f"{os.path.join(self.folder, index_name)} names shards that are not there: {', '.join(absent)}")
         return files
 
     def _check_index(self, files: list[str]):
@@ -178,7 +209,7 @@ class CheckpointFolder:
             indexed = json.load(handle)["weight_map"]
         wrong = sorted(key for key, name in indexed.items() if self.weight_map.get(key) != name)
         if wrong:
-            raise ValueError(
+            raise InputError(
                 f"{os.path.join(self.folder, self.index_name)} does not match its shards: "
                 + ", ".join(f"{key} (index: {indexed[key]}, found in: {self.weight_map.get(key)})" for key in wrong[:5])
             )
@@ -190,7 +221,7 @@ class CheckpointFolder:
             return LLAVA_HF_HUB
         if any(key.startswith("model.language_model.") for key in self._specs):
             return LLAVA_HF
-        raise ValueError(f"{self.folder} is not a LLaVA-1.5 checkpoint: no language_model.* or model.language_model.* keys")
+        raise InputError(f"{self.folder} is not a LLaVA-1.5 checkpoint: no language_model.* or model.language_model.* keys")
 
     def _our_name(self, key: str) -> str:
         if self.layout == ORIGINAL:
@@ -204,21 +235,10 @@ class CheckpointFolder:
 
 def _read_specs(path: str) -> dict[str, TensorSpec]:
     if path.endswith(".safetensors"):
-        with safe_open(path, "pt") as handle:
-            specs = {}
-            for key in handle.keys():
-                piece = handle.get_slice(key)
-                specs[key] = TensorSpec(tuple(piece.get_shape()), _SAFETENSORS_DTYPES[piece.get_dtype()], path)
-            return specs
-    state = _load_bin(path)
+        header, _ = read_safetensors_header(path)
+        return {key: TensorSpec(shape, _SAFETENSORS_DTYPES[dtype], path) for key, (shape, dtype) in header.items()}
+    state = read_weight_file(path)  # .bin: mapped, not read
     return {key: TensorSpec(tuple(tensor.shape), tensor.dtype, path) for key, tensor in state.items()}
-
-
-def _load_bin(path: str) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise ValueError(f"{path} is not a state dict (a dict of name -> tensor)")
-    return state
 
 
 def _nbytes(shape, dtype: torch.dtype) -> int:
@@ -240,13 +260,8 @@ def _weight_file_writer(source: str, changes: dict[str, torch.Tensor]):
     """Writes `source` with `changes` applied (replaced or added keys), in `source`'s format."""
 
     def write(path: str):
-        metadata = None
-        if source.endswith(".safetensors"):
-            with safe_open(source, "pt") as handle:
-                metadata = handle.metadata()
-            state = load_file(source)
-        else:
-            state = _load_bin(source)
+        metadata = read_safetensors_header(source)[1] if source.endswith(".safetensors") else None
+        state = read_weight_file(source)
         state.update(changes)
         write_weight_file(state, path, metadata)
 
@@ -262,6 +277,10 @@ def _json_writer(content: dict):
     return write
 
 
+class BackupsInTheWay(InputError, FileExistsError):
+    """`NAME.bak` files of an earlier in-place rewrite that this one would replace."""
+
+
 def replace_in_place(folder: str, writers: dict, overwrite_backup: bool = False):
     """Write every file to a temporary name first; only when all are written, keep each old file
     as `NAME.bak` and rename the new one over it. A failure while writing leaves `folder` as it was."""
@@ -269,59 +288,51 @@ def replace_in_place(folder: str, writers: dict, overwrite_backup: bool = False)
         name + BACKUP_SUFFIX for name in writers if os.path.exists(os.path.join(folder, name + BACKUP_SUFFIX))
     ]
     if existing_backups and not overwrite_backup:
-        raise FileExistsError(
+        raise BackupsInTheWay(
             f"backups from an earlier run are in {folder}: {', '.join(existing_backups)}; move them away, "
             "write to a new folder with --output, or pass --overwrite_backup"
         )
-    temporaries = {}
-    try:
-        for name, write in writers.items():
+    modes = {
+        name: stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+        for name in writers
+        if os.path.exists(os.path.join(folder, name))
+    }
+    # atomic_file renames when its block exits: ExitStack exits in reverse order, so config.json,
+    # entered first, is renamed last (a crash in between never leaves a config naming absent weights).
+    with ExitStack() as renames:
+        temporaries = {}
+        for name in sorted(writers, key=lambda name: name != CONFIG):
             # The temporary keeps the suffix: it says the format to write.
-            handle, temporaries[name] = tempfile.mkstemp(prefix=f".{name}.tmp-", suffix=os.path.splitext(name)[1], dir=folder)
-            os.close(handle)
+            temporaries[name] = renames.enter_context(atomic_file(os.path.join(folder, name)))
+        for name, write in writers.items():
             write(temporaries[name])
-            if os.path.exists(os.path.join(folder, name)):
-                shutil.copymode(os.path.join(folder, name), temporaries[name])
-    except BaseException:
-        for temporary in temporaries.values():
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        raise
-    # Weights first, config.json last: a crash in between never leaves a config naming absent weights.
-    for name in sorted(writers, key=lambda name: name == CONFIG):
-        target = os.path.join(folder, name)
-        if os.path.exists(target):
-            _keep_backup(target)
-        os.replace(temporaries[name], target)
+        for name in modes:
+            _keep_backup(os.path.join(folder, name))
+    for name, mode in modes.items():  # a rewritten file keeps the permissions of the one it replaces
+        os.chmod(os.path.join(folder, name), mode)
 
 
 def _keep_backup(path: str):
     """`path` -> `path.bak` (a hard link when the file system allows: no copy of a large shard)."""
-    handle, staging = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.bak-", dir=os.path.dirname(path))
-    os.close(handle)
-    os.remove(staging)
-    try:
-        os.link(path, staging)
-    except OSError:
-        shutil.copy2(path, staging)
-    os.replace(staging, path + BACKUP_SUFFIX)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    with atomic_file(path + BACKUP_SUFFIX) as staging:
+        os.remove(staging)
+        try:
+            os.link(path, staging)
+        except OSError:
+            shutil.copy2(path, staging)
+    os.chmod(path + BACKUP_SUFFIX, mode)  # atomic_file set the user's default; a link shares it with `path`
 
 
-def write_new_folder(source: str, output: str, writers: dict):
-    """A new folder `output`: `source` copied, except the files that `writers` write; all or nothing."""
+def write_new_folder(source: str, output: str, writers: dict, keep: list[str]):
+    """A new folder `output`: the files `keep` of `source` copied, except those that `writers` write; all or nothing."""
+    check_new_folder(output, "--output")
     output = os.path.abspath(output)
-    if os.path.exists(output):
-        raise FileExistsError(f"--output {output} exists; name a new folder")
     if output.startswith(os.path.abspath(source) + os.sep):
-        raise ValueError(f"--output {output} is inside the checkpoint {source}; name a folder outside it")
+        raise InputError(f"--output {output} is inside the checkpoint {source}; name a folder outside it")
     with atomic_directory(output) as staging:
-        for name in os.listdir(source):
-            if name in writers:
-                continue
-            origin = os.path.join(source, name)
-            if os.path.isdir(origin):
-                shutil.copytree(origin, os.path.join(staging, name))
-            else:
-                shutil.copy2(origin, os.path.join(staging, name))
+        for name in keep:
+            if name not in writers:
+                shutil.copy2(os.path.join(source, name), os.path.join(staging, name))
         for name, write in writers.items():
             write(os.path.join(staging, name))

@@ -2,9 +2,12 @@
 
 Such a folder holds `LlavaLlamaForCausalLM` weights (`model.layers.*`, `model.mm_projector.{0,2}`,
 `lm_head`), a 32000-token vocabulary without an image token, and names its CLIP tower by path or
-hub id in `mm_vision_tower`. We convert as transformers' official conversion script does: add
-`<image>` and `<pad>` after the vocabulary and resize the embeddings to a multiple of 64, the new
-rows drawn from the old rows' mean and covariance (seeded, so a conversion is reproducible).
+hub id in `mm_vision_tower`. We convert as transformers' official conversion script
+(models/llava/convert_llava_weights_to_hf.py) does: add `<image>` and `<pad>` after the vocabulary
+(`image_token_index` and the top-level `pad_token_id`; `text_config.pad_token_id` stays the Llama
+config's), resize the embeddings and `lm_head` to a multiple of 64 rows, and draw every new row of
+both from N(mean, 1e-5 * covariance) of the *embedding* rows. Our draw is seeded (CONVERSION_SEED),
+so a conversion is reproducible; the official script draws from the global generator, unseeded.
 A `post_decoder_config` in config.json (written by scripts/replace_bin.py) means the weights hold a
 block (`post_decoder.*`): it is built before the strict load, so it loads with the rest.
 
@@ -14,16 +17,19 @@ block (`post_decoder.*`): it is built before the strict load, so it loads with t
 import argparse
 import json
 import os
+import re
 
 import torch
 from accelerate import init_empty_weights
+from torch.distributions import MultivariateNormal
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
 from transformers.utils import cached_file
 
-from .saving import listing, load_sharded_state_dict, load_state_strictly
 from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
-from .image_processing import load_image_processor
 from .conversation import add_llava_tokens
+from .errors import InputError, run_command
+from .image_processing import load_image_processor
+from .saving import check_new_folder, listing, load_sharded_state_dict, load_state_strictly
 
 # Keys of an original config.json that describe LLaVA's multimodal parts, not the Llama LLM.
 _LLAVA_ONLY_KEYS = {
@@ -32,8 +38,14 @@ _LLAVA_ONLY_KEYS = {
     "unfreeze_mm_vision_tower", "_name_or_path", "transformers_version", "torch_dtype", "mm_vision_tower",
     "post_decoder_config",
 }
-_PROJECTOR_RENAMES = {"model.mm_projector.0.": "model.multi_modal_projector.linear_1.", "model.mm_projector.2.": "model.multi_modal_projector.linear_2."}
+_PROJECTOR_RENAMES = {
+    "model.mm_projector.0.": "model.multi_modal_projector.linear_1.",
+    "model.mm_projector.2.": "model.multi_modal_projector.linear_2.",
+}
 CONVERSION_SEED = 0
+ADDED_ROW_COVARIANCE_SCALE = 1e-5  # the official script's: new rows sit close to the embeddings' mean
+_PAD_ROWS_TO = 64
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 def is_original_llava_config(config: dict) -> bool:
@@ -46,10 +58,10 @@ def llava_config_from_original(config: dict) -> LlavaConfig:
     _require(config, "mm_patch_merge_type", ("flat",))
     _require(config, "image_aspect_ratio", ("pad", "square", None))
     if config.get("mm_use_im_start_end"):
-        raise ValueError("original LLaVA checkpoints with mm_use_im_start_end=True are not supported")
+        raise InputError("original LLaVA checkpoints with mm_use_im_start_end=True are not supported")
     strategy = {"patch": "default", "cls_patch": "full"}.get(config.get("mm_vision_select_feature", "patch"))
     if strategy is None:
-        raise ValueError(f"unsupported mm_vision_select_feature {config['mm_vision_select_feature']!r}")
+        raise InputError(f"unsupported mm_vision_select_feature {config['mm_vision_select_feature']!r}")
     text_vocab = config["vocab_size"]
     text_values = {
         key: value for key, value in config.items() if key not in _LLAVA_ONLY_KEYS and not key.startswith("mm_")
@@ -70,7 +82,7 @@ def llava_config_from_original(config: dict) -> LlavaConfig:
 
 def _require(config: dict, key: str, allowed: tuple):
     if config.get(key, allowed[0]) not in allowed:
-        raise ValueError(f"original LLaVA checkpoint has {key}={config[key]!r}; supported: {allowed}")
+        raise InputError(f"original LLaVA checkpoint has {key}={config[key]!r}; supported: {allowed}")
 
 
 def _converted_key(name: str) -> str:
@@ -85,11 +97,46 @@ def _converted_key(name: str) -> str:
     return name
 
 
+def read_original_config(model_path: str) -> dict:
+    """config.json of an original LLaVA-1.5 folder or hub id; anything else is an InputError saying what it is."""
+    if os.path.isdir(model_path):
+        path = os.path.join(model_path, "config.json")
+        if not os.path.isfile(path):
+            raise InputError(f"--model-path {model_path} has no config.json: name the checkpoint's folder")
+    elif os.path.exists(model_path):
+        raise InputError(f"--model-path {model_path} is a file: name the checkpoint's folder")
+    else:
+        path = _hub_config(model_path)
+    with open(path) as handle:
+        config = json.load(handle)
+    if is_original_llava_config(config):
+        return config
+    model_type = config.get("model_type")
+    if model_type in ("llava", LlavaPostDecoderConfig.model_type):
+        raise InputError(
+            f"--model-path {model_path} is already in the llava-hf format (config.json has model_type {model_type!r}): "
+            "load it directly (as --model-path of the other commands, or with from_pretrained); nothing to convert"
+        )
+    raise InputError(
+        f"--model-path {model_path} is not an original LLaVA-1.5 checkpoint: its config.json has model_type "
+        f"{model_type!r} and no mm_vision_tower"
+    )
+
+
+def _hub_config(model_path: str) -> str:
+    missing = f"--model-path {model_path}: no such folder (a hub id such as liuhaotian/llava-v1.5-7b needs internet)"
+    if not _HUB_ID.match(model_path):
+        raise InputError(missing)
+    try:
+        return cached_file(model_path, "config.json")
+    except (OSError, ValueError):  # not reachable, or no such repository
+        raise InputError(missing) from None
+
+
 def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch.float32):
     """Convert an original LLaVA-1.5 folder or hub id. Returns (model, tokenizer, image_processor)
     with `model` an instance of `model_class` (a `LlavaForConditionalGeneration` subclass) on the CPU."""
-    with open(cached_file(model_path, "config.json")) as handle:
-        original = json.load(handle)
+    original = read_original_config(model_path)
     llava_config = llava_config_from_original(original)
     block_values = original.get("post_decoder_config")
     block_config = PostDecoderConfig.from_dict(block_values) if block_values else None
@@ -105,7 +152,7 @@ def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch
     if not any(name.startswith("model.vision_tower.") for name in state):
         tower, info = CLIPVisionModel.from_pretrained(original["mm_vision_tower"], dtype=dtype, output_loading_info=True)
         if info["missing_keys"] or info["mismatched_keys"]:
-            raise ValueError(
+            raise InputError(
                 f"vision tower {original['mm_vision_tower']} (mm_vision_tower of {model_path}) is incomplete:\n"
                 + listing("missing", sorted(info["missing_keys"]))
                 + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
@@ -120,24 +167,42 @@ def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if len(tokenizer) != text_vocab:
-        raise ValueError(f"tokenizer of {model_path} has {len(tokenizer)} tokens, its config says {text_vocab}")
+        raise InputError(f"tokenizer of {model_path} has {len(tokenizer)} tokens, its config.json says {text_vocab}")
     add_llava_tokens(tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(CONVERSION_SEED)
-        model.resize_token_embeddings(text_vocab + 2, pad_to_multiple_of=64, mean_resizing=True)
+    add_image_and_pad_rows(model, text_vocab)
     model.config.pad_token_id = text_vocab + 1
-    model.config.text_config.pad_token_id = text_vocab + 1
     return model.eval(), tokenizer, load_image_processor(original["mm_vision_tower"])
 
 
+def add_image_and_pad_rows(model, text_vocab: int):
+    """Grow the embeddings and lm_head from `text_vocab` rows to `text_vocab + 2` (`<image>`, `<pad>`)
+    rounded up to a multiple of 64; every new row of both is drawn from N(mu, 1e-5 * Sigma), with
+    mu and Sigma the mean and covariance of the embedding rows, as the official conversion draws them."""
+    embeddings = model.get_input_embeddings().weight.detach().float()
+    mean = embeddings.mean(dim=0)
+    centred = embeddings - mean
+    covariance = centred.T @ centred / embeddings.shape[0]
+    distribution = MultivariateNormal(mean, covariance_matrix=ADDED_ROW_COVARIANCE_SCALE * covariance)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(CONVERSION_SEED)
+        # mean_resizing=False: the new rows are drawn below (transformers' own draw uses each matrix's statistics)
+        model.resize_token_embeddings(text_vocab + 2, pad_to_multiple_of=_PAD_ROWS_TO, mean_resizing=False)
+        for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+            matrix[text_vocab:] = distribution.sample((matrix.shape[0] - text_vocab,)).to(matrix.dtype)
+
+
 def main(argv=None):
+    return run_command(_convert, argv, "post_decoder.original_llava")
+
+
+def _convert(argv):
     parser = argparse.ArgumentParser(description="Convert an original LLaVA-1.5 checkpoint to the llava-hf layout.")
     parser.add_argument("--model-path", required=True, help="original LLaVA-1.5 folder or hub id")
     parser.add_argument("--out", required=True, help="new folder for the converted checkpoint")
     parser.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
     args = parser.parse_args(argv)
-    if os.path.exists(args.out) and os.listdir(args.out):
-        parser.error(f"--out {args.out} exists and is not empty")
+    check_new_folder(args.out, "--out", empty_is_new=True)
+    read_original_config(args.model_path)  # before the long part: say now if it is not one to convert
     from .modeling_llava import LlavaPostDecoderForConditionalGeneration
     from .saving import save_model_folder
 

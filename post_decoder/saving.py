@@ -1,20 +1,35 @@
-"""Reading checkpoint shards, and writing folders so that a crash never leaves half of one."""
+"""Reading checkpoint shards, and writing folders so that a crash never leaves half of one.
+
+A weight file that cannot be read (torn by an interrupted copy, or a `.bin` that holds more than
+tensors) is an `InputError` naming the file: `.bin` files are only unpickled with
+`weights_only=True`, since unpickling anything else can run code.
+"""
 
 import json
 import os
+import pickle
+import re
+import zipfile
+from contextlib import contextmanager
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers.utils import cached_file
 
 from .atomic_files import atomic_directory
 from .block import PostInteractionBlock
 from .configuration import PostDecoderConfig
+from .errors import InputError
 
 POST_DECODER_CONFIG = "post_decoder_config.json"
 POST_DECODER_WEIGHTS = "post_decoder.safetensors"
 _SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class MissingCheckpointFile(InputError, FileNotFoundError):
+    """A checkpoint file or folder that is not there (still a `FileNotFoundError` for callers that catch one)."""
 
 
 def load_sharded_state_dict(model_path: str) -> dict[str, torch.Tensor]:
@@ -27,19 +42,81 @@ def load_sharded_state_dict(model_path: str) -> dict[str, torch.Tensor]:
                 shards = sorted(set(json.load(handle)["weight_map"].values()))
             state = {}
             for shard in shards:
-                state.update(_load_file(cached_file(model_path, shard)))
+                shard_path = cached_file(model_path, shard, _raise_exceptions_for_missing_entries=False)
+                if not shard_path:
+                    raise MissingCheckpointFile(f"{index_path} names the shard {shard}, which is not there")
+                state.update(read_weight_file(shard_path))
             return state
     for name in _SINGLE_FILES:
         path = cached_file(model_path, name, _raise_exceptions_for_missing_entries=False)
         if path:
-            return _load_file(path)
-    raise FileNotFoundError(f"no weights in {model_path}: expected one of {', '.join(_SHARD_INDEXES + _SINGLE_FILES)}")
+            return read_weight_file(path)
+    raise MissingCheckpointFile(f"no weights in {model_path}: expected one of {', '.join(_SHARD_INDEXES + _SINGLE_FILES)}")
 
 
-def _load_file(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+def read_weight_file(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of one `.safetensors` or `.bin` file."""
+    with readable_weight_file(path):
+        if path.endswith(".safetensors"):
+            return load_file(path)
+        # mmap needs the zip format of torch >= 1.6; older (legacy) files are read whole
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise InputError(f"{path} is not a state dict (a dict of name -> tensor)")
+    return state
+
+
+
+@contextmanager
+def readable_weight_file(path: str):
+    """Turn the errors of reading a torn or unsafe weight file into one line that names it."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise InputError(
+            f"{path} cannot be read as safetensors ({_first_line(error)}): it is truncated or damaged, "
+            "perhaps by an interrupted download or copy; fetch or copy it again"
+        ) from None
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
+        raise InputError(
+            f"{path} holds Python objects besides tensors{what}, which are not unpickled since that can run "
+            "code: save its tensors alone (a dict of name -> tensor) with torch.save or as .safetensors"
+        ) from None
+    except (RuntimeError, EOFError) as error:  # torch's zip reader, or a pickle cut short
+        raise InputError(
+            f"{path} cannot be read as a PyTorch weight file ({_first_line(error).split('. ')[0]}): it is "
+            "truncated or damaged, perhaps by an interrupted download or copy; fetch or copy it again"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def read_safetensors_header(path: str) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict | None]:
+    """{name: (shape, safetensors dtype)} and the metadata of a `.safetensors` file, without its tensors."""
+    with readable_weight_file(path), safe_open(path, "pt") as handle:
+        specs = {}
+        for key in handle.keys():
+            piece = handle.get_slice(key)
+            specs[key] = (tuple(piece.get_shape()), piece.get_dtype())
+        return specs, handle.metadata()
+
+
+def check_new_folder(path: str, flag: str, empty_is_new: bool = False):
+    """`path` (given as `flag`) must be a folder that can be made: not a file, not an existing folder
+    (unless empty and `empty_is_new`), not below a file."""
+    if os.path.isfile(path):
+        raise InputError(f"{flag} {path} is a file; name a new folder")
+    if os.path.exists(path) and not (empty_is_new and os.path.isdir(path) and not os.listdir(path)):
+        raise InputError(f"{flag} {path} exists{' and is not empty' if empty_is_new else ''}; name a new folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"{flag} {path} is inside {parent}, which is a file; name a folder elsewhere")
 
 
 def listing(title: str, names: list[str], limit: int = 20) -> str:
@@ -80,12 +157,12 @@ def load_post_decoder_weights(block: PostInteractionBlock, directory: str):
     """Load saved block weights, strictly: missing, unexpected or mis-shaped tensors are an error."""
     path = os.path.join(directory, POST_DECODER_WEIGHTS)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no block weights: {path} is missing")
-    load_state_strictly(block, load_file(path), f"post-decoder weights {path}")
+        raise MissingCheckpointFile(f"no block weights: {path} is missing")
+    load_state_strictly(block, read_weight_file(path), f"post-decoder weights {path}")
 
 
 def check_state_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], problem: str):
-    """Raise ValueError(`problem` + every missing, unexpected and mis-shaped name) unless `state`
+    """Raise InputError(`problem` + every missing, unexpected and mis-shaped name) unless `state`
     has exactly `expected`'s names and shapes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -95,7 +172,7 @@ def check_state_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.T
         if state[name].shape != expected[name].shape
     )
     if missing or unexpected or mis_shaped:
-        raise ValueError(
+        raise InputError(
             f"{problem}:\n" + listing("missing", missing) + listing("unexpected", unexpected) + listing("mis-shaped", mis_shaped)
         )
 

@@ -26,16 +26,23 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from safetensors.torch import load_file
 from transformers import LlavaConfig
 
 from .block import PostInteractionBlock
 from .builder import load_pretrained_model
 from .checkpoint_files import ORIGINAL, CheckpointFolder, TensorSpec
 from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
+from .errors import InputError
 from .modeling_llava import LlavaPostDecoderForConditionalGeneration
 from .original_llava import llava_config_from_original
-from .saving import POST_DECODER_CONFIG, listing, save_model_folder
+from .saving import (
+    POST_DECODER_CONFIG,
+    MissingCheckpointFile,
+    check_new_folder,
+    listing,
+    read_weight_file,
+    save_model_folder,
+)
 
 TRAINED_FILES = ("trainable_weights.safetensors", "non_lora_trainables.bin")
 PEFT_PREFIX = "base_model.model."  # names saved under PEFT; LLaVA's builder strips it too
@@ -56,7 +63,7 @@ class Stage:
 STAGES = {0: Stage(adds_block=True, replaces_head=True), 1: Stage(adds_block=True, replaces_head=False), 2: Stage(adds_block=False, replaces_head=True)}
 
 
-class StageWeightsError(ValueError):
+class StageWeightsError(InputError):
     """The trained weights do not fit the checkpoint under the stage's rules (nothing was written)."""
 
 
@@ -115,36 +122,31 @@ def read_trained_weights(path: str, block_config_path: str | None = None) -> Tra
     if os.path.isdir(path):
         found = [name for name in TRAINED_FILES if os.path.isfile(os.path.join(path, name))]
         if not found:
-            raise FileNotFoundError(f"no trained weights in {path}: expected {' or '.join(TRAINED_FILES)}")
+            raise MissingCheckpointFile(f"no trained weights in {path}: expected {' or '.join(TRAINED_FILES)}")
         path = os.path.join(path, found[0])
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"trained weights {path} do not exist")
-    if path.endswith(".safetensors"):
-        raw = load_file(path)
-    else:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(raw, dict) or not all(isinstance(value, torch.Tensor) for value in raw.values()):
-            raise ValueError(f"{path} is not a state dict (a dict of name -> tensor)")
+        raise MissingCheckpointFile(f"trained weights {path} do not exist")
+    raw = read_weight_file(path)
     state = {}
     for name, tensor in raw.items():
         ours = name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
         if ours in state:
-            raise ValueError(f"{path} holds {ours} twice (with and without the {PEFT_PREFIX!r} prefix)")
+            raise InputError(f"{path} holds {ours} twice (with and without the {PEFT_PREFIX!r} prefix)")
         state[ours] = tensor
     lora = sorted(name for name in state if "lora_" in name)
     if lora:
-        raise ValueError(
+        raise InputError(
             f"{path} holds LoRA adapter weights ({lora[0]} and {len(lora) - 1} more): merge the adapters with "
             "PEFT's merge_and_unload; pass non_lora_trainables.bin here for the other trained tensors"
         )
     if not state:
-        raise ValueError(f"{path} holds no tensors")
+        raise InputError(f"{path} holds no tensors")
 
     if block_config_path is None:
         beside = os.path.join(os.path.dirname(path), POST_DECODER_CONFIG)
         block_config_path = beside if os.path.isfile(beside) else None
     elif not os.path.isfile(block_config_path):
-        raise FileNotFoundError(f"block config {block_config_path} does not exist")
+        raise MissingCheckpointFile(f"block config {block_config_path} does not exist")
     block_config = PostDecoderConfig.from_json_file(block_config_path) if block_config_path else None
     return TrainedWeights(path, state, block_config, block_config_path)
 
@@ -287,6 +289,8 @@ def replace_bin(
 ) -> MergeReport:
     """Merge trained weights into a checkpoint's files (folder, index, or a shard as the original
     took); `output`: a new folder, else in place with `*.bak` backups."""
+    if output is not None:
+        check_new_folder(output, "--output")
     trained = read_trained_weights(path_non_lora_state_dict, post_decoder_config)
     checkpoint = CheckpointFolder(path_model_state_dict)
     target = checkpoint.specs()
@@ -314,7 +318,7 @@ def _checkpoint_block_config(checkpoint: CheckpointFolder, target: dict[str, Ten
     values = checkpoint.config.get("post_decoder_config")
     has_weights = any(name.startswith(BLOCK_PREFIX) for name in target)
     if bool(values) != has_weights:
-        raise ValueError(
+        raise InputError(
             f"{checkpoint.folder} is inconsistent: config.json "
             + ("has a post_decoder_config but the weights hold no block" if values else "has no post_decoder_config but the weights hold a block")
         )
@@ -356,8 +360,7 @@ def merge(
 ) -> MergeReport:
     """Load `base` (any LLaVA-1.5 format), put the trained weights in under the stage's rules, and
     save a complete folder at `output` (a new folder) in `dtype` (default: the base's stored dtype)."""
-    if os.path.exists(output):
-        raise FileExistsError(f"--output {output} exists; name a new folder")
+    check_new_folder(output, "--output")
     trained = read_trained_weights(path_non_lora_state_dict, post_decoder_config)
     checkpoint = CheckpointFolder(base)
     _checkpoint_block_config(checkpoint, checkpoint.specs())

@@ -14,6 +14,8 @@ checked before anything is written and never corrupting its input).
 
 Stages: 0 adds the block and replaces lm_head; 1 adds the block and keeps lm_head; 2 replaces the
 block and lm_head. Other trained tensors the checkpoint holds (the projector) are replaced in every stage.
+A new --output folder holds the model's files only (weights, config, tokenizer, processor): results of
+runs on the base (pope_metrics.json, training_summary.json, ...) describe the base and stay with it.
 See post_decoder/stage_weights.py for the rules.
 """
 
@@ -26,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import torch
 
+from post_decoder.errors import run_command
 from post_decoder.stage_weights import STAGES, merge, replace_bin
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -65,11 +68,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        report = _run(args)
-    except (ValueError, OSError) as error:  # bad input: the message names the files and keys
-        raise SystemExit(f"replace_bin.py: error: {error}")
+    """Bad input (missing files, keys that do not fit) ends with `replace_bin.py: error: ...` and exit code 2."""
+    return run_command(_main, argv, "replace_bin.py")
+
+
+def _main(argv):
+    report = _run(parse_args(argv))
     print(report)
     return report
 
