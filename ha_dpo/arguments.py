@@ -10,8 +10,16 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from post_decoder import VARIANTS
+from post_decoder.conversation import CONV_MODES, DEFAULT_CONV_MODE
+from post_decoder.errors import InputError
 
 from .dpo_loss import LOSS_TYPES
+
+CONV_MODE_HELP = (
+    "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template; HA-DPO trained "
+    "LLaVA-1.5 with it, as --version v1) or llava_v1 (HA-DPO's POPE evaluation of LLaVA-1.5 used it)"
+)
+SFT_CONV_MODE_HELP = "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template) or llava_v1"
 
 # transformers 5 renamed these; HA-DPO's and LLaVA's commands still use the old names
 # (`--warmup_steps` reads a float below 1 as the ratio of all steps).
@@ -55,6 +63,7 @@ class PreferenceDataArguments:
     strict: bool = field(default=False, metadata={"help": "stop at the first bad sample instead of skipping it"})
     image_aspect_ratio: str = field(default="pad", metadata={"help": "LLaVA-1.5's 'pad' only"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "images are always read lazily"})
+    conv_mode: str = field(default=DEFAULT_CONV_MODE, metadata={"help": CONV_MODE_HELP, "choices": list(CONV_MODES)})
 
 
 @dataclass
@@ -66,6 +75,7 @@ class SupervisedDataArguments:
     image_aspect_ratio: str = field(default="pad", metadata={"help": "LLaVA-1.5's 'pad' only"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "images are always read lazily"})
     is_multimodal: bool = field(default=True, metadata={"help": "LLaVA's flag; samples say themselves whether they have an image"})
+    conv_mode: str = field(default=DEFAULT_CONV_MODE, metadata={"help": SFT_CONV_MODE_HELP, "choices": list(CONV_MODES)})
 
 
 @dataclass
@@ -74,6 +84,13 @@ class PostDecoderTrainingArguments(TrainingArguments):
     group_by_modality_length: bool = False
     remove_unused_columns: bool = False  # the batches are ours, not the model forward's signature
     plot: bool = field(default=True, metadata={"help": "write training_curves.png at the end"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "train into an --output_dir that holds another run's files (its results are replaced only "
+            "when this run's final save is complete); without it such a folder is refused"
+        },
+    )
 
 
 @dataclass
@@ -133,5 +150,5 @@ def check_arguments(model_args: ModelArguments, training_args: PreferenceTrainin
     if model_args.post_decoder_variant is not None and not model_args.tune_post_decoder:
         refusals.append("--post_decoder_variant needs --tune_post_decoder True")
     if refusals:
-        raise SystemExit("refused:\n  " + "\n  ".join(refusals))
+        raise InputError("refused: " + "; ".join(refusals))
     return notes

@@ -10,6 +10,9 @@ A checkpoint folder holds:
   adapter_config.json + adapter_model.safetensors
                                   the LoRA adapters (PEFT's format), for the LoRA baseline
 Each file is written to a temporary name and renamed, so a crash never leaves a torn file.
+
+The run's final result (the same files, plus trainer_state.json and training_curves.png) is written
+whole to a staging folder and then published into the run folder with `publish_result`.
 """
 
 import os
@@ -20,8 +23,17 @@ from safetensors.torch import load_file, save_file
 
 from post_decoder.saving import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, check_state_fits
 
+from .reporting import CURVES_FILE
+
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 NON_LORA_TRAINABLES = "non_lora_trainables.bin"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME
+# What a run's result may hold besides the tokenizer: a new result removes the previous one's leftovers
+# (a stage-1 block beside a head-only run's weights would be read as this run's).
+RESULT_FILES = (
+    TRAINABLE_WEIGHTS, NON_LORA_TRAINABLES, POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, *ADAPTER_FILES, TRAINER_STATE, CURVES_FILE
+)
 PEFT_PREFIX = "base_model.model."
 
 
@@ -69,6 +81,23 @@ def load_trainable_checkpoint(policy: torch.nn.Module, directory: str):
     with torch.no_grad():
         for name, tensor in state.items():
             trainable[name].copy_(tensor)
+
+
+def publish_result(staging: str, directory: str):
+    """Move the complete result in `staging` into `directory`, then remove the previous result's files
+    that the new one lacks. Only renames and removals: nothing is written here, so the window in which
+    a crash could split the two results is the time of a few renames, not of writing gigabytes."""
+    names = sorted(os.listdir(staging))
+    for name in names:
+        target = os.path.join(directory, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise IsADirectoryError(f"{target} is a folder; the result's file {name} cannot replace it")
+    for name in names:
+        os.replace(os.path.join(staging, name), os.path.join(directory, name))
+    for name in RESULT_FILES:
+        if name not in names and os.path.isfile(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+    os.rmdir(staging)
 
 
 def _without_peft_prefix(name: str) -> str:

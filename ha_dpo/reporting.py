@@ -3,7 +3,10 @@
 import netrc
 import os
 
+from post_decoder.atomic_files import atomic_file
+
 CURVES = (("loss", "loss"), ("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))
+CURVES_FILE = "training_curves.png"
 
 
 def configure_wandb(report_to: list[str]) -> str | None:
@@ -21,18 +24,23 @@ def configure_wandb(report_to: list[str]) -> str | None:
     return "wandb: no API key found, logging offline (sync later with `wandb sync`)"
 
 
-def plot_training_curves(log_history: list[dict], path: str) -> str | None:
+def _logged_rows(log_history: list[dict]) -> list[dict]:
+    return [row for row in log_history if "loss" in row and "step" in row]
+
+
+def plot_training_curves(log_history: list[dict], path: str) -> bool:
     """Loss, reward margin and reward accuracy (those that were logged) against the step, one panel
-    each. Returns the path, or None when nothing was logged."""
+    each, whatever the number of points (one is drawn as a dot). False when no loss was logged:
+    `why_no_curves` says why."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [row for row in log_history if "loss" in row and "step" in row]
+    rows = _logged_rows(log_history)
     curves = [(key, title) for key, title in CURVES if any(key in row for row in rows)]
     if not curves:
-        return None
+        return False
     figure, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
     for axis, (key, title) in zip(axes[0], curves):
         points = [(row["step"], row[key]) for row in rows if key in row]
@@ -41,8 +49,18 @@ def plot_training_curves(log_history: list[dict], path: str) -> str | None:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    try:
+        with atomic_file(path) as temporary:
+            figure.savefig(temporary, dpi=120)
+    finally:
+        plt.close(figure)
+    return True
+
+
+def why_no_curves(log_history: list[dict], logging_steps: float) -> str:
+    """One line for a run that logged no loss (a run shorter than --logging_steps logs none)."""
+    steps = max((row.get("step", 0) for row in log_history), default=0)
+    return (
+        f"no training loss was logged in this run's {steps} steps (--logging_steps {logging_steps:g}); "
+        "pass a smaller --logging_steps to get curves"
+    )

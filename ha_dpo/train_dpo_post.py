@@ -6,7 +6,8 @@
         --tune_post_decoder True --bf16 True --output_dir runs/stage1 --per_device_train_batch_size 4 \\
         --learning_rate 2e-4 --beta 0.1 --num_train_epochs 1
 
-Also runs under `python` and `torchrun`. `--help` lists every flag.
+Also runs under `python` and `torchrun`. `--help` lists every flag. Bad input (a flag, a file, an
+output folder) stops with one line and exit code 2; `--debug` shows the traceback instead.
 """
 
 import os
@@ -25,12 +26,13 @@ from ha_dpo.skips import SkipCounter
 from ha_dpo.trainer import PreferenceTrainer
 from ha_dpo.training_model import load_for_training, preference_model
 from ha_dpo.training_run import parse, train_and_save
+from post_decoder.errors import InputError, run_command
 
 
 def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
     """HA-DPO's pairs (its mix, or every pair), tokenized and checked; bad samples counted in `skips`."""
     if data_args.vg_path is None:
-        raise SystemExit("--vg_path is required: the Visual Genome folder with image_data.json, VG_100K/ and VG_100K_2/")
+        raise InputError("--vg_path is required: the Visual Genome folder with image_data.json, VG_100K/ and VG_100K_2/")
     skips = SkipCounter("HA-DPO pairs", strict=data_args.strict)
     samples = read_hadpo_pairs(
         data_args.vg_path,
@@ -42,7 +44,13 @@ def preference_data(data_args, training_args, tokenizer, image_processor, model_
         pope_correct_pairs=data_args.pope_correct_pairs,
     )
     dataset = PreferenceDataset(
-        samples, tokenizer, model_config.image_token_id, model_config.image_seq_length, training_args.model_max_length, skips=skips
+        samples,
+        tokenizer,
+        model_config.image_token_id,
+        model_config.image_seq_length,
+        training_args.model_max_length,
+        skips=skips,
+        conv_mode=data_args.conv_mode,
     )
     return dataset, PreferenceCollator(tokenizer, image_processor), skips
 
@@ -66,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

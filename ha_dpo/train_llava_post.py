@@ -7,7 +7,8 @@ the backbone frozen: the original work's second training path.
         --per_device_train_batch_size 16 --learning_rate 2e-5 --num_train_epochs 1
 
 `--keep_text_only False` drops the samples without an image (kept by default: the block passes
-them through); either way they are counted. `--help` lists every flag.
+them through); either way they are counted. `--help` lists every flag. Bad input stops with one
+line and exit code 2; `--debug` shows the traceback instead.
 """
 
 import os
@@ -25,18 +26,27 @@ from ha_dpo.skips import SkipCounter
 from ha_dpo.trainer import SupervisedModel, TrainableOnlyTrainer
 from ha_dpo.training_model import load_for_training, train_block_and_head_only
 from ha_dpo.training_run import parse, train_and_save
+from post_decoder.errors import InputError, run_command
 
 
 def main(argv=None):
     model_args, data_args, training_args, notes = parse((ModelArguments, SupervisedDataArguments, PostDecoderTrainingArguments), argv)
     if model_args.lora_enable:
-        raise SystemExit("--lora_enable: this script trains the block and/or lm_head; LoRA SFT is LLaVA's own script")
+        raise InputError("--lora_enable: this script trains the block and/or lm_head; LoRA SFT is LLaVA's own script")
     set_seed(training_args.seed)
     tokenizer, model, image_processor = load_for_training(model_args, training_args)
     skips = SkipCounter("LLaVA instruction samples", strict=data_args.strict)
     samples = read_llava_samples(data_args.data_path, data_args.image_folder, keep_text_only=data_args.keep_text_only, skips=skips)
     config = model.config
-    dataset = SupervisedDataset(samples, tokenizer, config.image_token_id, config.image_seq_length, training_args.model_max_length, skips=skips)
+    dataset = SupervisedDataset(
+        samples,
+        tokenizer,
+        config.image_token_id,
+        config.image_seq_length,
+        training_args.model_max_length,
+        skips=skips,
+        conv_mode=data_args.conv_mode,
+    )
     train_block_and_head_only(model_args, model)
     trainer = TrainableOnlyTrainer(
         model=SupervisedModel(model),
@@ -49,4 +59,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -1,5 +1,6 @@
 """Trainers: transformers' Trainer (DeepSpeed, accelerate, logging, checkpoints) with checkpoints
-of the trained tensors only, each checkpoint folder complete or absent.
+of the trained tensors only, each checkpoint folder complete or absent, and a final result that
+replaces the previous one only once it is complete (`save_result`).
 
 - `PreferenceTrainer`: our DPO loss and HA-DPO's metric names; it trains a `preference_model`
   wrapper whose forward returns `PairLogps`.
@@ -16,10 +17,20 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .checkpoints import gather_trainable_state, load_trainable_checkpoint, write_trainable_checkpoint
+from .checkpoints import (
+    TRAINER_STATE,
+    gather_trainable_state,
+    load_trainable_checkpoint,
+    publish_result,
+    write_trainable_checkpoint,
+)
 from .dpo_loss import preference_loss
+from .reporting import CURVES_FILE, plot_training_curves, why_no_curves
 
-PARTIAL_CHECKPOINTS = ".partial"  # checkpoints are written here, then renamed into the run folder
+# Fixed names (every rank must agree on them): checkpoints and the final result are written here,
+# then renamed into the run folder.
+PARTIAL_CHECKPOINTS = ".partial"
+PARTIAL_RESULT = ".partial-result"
 
 
 class SupervisedModel(nn.Module):
@@ -61,24 +72,57 @@ class TrainableOnlyTrainer(Trainer):
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging_dir = os.path.join(run_dir, PARTIAL_CHECKPOINTS)
+        self._clear(staging_dir)  # a killed run's half-written checkpoint
         self.args.output_dir = staging_dir  # Trainer writes the checkpoint under args.output_dir
         try:
             super()._save_checkpoint(model, trial)
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(staging_dir, ignore_errors=True)
+            raise
         finally:
             self.args.output_dir = run_dir
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = os.path.join(run_dir, name)
-            if os.path.exists(final):  # a re-run over the same step replaces it
-                shutil.rmtree(final)
+            if os.path.exists(final):  # a re-run over the same step: the old folder goes only once the new one is in
+                os.rename(final, os.path.join(staging_dir, name + ".previous"))
             os.rename(os.path.join(staging_dir, name), final)
             shutil.rmtree(staging_dir, ignore_errors=True)
             rotate_checkpoints(run_dir, save_total_limit=self.args.save_total_limit, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
+    def save_result(self, plot: bool = True) -> list[str]:
+        """The run's result in `output_dir`: the trained tensors (save_model's files), the tokenizer,
+        `trainer_state.json` (loss and reward history, as LLaVA's `trainer.save_state()`) and, with
+        `plot`, the training curves. All of it is written to a staging folder first and moved in only
+        when complete, so a crash leaves the previous result as it was. Returns notes to print."""
+        output_dir = self.args.output_dir
+        staging = os.path.join(output_dir, PARTIAL_RESULT)
+        self._clear(staging)
+        notes = []
+        try:
+            self.save_model(staging)  # every rank takes part (gather under ZeRO-3); the main one writes
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(staging, TRAINER_STATE))
+                if plot and not plot_training_curves(self.state.log_history, os.path.join(staging, CURVES_FILE)):
+                    notes.append(f"{CURVES_FILE} not written: {why_no_curves(self.state.log_history, self.args.logging_steps)}")
+        except BaseException:
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if self.args.should_save:
+            publish_result(staging, output_dir)
+        self.accelerator.wait_for_everyone()
+        return notes
+
+    def _clear(self, staging: str) -> None:
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trainable_checkpoint(self.accelerator.unwrap_model(model or self.model).policy, resume_from_checkpoint)
-
 
 
 class PreferenceTrainer(TrainableOnlyTrainer):

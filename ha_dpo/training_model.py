@@ -9,6 +9,7 @@ import torch
 
 from post_decoder import PostDecoderConfig
 from post_decoder.builder import load_pretrained_model
+from post_decoder.errors import InputError
 
 from .preference_model import LoraPreferenceModel, SharedBackbonePreferenceModel
 
@@ -31,7 +32,7 @@ def load_for_training(model_args, training_args):
         if model.post_decoder is None:
             model.attach_post_decoder(PostDecoderConfig(variant=variant or "post_interaction", num_layers=model_args.post_decoder_num_layers))
         elif variant is not None and variant != model.post_decoder.config.variant:
-            raise SystemExit(
+            raise InputError(
                 f"{model_args.model_name_or_path} already holds a {model.post_decoder.config.variant} block; "
                 f"--post_decoder_variant {variant} would replace it: drop the flag to train the block it has"
             )
@@ -80,7 +81,7 @@ def _check_matches_checkpoint(model_args, model):
     """HA-DPO's model flags describe the checkpoint; a disagreement is a mistake, not a request."""
     config = model.config
     if model_args.mm_vision_select_layer is not None and model_args.mm_vision_select_layer != config.vision_feature_layer:
-        raise SystemExit(
+        raise InputError(
             f"--mm_vision_select_layer {model_args.mm_vision_select_layer}, but {model_args.model_name_or_path} "
             f"uses layer {config.vision_feature_layer}"
         )

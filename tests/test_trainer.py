@@ -15,6 +15,7 @@ from ha_dpo.checkpoints import (
 )
 from ha_dpo.trainer import PreferenceTrainer
 from ha_dpo.training_model import preference_model
+from post_decoder.errors import InputError
 from tests.conftest import pad_rows, with_block
 from tests.test_pair_logps import make_batch, tokenized_pairs
 
@@ -47,8 +48,8 @@ def collate(pad_id):
     return collate_rows
 
 
-def make_trainer(model, tokenizer, output_dir, tune_lm_head=False, **overrides):
-    model_args = ModelArguments(model_name_or_path="unused", tune_post_decoder=True, tune_lm_head=tune_lm_head)
+def make_trainer(model, tokenizer, output_dir, tune_lm_head=False, tune_post_decoder=True, **overrides):
+    model_args = ModelArguments(model_name_or_path="unused", tune_post_decoder=tune_post_decoder, tune_lm_head=tune_lm_head)
     settings = dict(
         output_dir=str(output_dir), per_device_train_batch_size=2, max_steps=4, save_steps=2, logging_steps=1,
         learning_rate=5e-3, report_to=[], use_cpu=True, seed=0, data_seed=0, lr_scheduler_type="constant",
@@ -160,7 +161,7 @@ def test_lora_baseline_starts_at_the_shared_paths_log_probs(plain_llava, llava_t
 )
 def test_flags_that_would_be_silently_ignored_are_refused(fields, message, tmp_path):
     training_args = PreferenceTrainingArguments(output_dir=str(tmp_path), report_to=[])
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(InputError, match=message):
         check_arguments(ModelArguments("unused", **fields), training_args)
 
 
@@ -171,3 +172,122 @@ def test_flags_without_work_here_are_reported_and_old_names_accepted(tmp_path):
     assert rename_old_flags(["--evaluation_strategy", "no", "--evaluation_strategy=no", "--warmup_ratio", "0.03"]) == [
         "--eval_strategy", "no", "--eval_strategy=no", "--warmup_steps", "0.03",
     ]
+
+
+def files_of(folder):
+    """Every file under `folder` (hidden ones too) with its bytes: the whole state a crash must keep."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = handle.read()
+    return found
+
+
+def crash_at_safetensors_write(monkeypatch, call):
+    """Make the `call`-th safetensors write of a save leave a torn file and raise: the save stops halfway
+    (the trained tensors are written, the block's own file is torn)."""
+    from ha_dpo import checkpoints as checkpoints_module
+
+    real, calls = checkpoints_module.save_file, []
+
+    def save_file(state, path, metadata=None):
+        calls.append(path)
+        if len(calls) == call:
+            with open(path, "wb") as handle:
+                handle.write(b"torn")
+            raise OSError("disk full")
+        return real(state, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoints_module, "save_file", save_file)
+    return calls
+
+
+def test_a_crash_halfway_through_a_checkpoint_keeps_the_earlier_checkpoints_and_leaves_no_stray_file(
+    plain_llava, llava_tokenizer, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    make_trainer(fresh_block(plain_llava), llava_tokenizer, run, max_steps=2).train()
+    before = files_of(run)
+    assert "checkpoint-2/" + TRAINABLE_WEIGHTS in before
+    calls = crash_at_safetensors_write(monkeypatch, call=2)
+    resumed = make_trainer(fresh_block(plain_llava), llava_tokenizer, run)
+    with pytest.raises(OSError, match="disk full"):
+        resumed.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    assert len(calls) == 2  # it did crash halfway through checkpoint-4
+    assert files_of(run) == before
+
+
+def test_a_crash_halfway_through_the_final_save_keeps_the_previous_result(plain_llava, llava_tokenizer, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    first = make_trainer(fresh_block(plain_llava), llava_tokenizer, run, max_steps=2, save_strategy="no")
+    first.train()
+    first.save_result()
+    before = files_of(run)
+    assert {TRAINABLE_WEIGHTS, "post_decoder.safetensors", "trainer_state.json", "training_curves.png"} <= set(before)
+    second = make_trainer(fresh_block(plain_llava), llava_tokenizer, run, max_steps=2, save_strategy="no", learning_rate=1e-2)
+    second.train()
+    calls = crash_at_safetensors_write(monkeypatch, call=2)
+    with pytest.raises(OSError, match="disk full"):
+        second.save_result()
+    assert len(calls) == 2
+    assert files_of(run) == before  # no new file beside the old ones, no staging folder left
+
+
+def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history(plain_llava, llava_tokenizer, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    stage1 = make_trainer(fresh_block(plain_llava), llava_tokenizer, run, max_steps=2, save_strategy="no")
+    stage1.train()
+    assert stage1.save_result() == []
+    assert (run / "post_decoder.safetensors").is_file()
+
+    head_only = make_trainer(
+        fresh_block(plain_llava), llava_tokenizer, run, tune_lm_head=True, tune_post_decoder=False, max_steps=2,
+        save_strategy="no", logging_steps=10,
+    )
+    head_only.train()
+    notes = head_only.save_result()
+    assert notes == [
+        "training_curves.png not written: no training loss was logged in this run's 2 steps (--logging_steps 10); "
+        "pass a smaller --logging_steps to get curves"
+    ]
+    names = set(os.listdir(run))
+    # The stage-1 run's block and curves are gone: they would be read as this run's.
+    assert not names & {"post_decoder.safetensors", "post_decoder_config.json", "training_curves.png"}
+    assert not [name for name in names if name.startswith(".")]
+    assert set(load_file(run / TRAINABLE_WEIGHTS)) == {"lm_head.weight"}
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["log_history"] == head_only.state.log_history
+
+    logged = make_trainer(fresh_block(plain_llava), llava_tokenizer, tmp_path / "logged", max_steps=2, save_strategy="no")
+    logged.train()
+    logged.save_result()
+    history = json.loads((tmp_path / "logged" / "trainer_state.json").read_text())["log_history"]
+    assert [row["step"] for row in history if "loss" in row] == [1, 2]
+    assert all("rewards/margins" in row and "logits/chosen" in row for row in history if "loss" in row)
+    assert (tmp_path / "logged" / "training_curves.png").stat().st_size > 5000
+
+
+def test_stage2_reference_keeps_its_own_copy_of_the_initial_lm_head(plain_llava, llava_tokenizer, tmp_path):
+    model = fresh_block(plain_llava)
+    initial = copy.deepcopy(model)
+    trainer = make_trainer(model, llava_tokenizer, tmp_path / "run", tune_lm_head=True, max_steps=3, save_strategy="no")
+    trainer.train()
+    wrapper = trainer.model
+    assert not torch.equal(wrapper.policy.lm_head.weight, initial.lm_head.weight)  # the policy's head moved
+    assert torch.equal(wrapper.reference.lm_head.weight, initial.lm_head.weight)  # the reference's did not
+
+    from ha_dpo.pair_logps import ReferenceHead, shared_pair_logps
+
+    pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    batch = make_batch(model, llava_tokenizer, pixel_values)
+    with torch.no_grad():
+        logps = wrapper(**batch)
+        start = shared_pair_logps(initial, ReferenceHead.snapshot(initial, copy_lm_head=True), batch)
+    assert torch.allclose(logps.reference_chosen, start.policy_chosen, atol=1e-5)  # the reference is the start
+    assert not torch.allclose(logps.policy_chosen, start.policy_chosen, atol=1e-3)
