@@ -80,7 +80,8 @@ def read_annotated_images(path: str) -> list[AnnotatedImage]:
         category_id = _field(path, annotation, "category_id", where)
         if image_id not in images:
             raise InputError(
-                f"{path}: {where} is on image_id {image_id}, which 'images' does not list; add the image or drop the annotation"
+                f"{path}: {where} is on image_id {image_id}, which 'images' does not list; "
+                "add the image or drop the annotation"
             )
         if category_id not in names:
             raise InputError(

@@ -317,12 +317,9 @@ def test_no_object_left_to_ask_about_is_an_error_not_an_endless_loop(tmp_path, c
 def test_the_command_line_prints_one_line_and_exits_2_without_a_traceback(tmp_path):
     (tmp_path / "truncated.json").write_text('{"images": [{"id": 1, "file_na')
     environment = {key: value for key, value in os.environ.items() if key != "POST_DECODER_DEBUG"}
-    result = subprocess.run(
-        [sys.executable, "-m", "eval.build_pope", "--annotations", str(tmp_path / "truncated.json"), "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, env=environment, check=False,
-    )  # fmt: skip
+    path = tmp_path / "truncated.json"
+    command = [sys.executable, "-m", "eval.build_pope", "--annotations", str(path), "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environment, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert (
-        result.stderr
-        == f"build_pope.py: error: {tmp_path / 'truncated.json'}: not valid JSON at line 1 column 23 (Unterminated string starting at); is the file complete?\n"
-    )
+    expected = "not valid JSON at line 1 column 23 (Unterminated string starting at); is the file complete?"
+    assert result.stderr == f"build_pope.py: error: {path}: {expected}\n"
