@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from post_decoder.image_processing import load_image_processor, open_image, preprocess_images
+from post_decoder.errors import InputError
+from post_decoder.image_processing import load_image_processor, open_image, preprocess_images, to_rgb
 from post_decoder.tiny import clip_preprocessor_config
 from tests.conftest import shared_file
 
@@ -79,3 +80,73 @@ def test_a_missing_or_broken_image_names_its_file(tmp_path):
     broken.write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
         open_image(str(broken))
+
+
+# --- 16-bit images: scaled to 8 bits as viewers show them, not clipped to white ---------------
+
+GRADIENT_16 = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (8, 1))  # left to right, 8 rows
+
+
+def expected_8_bit(values):
+    """The high byte of each 16-bit value: how Pillow decodes 16-bit colour PNGs (and libpng's strip_16)."""
+    return (np.asarray(values, dtype=np.int64) >> 8).astype(np.uint8)
+
+
+def test_a_16_bit_greyscale_png_follows_its_gradient_in_8_bits(tmp_path):
+    path = tmp_path / "gradient16.png"
+    Image.fromarray(GRADIENT_16).save(path)  # a 16-bit greyscale PNG
+    with Image.open(path) as written:
+        assert written.mode == "I;16" and np.array_equal(np.asarray(written), GRADIENT_16)
+    opened = np.asarray(open_image(str(path)))
+    assert opened.dtype == np.uint8 and opened.shape == (8, 256, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(opened[..., channel], expected_8_bit(GRADIENT_16))
+    row = opened[0, :, 0].astype(int)
+    assert row[0] == 0 and row[-1] == 255 and np.all(np.diff(row) >= 0) and len(set(row)) > 200
+    assert np.mean(row == 255) < 0.02  # PIL's own convert("RGB") gives 255 almost everywhere
+    assert np.mean(np.asarray(Image.open(path).convert("RGB"))[0, :, 0] == 255) > 0.9
+
+
+def sixteen_bit_images():
+    little = Image.frombytes("I;16", (256, 8), GRADIENT_16.astype("<u2").tobytes())
+    big = Image.frombytes("I;16B", (256, 8), GRADIENT_16.astype(">u2").tobytes())
+    thirty_two = Image.fromarray(GRADIENT_16.astype(np.int32))  # mode I: how older Pillow opened 16-bit PNGs
+    return {"I;16": little, "I;16B": big, "I": thirty_two}
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I"])
+def test_16_bit_modes_in_memory_become_the_same_8_bit_rgb(mode):
+    image = sixteen_bit_images()[mode]
+    assert image.mode == mode
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(rgb)[..., 1], expected_8_bit(GRADIENT_16))
+
+
+def test_a_16_bit_pgm_which_pil_opens_in_mode_i_follows_its_gradient(tmp_path):
+    path = tmp_path / "gradient16.pgm"
+    path.write_bytes(b"P5 256 8 65535\n" + GRADIENT_16.astype(">u2").tobytes())
+    with Image.open(path) as written:
+        assert written.mode == "I"
+    np.testing.assert_array_equal(np.asarray(open_image(str(path)))[..., 2], expected_8_bit(GRADIENT_16))
+
+
+def test_mode_i_values_outside_16_bits_are_clipped_not_wrapped():
+    image = Image.fromarray(np.array([[-5, 0, 255, 256, 65535, 70000, 2**31 - 1]], dtype=np.int32))
+    assert np.asarray(to_rgb(image))[0, :, 0].tolist() == [0, 0, 0, 1, 255, 255, 255]
+
+
+def test_a_truncated_jpeg_is_refused_when_decoded_though_pil_verifies_it(tmp_path):
+    from ha_dpo.images import image_problem
+
+    pixels = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    path = tmp_path / "truncated.jpg"
+    Image.fromarray(pixels).save(path, format="JPEG")
+    path.write_bytes(path.read_bytes()[:-400])
+    with Image.open(path) as image:
+        image.verify()  # passes: verify does not decode
+    with pytest.raises(InputError, match=r"^cannot read image .*truncated\.jpg: OSError: image file is truncated"):
+        open_image(str(path))
+    reason, detail = image_problem(str(path))
+    assert reason == "unreadable image" and detail.startswith(f"{path}: OSError: image file is truncated")
+    assert image_problem(str(tmp_path / "absent.jpg")) == ("missing image", str(tmp_path / "absent.jpg"))

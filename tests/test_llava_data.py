@@ -1,3 +1,6 @@
+import json
+import os
+
 import pytest
 
 from ha_dpo.llava_data import SupervisedDataset, SupervisedSample, conversation_ids, read_llava_samples
@@ -289,3 +292,78 @@ def test_a_sample_whose_image_and_image_token_disagree_is_skipped(llava_tokenize
         "file-without-token (0 <image> in the text, an image file)",
         "token-without-file (1 <image> in the text, no image file)",
     ]
+
+
+# --- input errors and skip reasons that say what is wrong; the conversation mode -------------
+
+
+def test_an_entry_that_is_not_an_object_is_counted_as_such(tmp_path, image_file):
+    data = [
+        {"id": "kept", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hi."}]},
+        "What is this?",
+        ["a", "list"],
+    ]
+    data_path = tmp_path / "llava.json"
+    data_path.write_text(json.dumps(data))
+    skips = SkipCounter("LLaVA samples")
+    samples = read_llava_samples(str(data_path), str(tmp_path), skips=skips)
+    assert [s.sample_id for s in samples] == ["kept"]
+    assert skips.first_ids == {"not an object": ["#1 (a str)", "#2 (a list)"]}
+    with pytest.raises(InputError, match=r"llava\.json: sample #1 \(a str\): not an object \(--strict"):
+        read_llava_samples(str(data_path), str(tmp_path), skips=SkipCounter("LLaVA samples", strict=True))
+
+
+def test_a_data_file_that_is_not_utf8_or_not_a_list_names_itself(tmp_path):
+    data_path = tmp_path / "llava.json"
+    data_path.write_bytes(b'[{"id": "x", "conversations": []}]\n\xff')
+    expected = rf"^{data_path}: not UTF-8 text \(byte 35 is b'\\xff'\); save the file as UTF-8$"
+    with pytest.raises(InputError, match=expected):
+        read_llava_samples(str(data_path))
+    data_path.write_text('{"id": "x"}')
+    with pytest.raises(InputError, match=rf"^{data_path}: expected a list of samples, found dict"):
+        read_llava_samples(str(data_path))
+
+
+def test_no_sample_left_names_the_file_and_the_reasons(llava, llava_tokenizer):
+    data_path, image_folder = llava
+    skips = SkipCounter("LLaVA samples")
+    samples = read_llava_samples(data_path, image_folder, skips=skips)
+    unusable = [s for s in samples if s.sample_id in ("missing-image", "corrupt-image")]
+    with pytest.raises(InputError) as error:
+        build(unusable, llava_tokenizer, skips=skips)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"no LLaVA samples left to train on in {data_path}: 8 skipped (")
+    assert "missing image: 1 (e.g. missing-image (" in message and "unknown role 'system': 1" in message
+
+
+def test_an_image_gone_bad_after_the_check_names_the_file_sample_and_image(tmp_path, llava_tokenizer, image_file):
+    sample = SupervisedSample("s", image_file, ((USER, "<image>\nWhat is this?"), (ASSISTANT, "A dog.")), "llava.json")
+    dataset, _ = build([sample], llava_tokenizer)
+    os.remove(image_file)
+    expected = r"^llava\.json: sample s: image not found: .*image\.png \(it passed the check"
+    with pytest.raises(InputError, match=expected):
+        dataset[0]
+
+
+@pytest.mark.parametrize("tokenizer_name", ["tiny", "llama2"])
+@pytest.mark.parametrize("turns", [SINGLE_TURN[0], MULTI_TURN[1]])
+def test_llava_v1_mode_changes_the_system_prompt_ids_and_nothing_else(
+    turns, tokenizer_name, llava_tokenizer, image_file, request
+):
+    tokenizer = llava_tokenizer if tokenizer_name == "tiny" else request.getfixturevalue("llama2")
+    has_image = any("<image>" in text for _, text in turns)
+    sample = SupervisedSample("s", image_file if has_image else None, turns)
+    items = {mode: build([sample], tokenizer, conv_mode=mode)[0][0] for mode in CONV_MODES}
+    system = {mode: tokenizer(text).input_ids for mode, text in CONV_MODES.items()}  # BOS + the system prompt
+    assert system["vicuna_v1"] != system["llava_v1"]
+    vicuna, llava = items["vicuna_v1"], items["llava_v1"]
+    shift = len(system["llava_v1"]) - len(system["vicuna_v1"])
+    rest = vicuna["input_ids"].tolist()[len(system["vicuna_v1"]) :]
+    assert vicuna["input_ids"].tolist() == system["vicuna_v1"] + rest
+    assert llava["input_ids"].tolist() == system["llava_v1"] + rest
+    assert tokenizer.decode(rest[:4]).strip().startswith("USER")
+    masked = [-100] * len(system["llava_v1"])
+    assert llava["labels"].tolist() == masked + vicuna["labels"].tolist()[len(system["vicuna_v1"]) :]
+    assert len(llava["labels"]) == len(vicuna["labels"]) + shift
+    with pytest.raises(InputError, match="unknown conversation mode 'vicuna'"):
+        build([sample], tokenizer, conv_mode="vicuna")
