@@ -1,7 +1,8 @@
 """Configs: the post-interaction block's own, and LLaVA's with a block attached."""
 
 from transformers import LlavaConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+from .compat import SubConfigSpec
 
 VARIANTS = ("post_interaction", "align_linear", "no_cross_attn", "transformer_block")
 VISION_SOURCES = ("vision_tower", "projector")
@@ -94,12 +95,22 @@ class LlavaPostDecoderConfig(LlavaConfig):
     """`LlavaConfig` plus an optional `post_decoder_config` (None: a plain LLaVA)."""
 
     model_type = "llava_post_decoder"
-    sub_configs_defaults = {
-        **LlavaConfig.sub_configs_defaults,
-        "post_decoder_config": SubConfigSpec(PostDecoderConfig, optional=True),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            **LlavaConfig.sub_configs_defaults,
+            "post_decoder_config": SubConfigSpec(PostDecoderConfig, optional=True),
+        }
+    else:  # transformers < 5.20
+        sub_configs = {**LlavaConfig.sub_configs, "post_decoder_config": PostDecoderConfig}
 
     post_decoder_config: dict | PostDecoderConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        # Built here, not left to SubConfigSpec: before transformers 5.20 each config builds its own sub-configs.
+        if isinstance(self.post_decoder_config, dict):
+            values = {key: value for key, value in self.post_decoder_config.items() if key != "model_type"}
+            self.post_decoder_config = PostDecoderConfig(**values)
+        super().__post_init__(**kwargs)
 
     @classmethod
     def from_llava_config(

@@ -5,12 +5,11 @@ from dataclasses import dataclass
 import torch
 from transformers import LlavaForConditionalGeneration
 from transformers import initialization as init
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 
 from .backbone import BackboneOutput, pack_images_per_sample
 from .block import ZERO_INIT_ATTRIBUTE, PostDecoderState, PostInteractionBlock
-from .compat import CACHE_KWARG, output_cache
+from .compat import CACHE_KWARG, output_cache, slice_logits_to_keep
 from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
 
 
@@ -70,7 +69,7 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
     ) -> BackboneOutput:
         """One pass of the vision tower and the language model: h, v (+ mask), the KV cache.
         The cache goes in `kwargs` under `compat.CACHE_KWARG` (its name depends on transformers)."""
-        mm_encoder_outputs, vision_features, vision_mask = None, None, None
+        vision_features, vision_mask = None, None
         if pixel_values is not None:
             if input_ids is None:
                 raise ValueError("with an image, pass input_ids: the block finds each sample's image by its image tokens")
@@ -80,7 +79,6 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
                 vision_feature_select_strategy=vision_feature_select_strategy,
                 return_dict=True,
             )
-            mm_encoder_outputs = {"image": image_outputs}
             if self.post_decoder is not None and self.post_decoder.config.vision_source == "projector":
                 per_image = torch.stack(image_outputs.pooler_output)
             else:
@@ -89,12 +87,18 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
                 )
             image_tokens = (input_ids == self.config.image_token_id).sum(dim=1)
             vision_features, vision_mask = pack_images_per_sample(per_image, image_tokens)
+            # The projected image goes into the embeddings here, as LlavaModel would do, so the tower runs once.
+            # (transformers >= 5.18 could take the tower's output as `mm_encoder_outputs`; the floor, 5.17, cannot.)
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            projected = torch.cat(image_outputs.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+            image_positions = self.model.get_placeholder_mask(input_ids, inputs_embeds, projected)
+            inputs_embeds, input_ids = inputs_embeds.masked_scatter(image_positions, projected), None
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
         return BackboneOutput(outputs.last_hidden_state, vision_features, vision_mask, output_cache(outputs))
