@@ -7,20 +7,31 @@ Accepted `model_path`s (local folders or hub ids, e.g. `llava-hf/llava-1.5-7b-hf
     with their block when scripts/replace_bin.py added one (`post_decoder_config` in config.json);
   - our saved folders (base + block, `model_type: llava_post_decoder`);
   - a folder holding only a block (`post_decoder_config.json` + `post_decoder.safetensors`),
-    with the base it was trained on as `model_base`.
+    with the base it was trained on as `model_base` (`--model-base` on the command line).
+
+The tokenizer comes from `post_decoder.tokenizer.load_tokenizer`: LLaVA's own (slow, SentencePiece) token ids
+whenever the folder ships `tokenizer.model`. A problem with the folders named is an `InputError` that names them.
 """
 
 import json
 
 import torch
-from transformers import AutoTokenizer, LlavaConfig
+from transformers import LlavaConfig
 from transformers.utils import cached_file
 
 from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
+from .errors import InputError
 from .image_processing import load_image_processor
 from .modeling_llava import LlavaPostDecoderForConditionalGeneration
 from .original_llava import is_original_llava_config, load_original_llava
-from .saving import is_post_decoder_folder, listing, load_post_decoder_weights, read_post_decoder_config
+from .saving import (
+    POST_DECODER_CONFIG,
+    is_post_decoder_folder,
+    listing,
+    load_post_decoder_weights,
+    read_post_decoder_config,
+)
+from .tokenizer import load_tokenizer
 
 DEFAULT_CONTEXT_LENGTH = 2048  # LLaVA's builder returns this when the config names no max_sequence_length
 
@@ -51,19 +62,30 @@ def load_pretrained_model(
     # Refuse conflicting requests before any weights are read.
     if is_post_decoder_folder(model_path):
         if model_base is None:
-            raise ValueError(f"{model_path} holds only a post-decoder block: pass the base it was trained on as model_base")
+            raise InputError(
+                f"{model_path} holds only a post-decoder block ({POST_DECODER_CONFIG}, no config.json): pass the base "
+                "it was trained on as model_base= (--model-base on the command line)"
+            )
         if _read_config(model_base).get("post_decoder_config") is not None:
-            raise ValueError(f"model_base {model_base} already holds a block; a base for a saved block must not")
+            raise InputError(
+                f"model_base {model_base} already holds a block (post_decoder_config in its config.json); the base "
+                f"for the block in {model_path} must not: pass the plain LLaVA-1.5 it was trained on"
+            )
         block_config = read_post_decoder_config(model_path)
         full_path = model_base
     else:
         if model_base is not None:
-            raise ValueError(f"model_base is for a folder that holds only a block, and {model_path} is a full checkpoint")
+            raise InputError(
+                f"model_base is for a folder that holds only a block, and {model_path} is a full checkpoint "
+                "(it has a config.json): leave model_base= (--model-base on the command line) out"
+            )
         block_config = None
         full_path = model_path
     raw_config = _read_config(full_path)
     if post_decoder is not None and (block_config is not None or raw_config.get("post_decoder_config")):
-        raise ValueError(f"{model_path} already holds a block; pass post_decoder=None to keep it")
+        raise InputError(
+            f"{model_path} already holds a block; pass post_decoder=None to keep it, or name a folder without one"
+        )
 
     tokenizer, model, image_processor = _load_full(full_path, raw_config, dtype, device_map)
     if block_config is not None:
@@ -79,8 +101,17 @@ def load_pretrained_model(
 
 
 def _read_config(model_path: str) -> dict:
-    with open(cached_file(model_path, "config.json")) as handle:
-        return json.load(handle)
+    try:
+        path = cached_file(model_path, "config.json")
+    except (OSError, ValueError):  # no such folder, no config.json in it, or a hub id out of reach
+        raise InputError(
+            f"{model_path} has no config.json: name a LLaVA-1.5 checkpoint folder (or a hub id, with internet)"
+        ) from None
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path} is not valid JSON ({error}): fetch or copy the checkpoint again") from None
 
 
 def _load_full(model_path: str, raw_config: dict, dtype: torch.dtype, device_map):
@@ -95,7 +126,7 @@ def _load_full(model_path: str, raw_config: dict, dtype: torch.dtype, device_map
     elif raw_config.get("model_type") == "llava":
         config = LlavaPostDecoderConfig.from_llava_config(LlavaConfig.from_pretrained(model_path))
     else:
-        raise ValueError(
+        raise InputError(
             f"{model_path} is not a LLaVA-1.5 checkpoint: config.json has model_type "
             f"{raw_config.get('model_type')!r} and architectures {raw_config.get('architectures')}"
         )
@@ -104,11 +135,11 @@ def _load_full(model_path: str, raw_config: dict, dtype: torch.dtype, device_map
     )
     missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
     if missing or unexpected or info["mismatched_keys"]:
-        raise ValueError(
-            f"weights in {model_path} do not fit the model:\n"
+        raise InputError(
+            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
             + listing("missing", missing)
             + listing("unexpected", unexpected)
             + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
         )
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)  # LLaVA's SentencePiece ids when the folder ships tokenizer.model
     return tokenizer, model, load_image_processor(model_path)

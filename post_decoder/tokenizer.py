@@ -37,7 +37,7 @@ class LlavaLlamaTokenizer(SentencePieceBackend):
     of the text first, in both modes.
     """
 
-    model_input_names = ["input_ids", "attention_mask"]
+    model_input_names = ("input_ids", "attention_mask")  # no token_type_ids, as Llama
     padding_side = "left"  # transformers' Llama default; LLaVA's folders say "right" and win
 
     def __init__(
