@@ -9,16 +9,21 @@ Binds 127.0.0.1 and makes no public link unless asked (--host, --share).
 import argparse
 import json
 import os
+import re
 import sys
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
+from PIL import Image
 
 from demo.loading import load_models
 from demo.page import build_page
+from demo.uploads import DEFAULT_MAX_IMAGE_PIXELS
 from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
+from post_decoder.errors import InputError, run_command
+from post_decoder.saving import POST_DECODER_CONFIG
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The toy world's base model, the quickstart's block trained on it, and held-out example images.
@@ -27,6 +32,8 @@ SHARED_IMAGES = os.path.join(REPO_ROOT, "..", "shared", "data", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EXAMPLE_QUESTIONS = ("Describe the image in detail.", "Is there a person in the image?")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+TOY_LABELS = ("toy base model + trained block", "toy base model")  # (trained, base) as the page names them
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # organisation/name: what from_pretrained may fetch from the Hub
 
 
 def default_model_paths() -> tuple[str, str]:
@@ -34,7 +41,10 @@ def default_model_paths() -> tuple[str, str]:
     model; the base column is the same model with its block bypassed, i.e. the toy base model."""
     for path, name in ((TOY_CHECKPOINT, "config.json"), (TOY_BLOCK, "post_decoder_config.json")):
         if not os.path.isfile(os.path.join(path, name)):
-            raise SystemExit(f"no --model-path given and the toy model is incomplete ({path} has no {name}): pass --model-path PATH")
+            raise InputError(
+                f"no --model-path given and the toy model is incomplete ({path} has no {name}): "
+                "the repository ships it, so restore that folder (e.g. with git), or pass --model-path PATH"
+            )
     return TOY_BLOCK, TOY_CHECKPOINT
 
 
@@ -66,6 +76,13 @@ def examples_with_questions(images: list[str]) -> list[list[str]]:
     return examples
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Base and trained answers side by side, with where the block looked.")
     parser.add_argument("--model-path", help="the trained model (any folder load_pretrained_model opens); default: the toy model")
@@ -79,23 +96,64 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
     parser.add_argument("--max-file-size", default="10mb", help="largest upload, e.g. 10mb")
+    parser.add_argument(
+        "--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="largest image, counted on the square LLaVA-1.5 pads it to (the longer side squared), checked before "
+        "decoding; default 40000000",
+    )
     parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for the model")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the page's starting value")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: float16 on cuda, float32 on cpu")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error at start")
     return parser.parse_args(argv)
+
+
+def check_model_location(flag: str, path: str | None):
+    """A local folder, or what may be a Hugging Face Hub id; anything else is a mistyped folder."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", POST_DECODER_CONFIG)):
+            raise InputError(
+                f"{flag} {path} has no config.json nor {POST_DECODER_CONFIG}: pass the folder a model or block was saved in"
+            )
+        return
+    if os.path.exists(path):
+        raise InputError(f"{flag} {path} is a file: pass the folder that holds config.json")
+    if os.path.isabs(path) or path.startswith(".") or not HUB_ID.fullmatch(path):
+        raise InputError(f"{flag} {path}: no such folder; pass a saved model's folder or a Hugging Face model id")
+
+
+def load_page_models(args, model_path: str, model_base: str | None, labels):
+    locations = (("--model-path", model_path), ("--model-base", model_base), ("--base-model-path", args.base_model_path))
+    for flag, path in locations:
+        check_model_location(flag, path)
+    try:
+        return load_models(
+            model_path, model_base, args.base_model_path, device=args.device, dtype=DTYPES.get(args.dtype), labels=labels
+        )
+    except (OSError, ValueError) as error:  # a folder or hub id that is not a loadable model: say which, in one line
+        if isinstance(error, InputError):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        given = [(flag, path) for flag, path in locations if path is not None]
+        named = ", ".join(
+            f"{flag} {path}" + ("" if os.path.isdir(path) else " (not a folder here, so tried as a Hugging Face model id)")
+            for flag, path in given
+        )
+        raise InputError(f"cannot load {named}: {first_line}") from error
 
 
 def create_app(args):
     """(blocks, launch keyword arguments): the page with its models loaded, and how to serve it."""
-    model_path, model_base = args.model_path, args.model_base
+    model_path, model_base, labels = args.model_path, args.model_base, None
     if model_path is None:
         model_path, model_base = default_model_paths()
-    trained, base = load_models(
-        model_path, model_base, args.base_model_path, device=args.device, dtype=DTYPES.get(args.dtype)
-    )
+        labels = None if args.base_model_path else TOY_LABELS
+    trained, base = load_page_models(args, model_path, model_base, labels)
     images = example_images(args.examples_dir + [TOY_EXAMPLES, SHARED_IMAGES])
-    blocks = build_page(trained, base, examples_with_questions(images), args.max_new_tokens)
+    blocks = build_page(trained, base, examples_with_questions(images), args.max_new_tokens, args.max_image_pixels)
     blocks.queue(default_concurrency_limit=1, max_size=args.queue_size)
     launch = dict(
         server_name=args.host,
@@ -106,9 +164,27 @@ def create_app(args):
     return blocks, launch
 
 
+def start(blocks, launch: dict, wait: bool = True):
+    """Serve the page and say where, in our words (gradio's own start-up lines point to its code)."""
+    blocks.launch(quiet=True, prevent_thread_lock=True, **launch)
+    print(f"* The page: {blocks.local_url}", flush=True)
+    if blocks.share_url:
+        print(f"* Public link (anyone who has it can use the page): {blocks.share_url}", flush=True)
+    else:
+        print("* No public link: start with --share to make one (a gradio.live address anyone can open).", flush=True)
+    if wait:
+        blocks.block_thread()
+
+
+def serve(argv=None):
+    args = parse_args(argv)
+    blocks, launch = create_app(args)
+    Image.MAX_IMAGE_PIXELS = args.max_image_pixels  # PIL's own guard follows the flag (in this process only)
+    start(blocks, launch)
+
+
 def main(argv=None):
-    blocks, launch = create_app(parse_args(argv))
-    blocks.launch(**launch)
+    return run_command(serve, argv)
 
 
 if __name__ == "__main__":

@@ -73,9 +73,14 @@ def _cut_question(loaded: LoadedModel, question: str, limit: int):
     tokens = loaded.tokenizer(question, add_special_tokens=False).input_ids
     overhead = len(conversation_ids(loaded, [], ""))
     if overhead >= limit:
+        answer_room = loaded.context_limit - overhead - 1  # one token for the shortest question
         raise PromptTooLong(
-            f"the prompt without a question already takes {overhead} of the {limit} tokens left after the answer's "
-            f"maximum length: lower the max new tokens (the context is {loaded.context_limit} tokens)"
+            f"The image and the conversation template take {overhead} of the model's {loaded.context_limit} tokens, "
+            + (
+                f"which leaves room for {answer_room} answer tokens: lower the max new tokens to {answer_room}."
+                if answer_room > 0
+                else "which leaves no room for a question: this model's context is too short for the page."
+            )
         )
     keep = min(len(tokens), limit - overhead)
     while True:  # decoding and re-tokenizing can change the count a little: shrink until it fits

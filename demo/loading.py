@@ -7,6 +7,7 @@ training changed `lm_head` (stage 2), that base is not the original model, and t
 """
 
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ class LoadedModel:
     model: LlavaPostDecoderForConditionalGeneration
     image_processor: object
     context_len: int
+    bypassed: bool = False  # the trained model with its block bypassed
 
     @property
     def has_block(self) -> bool:
@@ -32,6 +34,13 @@ class LoadedModel:
     def context_limit(self) -> int:
         """Prompt plus answer tokens: the builder's context length, within the position embeddings."""
         return min(self.context_len, self.model.config.text_config.max_position_embeddings)
+
+
+def short_name(path: str) -> str:
+    """What the page calls a model: a local folder by its last component, a hub id as it is."""
+    if os.path.isdir(path):
+        return os.path.basename(os.path.normpath(os.path.abspath(path)))
+    return path
 
 
 def load_model(path: str, model_base: str | None, label: str, device: str | None, dtype: torch.dtype | None) -> LoadedModel:
@@ -51,8 +60,8 @@ def block_bypassed(trained: LoadedModel) -> LoadedModel:
     base.model = trained.model.model
     base.lm_head = trained.model.lm_head
     base.generation_config = trained.model.generation_config
-    label = f"{trained.label} with its block bypassed (its own backbone and lm_head)"
-    return LoadedModel(label, trained.tokenizer, base.eval(), trained.image_processor, trained.context_len)
+    label = f"{trained.label}, block bypassed"
+    return LoadedModel(label, trained.tokenizer, base.eval(), trained.image_processor, trained.context_len, bypassed=True)
 
 
 def load_models(
@@ -61,11 +70,20 @@ def load_models(
     base_model_path: str | None = None,
     device: str | None = None,
     dtype: torch.dtype | None = None,
+    labels: tuple[str, str] | None = None,
 ) -> tuple[LoadedModel, LoadedModel | None]:
-    """(trained, base). The base is None when none is given and the trained model has no block."""
-    trained = load_model(model_path, model_base, model_path if model_base is None else f"{model_path} on {model_base}", device, dtype)
+    """(trained, base). The base is None when none is given and the trained model has no block.
+    `labels` (trained, base) replace the names made from the folders' last components."""
+    trained_label = short_name(model_path) if model_base is None else f"{short_name(model_path)} on {short_name(model_base)}"
+    trained = load_model(model_path, model_base, trained_label, device, dtype)
     if base_model_path is not None:
-        return trained, load_model(base_model_path, None, base_model_path, device, dtype)
-    if trained.has_block:
-        return trained, block_bypassed(trained)
-    return trained, None
+        base = load_model(base_model_path, None, short_name(base_model_path), device, dtype)
+    elif trained.has_block:
+        base = block_bypassed(trained)
+    else:
+        base = None
+    if labels is not None:
+        trained.label = labels[0]
+        if base is not None:
+            base.label = labels[1]
+    return trained, base

@@ -5,14 +5,15 @@ Every event that runs a model shares one queue slot (`concurrency_id="model"`, l
 models are loaded once and requests wait their turn.
 """
 
+import math
+
 import gradio as gr
 from PIL import Image
-
-from post_decoder.image_processing import open_image
 
 from .chat import Decoding, Job, PromptTooLong, conversation_ids, fit_prompt, pixel_values, stream_answers
 from .heatmap import answer_attention, overlay, seen_image, token_choices, token_map
 from .loading import LoadedModel
+from .uploads import DEFAULT_MAX_IMAGE_PIXELS, UploadRefused, open_upload
 
 BASE, TRAINED = "base", "trained"
 AVERAGE = -1
@@ -37,13 +38,32 @@ def chat_messages(turns: list[tuple[str, str]], question: str | None = None, par
 class Page:
     """The handlers, bound to the loaded models (`base` may be None: then only the trained column answers)."""
 
-    def __init__(self, trained: LoadedModel, base: LoadedModel | None):
+    def __init__(self, trained: LoadedModel, base: LoadedModel | None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         self.sides = {TRAINED: trained} if base is None else {BASE: base, TRAINED: trained}
         self.trained = trained
+        self.max_image_pixels = max_image_pixels
 
     def max_new_tokens_limit(self) -> int:
         """The most answer tokens every model's context has room for after a one-word question."""
         return max(1, min(1024, *(loaded.context_limit - len(conversation_ids(loaded, [], "?")) for loaded in self.sides.values())))
+
+    def decoding(self, mode, temperature, max_new_tokens) -> Decoding:
+        """The decoding settings, or a message saying which one to change (the API can send any value)."""
+        if mode not in ("greedy", "sample"):
+            raise gr.Error(f"Decoding must be \"greedy\" or \"sample\", not {mode!r}.")
+        try:
+            temperature, tokens = float(temperature), float(max_new_tokens)
+        except (TypeError, ValueError) as error:
+            raise gr.Error("Temperature and max new tokens must be numbers.") from error
+        if mode == "sample" and not (math.isfinite(temperature) and temperature > 0):
+            raise gr.Error(f"Temperature must be above 0 when sampling (it is {temperature:g}): raise it, or choose greedy.")
+        limit = self.max_new_tokens_limit()
+        if not (tokens.is_integer() and 1 <= tokens <= limit):
+            raise gr.Error(
+                f"Max new tokens must be a whole number from 1 to {limit} (it is {tokens:g}): {limit} is what the "
+                "model's context leaves after the image and a short question."
+            )
+        return Decoding(mode == "sample", temperature, int(tokens))
 
     def answer(self, image, question, decoding_mode, temperature, max_new_tokens, session):
         """Streams (base chat, trained chat, heat map, its caption, token choice, notes, session, heat-map state).
@@ -56,13 +76,13 @@ class Page:
         question = (question or "").strip()
         if not question:
             raise gr.Error("Type a question.")
+        decoding = self.decoding(decoding_mode, temperature, max_new_tokens)
         try:
-            image = open_image(image_path)
-        except (ValueError, FileNotFoundError, Image.DecompressionBombError) as error:
-            raise gr.Error(f"The upload is not an image that can be read ({error}). Upload a JPEG, PNG or WebP file.") from error
+            image = open_upload(image_path, self.max_image_pixels)
+        except UploadRefused as refused:
+            raise gr.Error(str(refused)) from refused
         session = session if session and session["image"] == image_path else new_session()
         session["image"] = image_path
-        decoding = Decoding(decoding_mode == "sample", float(temperature), int(max_new_tokens))
 
         jobs, notes = {}, []
         for side, loaded in self.sides.items():
@@ -120,14 +140,21 @@ class Page:
         return [], [], None, "", gr.update(choices=[], value=None), "", new_session(), None
 
 
-def build_page(trained: LoadedModel, base: LoadedModel | None, examples: list[list[str]], default_max_new_tokens: int = 128) -> gr.Blocks:
-    page = Page(trained, base)
+def build_page(
+    trained: LoadedModel,
+    base: LoadedModel | None,
+    examples: list[list[str]],
+    default_max_new_tokens: int = 128,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> gr.Blocks:
+    page = Page(trained, base, max_image_pixels)
     limit = page.max_new_tokens_limit()
-    base_label = base.label if base else "none (pass --base-model-path to compare)"
+    base_label = base.label if base else "none (start the page with --base-model-path to compare)"
+    how_base = " (the trained model with its block bypassed: the same backbone and lm_head)" if base and base.bypassed else ""
     with gr.Blocks(title="post-decoder: base vs trained", analytics_enabled=False) as blocks:
         gr.Markdown(
             "# Base vs trained\n"
-            f"**Base**: {base_label}  \n**Trained**: {trained.label}  \n"
+            f"**Base**: {base_label}{how_base}  \n**Trained**: {trained.label}  \n"
             "Answers use LLaVA-1.5's conversation template; follow-up questions continue each model's own chat. "
             "A new image starts a new chat."
         )

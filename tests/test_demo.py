@@ -1,23 +1,29 @@
 """The demo page on a tiny model with a block: served on 127.0.0.1, driven through gradio_client
 and through headless Chromium."""
 
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import socket
+import tempfile
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFile
 
 from demo import app as demo_app
 from demo.chat import conversation_ids, fit_prompt
 from demo.heatmap import answer_attention, overlay, seen_image
 from demo.loading import block_bypassed, load_model, load_models
 from demo.page import Page
+from demo.uploads import UploadRefused, open_upload
 from post_decoder.builder import load_pretrained_model
 from post_decoder.conversation import Conversation, tokenize_with_image
 from post_decoder.image_processing import load_image_processor, preprocess_images
@@ -61,7 +67,10 @@ def server(folders):
          "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-file-size", "1mb", "--device", "cpu"]
     )
     blocks, launch = demo_app.create_app(args)
-    blocks.launch(prevent_thread_lock=True, quiet=True, **launch)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):  # what a person sees in the terminal at start
+        demo_app.start(blocks, launch, wait=False)
+    blocks.console = console.getvalue()
     try:
         yield blocks, f"http://127.0.0.1:{port}/"
     finally:
@@ -234,7 +243,7 @@ def test_the_bypassed_base_shares_the_trained_weights(folders, plain_llava):
 
 def test_a_given_base_is_loaded_as_it_is(folders):
     trained, base = load_models(folders["trained"], base_model_path=folders["plain"], device="cpu")
-    assert trained.has_block and not base.has_block and base.label == folders["plain"]
+    assert trained.has_block and not base.has_block and (trained.label, base.label) == ("trained", "plain")
     assert base.model.lm_head.weight.data_ptr() != trained.model.lm_head.weight.data_ptr()
 
 
@@ -261,6 +270,8 @@ def test_with_no_model_path_the_page_starts_on_the_toy_model_and_shows_the_fix()
     blocks, launch = demo_app.create_app(demo_app.parse_args(["--device", "cpu"]))
     blocks.close()
     assert launch["server_name"] == "127.0.0.1" and not launch["share"]
+    labels = {block.elem_id: block.label for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+    assert (labels["base-chat"], labels["trained-chat"]) == ("Base: toy base model", "Trained: toy base model + trained block")
     trained, base = load_models(*demo_app.default_model_paths(), device="cpu")
     page = Page(trained, base)
     examples = demo_app.examples_with_questions(demo_app.example_images([demo_app.TOY_EXAMPLES]))
@@ -274,10 +285,109 @@ def test_with_no_model_path_the_page_starts_on_the_toy_model_and_shows_the_fix()
     assert sum(trained_answer.startswith("No") for _, trained_answer in answers) >= 4  # the block corrects it
 
 
-def test_no_model_path_without_the_toy_model_says_what_to_do(monkeypatch, tmp_path):
+def test_no_model_path_without_the_toy_model_says_what_to_do(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(demo_app, "TOY_BLOCK", str(tmp_path / "missing"))
-    with pytest.raises(SystemExit, match="toy model is incomplete .*missing has no post_decoder_config.json"):
-        demo_app.create_app(demo_app.parse_args([]))
+    with pytest.raises(SystemExit) as exit_info:
+        demo_app.main([])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert "error: no --model-path given and the toy model is incomplete" in error and "missing has no post_decoder_config.json" in error
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda root: str(root / "no" / "such" / "folder"), r"--model-path \S+folder: no such folder"),
+        (lambda root: str(root), r"--model-path \S+ has no config.json nor post_decoder_config.json"),
+    ],
+    ids=["missing-folder", "empty-folder"],
+)
+def test_a_wrong_model_path_is_one_line_and_exit_code_2(tmp_path, capsys, make, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        demo_app.main(["--model-path", make(tmp_path), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert re.search(expected, error)
+
+
+def test_the_page_refuses_an_image_over_the_pixel_limit_before_decoding_it(server, tmp_path, monkeypatch):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (13000, 13000)).save(huge)  # 169 megapixels in a few kilobytes
+    assert huge.stat().st_size < 100_000
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or real_load(image))
+    _, url = server
+    with pytest.raises(AppError) as refusal:
+        ask(Client(url, verbose=False), str(huge), QUESTION)
+    message = str(refusal.value)
+    assert "(huge.png) is 13000 x 13000 pixels" in message and "over this page's limit of 40 megapixels" in message
+    assert decoded == []  # refused from the header: not one pixel decoded
+
+
+def test_uploads_are_measured_on_the_padded_square_and_pils_own_guard_is_handled(tmp_path, monkeypatch):
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (300, 20)).save(wide)
+    with pytest.raises(UploadRefused, match=r"300 x 20 pixels: the model pads it to a 300 x 300 square, 0.1 megapixels"):
+        open_upload(str(wide), max_pixels=300 * 20)  # 6000 pixels, but 90000 once padded
+    assert open_upload(str(wide), max_pixels=300 * 300).size == (300, 20)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL raises DecompressionBombError over twice this
+    with pytest.raises(UploadRefused, match=r"\(wide.png\) declares more pixels than this page's limit of 1000 megapixels"):
+        open_upload(str(wide), max_pixels=10**9)
+
+
+@pytest.mark.parametrize(
+    "mode, temperature, max_new_tokens, expected",
+    [
+        ("sample", 0, 4, "Temperature must be above 0 when sampling (it is 0): raise it, or choose greedy."),
+        ("sample", -0.5, 4, "Temperature must be above 0 when sampling (it is -0.5)"),
+        ("greedy", 0.7, 100_000, "Max new tokens must be a whole number from 1 to "),
+        ("greedy", 0.7, 0, "Max new tokens must be a whole number from 1 to "),
+        ("beam", 0.7, 4, "Decoding must be \"greedy\" or \"sample\", not 'beam'."),
+    ],
+    ids=["zero-temperature", "negative-temperature", "too-many-tokens", "no-tokens", "unknown-mode"],
+)
+def test_bad_decoding_settings_get_a_message_in_the_page(server, folders, mode, temperature, max_new_tokens, expected):
+    _, url = server
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError) as refusal:
+        client.predict(handle_file(os.path.join(folders["examples"], "circle.png")), QUESTION, mode, temperature, max_new_tokens, api_name="/answer")
+    assert expected in str(refusal.value)
+    assert "upstream Gradio app has raised an exception" not in str(refusal.value)
+
+
+def test_the_max_new_tokens_limit_is_what_the_context_leaves(folders):
+    trained, base = load_models(folders["trained"], device="cpu")
+    page = Page(trained, base)
+    limit = page.max_new_tokens_limit()
+    assert limit == 1024 - len(conversation_ids(trained, [], "?"))  # tiny model: 1024 positions
+    assert page.decoding("greedy", 0.7, limit).max_new_tokens == limit
+    with pytest.raises(Exception, match=f"from 1 to {limit} \\(it is {limit + 1}\\)"):
+        page.decoding("greedy", 0.7, limit + 1)
+
+
+def test_an_unreadable_upload_message_shows_no_server_path(server, tmp_path):
+    _, url = server
+    notes = tmp_path / "holiday notes.png"
+    notes.write_text("not an image")
+    with pytest.raises(AppError) as refusal:
+        ask(Client(url, verbose=False), str(notes), QUESTION)
+    message = str(refusal.value)
+    assert "The upload (holiday notes.png) is not an image that can be read" in message
+    assert tempfile.gettempdir() not in message and "gradio" not in message.lower() and "/" not in message
+
+
+def test_labels_speak_to_people_and_the_console_points_to_the_share_flag(server, folders):
+    blocks, _ = server
+    labels = {block.elem_id: block.label for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+    assert labels["trained-chat"] == "Trained: trained"  # the folder's last component, not its path
+    assert labels["base-chat"] == "Base: trained, block bypassed"
+    header = next(block.value for block in blocks.blocks.values() if isinstance(block, gr.Markdown) and block.value)
+    assert "**Trained**: trained" in header and str(folders["root"]) not in header
+    assert "start with --share to make one" in blocks.console and blocks.local_url in blocks.console
+    assert "share=True" not in blocks.console and "launch()" not in blocks.console
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
