@@ -8,6 +8,8 @@ Answers are matched to questions by `question_id` (the official script relies on
 
 from dataclasses import asdict, dataclass
 
+from post_decoder.errors import InputError
+
 NEGATIVE_WORDS = ("No", "not", "no")
 
 
@@ -39,7 +41,7 @@ def score_answers(questions: list[dict], answers: dict) -> PopeMetrics:
     unanswered = [question["question_id"] for question in questions if question["question_id"] not in answers]
     if unanswered:
         shown = ", ".join(map(str, unanswered[:10])) + (" ..." if len(unanswered) > 10 else "")
-        raise ValueError(f"{len(unanswered)} of {len(questions)} questions have no answer: question_id {shown}")
+        raise InputError(f"{len(unanswered)} of {len(questions)} questions have no answer: question_id {shown}")
     tp = fp = tn = fn = 0
     for question in questions:
         predicted_yes = parse_yes_no(answers[question["question_id"]]) == "yes"
