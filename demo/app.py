@@ -85,10 +85,13 @@ def positive_int(text: str) -> int:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Base and trained answers side by side, with where the block looked.")
-    parser.add_argument("--model-path", help="the trained model (any folder load_pretrained_model opens); default: the toy model")
+    parser.add_argument(
+        "--model-path", help="the trained model (any folder load_pretrained_model opens); default: the toy model"
+    )
     parser.add_argument("--model-base", default=None, help="the base, when --model-path holds only a block")
     parser.add_argument(
-        "--base-model-path", default=None,
+        "--base-model-path",
+        default=None,
         help="the model to compare with; default: the trained model with its block bypassed",
     )
     parser.add_argument("--examples-dir", action="append", default=[], help="a folder of example images (repeatable)")
@@ -97,14 +100,18 @@ def parse_args(argv=None):
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
     parser.add_argument("--max-file-size", default="10mb", help="largest upload, e.g. 10mb")
     parser.add_argument(
-        "--max-image-pixels", type=positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+        "--max-image-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
         help="largest image, counted on the square LLaVA-1.5 pads it to (the longer side squared), checked before "
         "decoding; default 40000000",
     )
     parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for the model")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the page's starting value")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: float16 on cuda, float32 on cpu")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default: float16 on cuda, float32 on cpu"
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error at start")
     return parser.parse_args(argv)
 
@@ -116,7 +123,8 @@ def check_model_location(flag: str, path: str | None):
     if os.path.isdir(path):
         if not any(os.path.isfile(os.path.join(path, name)) for name in ("config.json", POST_DECODER_CONFIG)):
             raise InputError(
-                f"{flag} {path} has no config.json nor {POST_DECODER_CONFIG}: pass the folder a model or block was saved in"
+                f"{flag} {path} has no config.json nor {POST_DECODER_CONFIG}: "
+                "pass the folder a model or block was saved in"
             )
         return
     if os.path.exists(path):
@@ -126,12 +134,21 @@ def check_model_location(flag: str, path: str | None):
 
 
 def load_page_models(args, model_path: str, model_base: str | None, labels):
-    locations = (("--model-path", model_path), ("--model-base", model_base), ("--base-model-path", args.base_model_path))
+    locations = (
+        ("--model-path", model_path),
+        ("--model-base", model_base),
+        ("--base-model-path", args.base_model_path),
+    )
     for flag, path in locations:
         check_model_location(flag, path)
     try:
         return load_models(
-            model_path, model_base, args.base_model_path, device=args.device, dtype=DTYPES.get(args.dtype), labels=labels
+            model_path,
+            model_base,
+            args.base_model_path,
+            device=args.device,
+            dtype=DTYPES.get(args.dtype),
+            labels=labels,
         )
     except (OSError, ValueError) as error:  # a folder or hub id that is not a loadable model: say which, in one line
         if isinstance(error, InputError):
@@ -139,7 +156,8 @@ def load_page_models(args, model_path: str, model_base: str | None, labels):
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         given = [(flag, path) for flag, path in locations if path is not None]
         named = ", ".join(
-            f"{flag} {path}" + ("" if os.path.isdir(path) else " (not a folder here, so tried as a Hugging Face model id)")
+            f"{flag} {path}"
+            + ("" if os.path.isdir(path) else " (not a folder here, so tried as a Hugging Face model id)")
             for flag, path in given
         )
         raise InputError(f"cannot load {named}: {first_line}") from error

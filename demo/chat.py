@@ -136,7 +136,9 @@ def _generate(tag: str, job: Job, decoding: Decoding, events: queue.Queue, cance
     try:
         loaded = job.loaded
         input_ids = torch.tensor([job.prompt.ids], device=loaded.model.device)
-        sampling = {"do_sample": True, "temperature": decoding.temperature} if decoding.sample else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": decoding.temperature} if decoding.sample else {"do_sample": False}
+        )
         with torch.no_grad():
             output = loaded.model.generate(
                 input_ids=input_ids,
@@ -160,7 +162,10 @@ def stream_answers(jobs: dict[str, Job], decoding: Decoding):
     each new piece: the text so far of every job, and the `Answer`s of those finished."""
     events: queue.Queue = queue.Queue()
     cancelled = threading.Event()
-    threads = [threading.Thread(target=_generate, args=(tag, job, decoding, events, cancelled), daemon=True) for tag, job in jobs.items()]
+    threads = [
+        threading.Thread(target=_generate, args=(tag, job, decoding, events, cancelled), daemon=True)
+        for tag, job in jobs.items()
+    ]
     for thread in threads:
         thread.start()
     texts = {tag: "" for tag in jobs}

@@ -18,7 +18,9 @@ DISPLAY_SIZE = 336  # the tiny models see 32x32 images: show the grid at LLaVA-1
 
 
 @torch.no_grad()
-def answer_attention(loaded: LoadedModel, prompt_ids: list[int], answer_ids: list[int], pixel_values) -> np.ndarray | None:
+def answer_attention(
+    loaded: LoadedModel, prompt_ids: list[int], answer_ids: list[int], pixel_values
+) -> np.ndarray | None:
     """[len(answer_ids), side, side]: the block's attention over the patch grid for each answer
     token, or None when the model has no cross-attention (no block, or the `no_cross_attn` control)."""
     model = loaded.model
@@ -81,5 +83,7 @@ def token_map(attention: np.ndarray, choice: int, answer_ids: list[int], special
     such as the end-of-sequence token."""
     if choice >= 0:
         return attention[choice]
-    rows = [index for index, token_id in enumerate(answer_ids) if token_id not in special_ids] or list(range(len(answer_ids)))
+    rows = [index for index, token_id in enumerate(answer_ids) if token_id not in special_ids] or list(
+        range(len(answer_ids))
+    )
     return attention[rows].mean(axis=0)

@@ -43,8 +43,12 @@ def short_name(path: str) -> str:
     return path
 
 
-def load_model(path: str, model_base: str | None, label: str, device: str | None, dtype: torch.dtype | None) -> LoadedModel:
-    tokenizer, model, image_processor, context_len = load_pretrained_model(path, model_base=model_base, device=device, dtype=dtype)
+def load_model(
+    path: str, model_base: str | None, label: str, device: str | None, dtype: torch.dtype | None
+) -> LoadedModel:
+    tokenizer, model, image_processor, context_len = load_pretrained_model(
+        path, model_base=model_base, device=device, dtype=dtype
+    )
     return LoadedModel(label, tokenizer, model, image_processor, context_len)
 
 
@@ -61,7 +65,9 @@ def block_bypassed(trained: LoadedModel) -> LoadedModel:
     base.lm_head = trained.model.lm_head
     base.generation_config = trained.model.generation_config
     label = f"{trained.label}, block bypassed"
-    return LoadedModel(label, trained.tokenizer, base.eval(), trained.image_processor, trained.context_len, bypassed=True)
+    return LoadedModel(
+        label, trained.tokenizer, base.eval(), trained.image_processor, trained.context_len, bypassed=True
+    )
 
 
 def load_models(
@@ -74,7 +80,9 @@ def load_models(
 ) -> tuple[LoadedModel, LoadedModel | None]:
     """(trained, base). The base is None when none is given and the trained model has no block.
     `labels` (trained, base) replace the names made from the folders' last components."""
-    trained_label = short_name(model_path) if model_base is None else f"{short_name(model_path)} on {short_name(model_base)}"
+    trained_label = (
+        short_name(model_path) if model_base is None else f"{short_name(model_path)} on {short_name(model_base)}"
+    )
     trained = load_model(model_path, model_base, trained_label, device, dtype)
     if base_model_path is not None:
         base = load_model(base_model_path, None, short_name(base_model_path), device, dtype)

@@ -38,25 +38,35 @@ def chat_messages(turns: list[tuple[str, str]], question: str | None = None, par
 class Page:
     """The handlers, bound to the loaded models (`base` may be None: then only the trained column answers)."""
 
-    def __init__(self, trained: LoadedModel, base: LoadedModel | None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(
+        self, trained: LoadedModel, base: LoadedModel | None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ):
         self.sides = {TRAINED: trained} if base is None else {BASE: base, TRAINED: trained}
         self.trained = trained
         self.max_image_pixels = max_image_pixels
 
     def max_new_tokens_limit(self) -> int:
         """The most answer tokens every model's context has room for after a one-word question."""
-        return max(1, min(1024, *(loaded.context_limit - len(conversation_ids(loaded, [], "?")) for loaded in self.sides.values())))
+        return max(
+            1,
+            min(
+                1024,
+                *(loaded.context_limit - len(conversation_ids(loaded, [], "?")) for loaded in self.sides.values()),
+            ),
+        )
 
     def decoding(self, mode, temperature, max_new_tokens) -> Decoding:
         """The decoding settings, or a message saying which one to change (the API can send any value)."""
         if mode not in ("greedy", "sample"):
-            raise gr.Error(f"Decoding must be \"greedy\" or \"sample\", not {mode!r}.")
+            raise gr.Error(f'Decoding must be "greedy" or "sample", not {mode!r}.')
         try:
             temperature, tokens = float(temperature), float(max_new_tokens)
         except (TypeError, ValueError) as error:
             raise gr.Error("Temperature and max new tokens must be numbers.") from error
         if mode == "sample" and not (math.isfinite(temperature) and temperature > 0):
-            raise gr.Error(f"Temperature must be above 0 when sampling (it is {temperature:g}): raise it, or choose greedy.")
+            raise gr.Error(
+                f"Temperature must be above 0 when sampling (it is {temperature:g}): raise it, or choose greedy."
+            )
         limit = self.max_new_tokens_limit()
         if not (tokens.is_integer() and 1 <= tokens <= limit):
             raise gr.Error(
@@ -113,7 +123,11 @@ class Page:
         if attention is None:
             caption = "No heat map: the trained model has no cross-attention block."
         else:
-            state = {"attention": attention, "ids": trained_ids, "seen": seen_image(trained_job.pixel_values, self.trained.image_processor)}
+            state = {
+                "attention": attention,
+                "ids": trained_ids,
+                "seen": seen_image(trained_job.pixel_values, self.trained.image_processor),
+            }
             heat, caption = self.draw(state, AVERAGE)
             choice = gr.update(choices=token_choices(self.trained.tokenizer, trained_ids), value=AVERAGE)
         chats_now = {side: chat_messages(turns) for side, turns in session["turns"].items()}
@@ -126,7 +140,8 @@ class Page:
         what = "Averaged over the answer" if choice == AVERAGE else f"Token {choice + 1}"
         caption = (
             f"{what}: the most-attended patch holds {grid.max() / grid.sum():.1%} of the attention "
-            f"(uniform: {1 / grid.size:.1%}, {grid.shape[0]}x{grid.shape[1]} patches); colours are scaled to that maximum."
+            f"(uniform: {1 / grid.size:.1%}, {grid.shape[0]}x{grid.shape[1]} patches); "
+            "colours are scaled to that maximum."
         )
         return overlay(state["seen"], grid), caption
 
@@ -150,7 +165,9 @@ def build_page(
     page = Page(trained, base, max_image_pixels)
     limit = page.max_new_tokens_limit()
     base_label = base.label if base else "none (start the page with --base-model-path to compare)"
-    how_base = " (the trained model with its block bypassed: the same backbone and lm_head)" if base and base.bypassed else ""
+    how_base = (
+        " (the trained model with its block bypassed: the same backbone and lm_head)" if base and base.bypassed else ""
+    )
     with gr.Blocks(title="post-decoder: base vs trained", analytics_enabled=False) as blocks:
         gr.Markdown(
             "# Base vs trained\n"
@@ -160,29 +177,47 @@ def build_page(
         )
         with gr.Row():
             with gr.Column(scale=2):
-                image = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Image", height=320, elem_id="image")
+                image = gr.Image(
+                    type="filepath", sources=["upload", "clipboard"], label="Image", height=320, elem_id="image"
+                )
             with gr.Column(scale=3):
-                question = gr.Textbox(label="Question", lines=2, placeholder="Is there a dog in the image?", elem_id="question")
+                question = gr.Textbox(
+                    label="Question", lines=2, placeholder="Is there a dog in the image?", elem_id="question"
+                )
                 with gr.Row():
                     submit = gr.Button("Ask", variant="primary", elem_id="ask")
                     clear = gr.Button("New chat", elem_id="clear")
                 with gr.Accordion("Decoding", open=False):
                     decoding_mode = gr.Radio(["greedy", "sample"], value="greedy", label="Decoding")
                     temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature (sampling only)")
-                    max_new_tokens = gr.Slider(1, limit, value=min(default_max_new_tokens, limit), step=1, label="Max new tokens")
+                    max_new_tokens = gr.Slider(
+                        1, limit, value=min(default_max_new_tokens, limit), step=1, label="Max new tokens"
+                    )
                 if examples:
-                    gr.Examples(examples, inputs=[image, question], cache_examples=False, examples_per_page=6, elem_id="examples")
+                    gr.Examples(
+                        examples,
+                        inputs=[image, question],
+                        cache_examples=False,
+                        examples_per_page=6,
+                        elem_id="examples",
+                    )
         with gr.Row():
             base_chat = gr.Chatbot(label=f"Base: {base_label}", height=320, elem_id="base-chat")
             trained_chat = gr.Chatbot(label=f"Trained: {trained.label}", height=320, elem_id="trained-chat")
         with gr.Row():
             with gr.Column(scale=2):
                 heat = gr.Image(
-                    label="Where the trained model's block looked", type="pil", format="png", height=336,
-                    interactive=False, elem_id="heatmap",
+                    label="Where the trained model's block looked",
+                    type="pil",
+                    format="png",
+                    height=336,
+                    interactive=False,
+                    elem_id="heatmap",
                 )
             with gr.Column(scale=3):
-                token = gr.Dropdown(choices=[], label="Heat map for the answer token", interactive=True, elem_id="token")
+                token = gr.Dropdown(
+                    choices=[], label="Heat map for the answer token", interactive=True, elem_id="token"
+                )
                 heat_caption = gr.Markdown(elem_id="heat-caption")
                 note = gr.Markdown(elem_id="note")
         session = gr.State(new_session())

@@ -28,7 +28,9 @@ def padded_pixels(width: int, height: int) -> int:
 def open_upload(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """The upload as an RGB image, or `UploadRefused` when it is not a readable image or too large."""
     name = os.path.basename(path)
-    unreadable = UploadRefused(f"The upload ({name}) is not an image that can be read. Upload a JPEG, PNG or WebP file.")
+    unreadable = UploadRefused(
+        f"The upload ({name}) is not an image that can be read. Upload a JPEG, PNG or WebP file."
+    )
     try:
         with Image.open(path) as image:  # parses the header only: nothing is decoded yet
             width, height = image.size

@@ -24,7 +24,9 @@ from .image_processing import open_image, preprocess_images
 DEFAULT_GENERATION = {"do_sample": False, "max_new_tokens": 128}  # LLaVA's evaluation: temperature 0, 128 tokens
 
 
-def answer(model, tokenizer, image_processor, image, question: str, conv_mode: str = DEFAULT_CONV_MODE, **generation_kwargs) -> str:
+def answer(
+    model, tokenizer, image_processor, image, question: str, conv_mode: str = DEFAULT_CONV_MODE, **generation_kwargs
+) -> str:
     """The model's answer to `question` about `image` (a PIL image, a path, or None for a text-only
     question). `generation_kwargs` go to `model.generate`, e.g. `max_new_tokens=16` or
     `do_sample=True, temperature=0.7`."""
@@ -46,13 +48,18 @@ def answer_batch(
     """One answer per (image, question) pair, generated `batch_size` pairs at a time (left-padded;
     an image may be None for a text-only question). Greedy answers equal `answer`'s one by one."""
     if len(images) != len(questions):
-        raise InputError(f"answer_batch got {len(images)} images and {len(questions)} questions: pass one image (or None) per question")
+        raise InputError(
+            f"answer_batch got {len(images)} images and {len(questions)} questions: "
+            "pass one image (or None) per question"
+        )
     if batch_size < 1:
         raise InputError(f"batch_size is {batch_size}: pass 1 or more")
     # A generation_config the caller passes is taken whole, not overridden by our defaults.
     defaults = {} if "generation_config" in generation_kwargs else DEFAULT_GENERATION
     settings = {**defaults, "pad_token_id": _pad_token_id(tokenizer), **generation_kwargs}
-    max_new_tokens = settings.get("max_new_tokens") or getattr(settings.get("generation_config"), "max_new_tokens", None) or 0
+    max_new_tokens = (
+        settings.get("max_new_tokens") or getattr(settings.get("generation_config"), "max_new_tokens", None) or 0
+    )
     if settings.get("num_return_sequences", 1) != 1:
         raise InputError("num_return_sequences must be 1: answer_batch returns one answer per question")
     prompts = [
@@ -65,7 +72,9 @@ def answer_batch(
     for start in range(0, len(prompts), batch_size):
         batch = range(start, min(start + batch_size, len(prompts)))
         pictures = [None if images[index] is None else _as_image(images[index], index) for index in batch]
-        answers += _generate(model, tokenizer, image_processor, [prompts[index] for index in batch], pictures, settings)
+        answers += _generate(
+            model, tokenizer, image_processor, [prompts[index] for index in batch], pictures, settings
+        )
     return answers
 
 
@@ -73,18 +82,23 @@ def _pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _prompt_ids(model, tokenizer, question, with_image: bool, conv_mode: str, max_new_tokens: int, index: int) -> list[int]:
+def _prompt_ids(
+    model, tokenizer, question, with_image: bool, conv_mode: str, max_new_tokens: int, index: int
+) -> list[int]:
     if not isinstance(question, str) or not question.strip():
         raise InputError(f"question {index} is empty ({question!r}): pass the text to ask")
     config = model.config
     ids = tokenize_with_image(
-        question_prompt(question, with_image=with_image, conv_mode=conv_mode), tokenizer, config.image_token_id, config.image_seq_length
+        question_prompt(question, with_image=with_image, conv_mode=conv_mode),
+        tokenizer,
+        config.image_token_id,
+        config.image_seq_length,
     )
     context = config.text_config.max_position_embeddings
     if len(ids) + max_new_tokens > context:
         raise InputError(
-            f"question {index} takes {len(ids)} tokens with the template and image, and {max_new_tokens} more are kept "
-            f"for the answer: over the model's context of {context}; shorten the question or lower max_new_tokens"
+            f"question {index} takes {len(ids)} tokens with the template and image, and {max_new_tokens} more are "
+            f"kept for the answer: over the model's context of {context}; shorten the question or lower max_new_tokens"
         )
     return ids
 
@@ -93,7 +107,10 @@ def _check_image(image, index: int):
     if image is None or isinstance(image, Image.Image):
         return
     if not isinstance(image, (str, os.PathLike)):
-        raise InputError(f"image {index} is a {type(image).__name__}: pass a PIL image, a file path, or None for a text-only question")
+        raise InputError(
+            f"image {index} is a {type(image).__name__}: "
+            "pass a PIL image, a file path, or None for a text-only question"
+        )
     if not os.path.isfile(image):
         raise InputError(f"image {index}: {os.fspath(image)} does not exist; pass an image file's path")
 

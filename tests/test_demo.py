@@ -56,15 +56,32 @@ def folders(tmp_path_factory, plain_llava, llava_tokenizer):
     ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill=(220, 30, 30))
     image.save(root / "examples" / "circle.png")
     save_llava_hf(plain_llava, llava_tokenizer, str(root / "plain"))
-    return {"trained": str(root / "trained"), "plain": str(root / "plain"), "examples": str(root / "examples"), "root": root}
+    return {
+        "trained": str(root / "trained"),
+        "plain": str(root / "plain"),
+        "examples": str(root / "examples"),
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
 def server(folders):
     port = free_port()
     args = demo_app.parse_args(
-        ["--model-path", folders["trained"], "--examples-dir", folders["examples"], "--port", str(port),
-         "--max-new-tokens", str(MAX_NEW_TOKENS), "--max-file-size", "1mb", "--device", "cpu"]
+        [
+            "--model-path",
+            folders["trained"],
+            "--examples-dir",
+            folders["examples"],
+            "--port",
+            str(port),
+            "--max-new-tokens",
+            str(MAX_NEW_TOKENS),
+            "--max-file-size",
+            "1mb",
+            "--device",
+            "cpu",
+        ]
     )
     blocks, launch = demo_app.create_app(args)
     console = io.StringIO()
@@ -84,10 +101,18 @@ def greedy_answer(model, tokenizer, processor, image_path, turns, question):
         conversation.add_user(asked, with_image=index == 0).add_assistant(answered)
     conversation.add_user(question, with_image=not turns).add_assistant(None)
     config = model.config
-    ids = torch.tensor([tokenize_with_image(conversation.prompt(), tokenizer, config.image_token_id, config.image_seq_length)])
+    ids = torch.tensor(
+        [tokenize_with_image(conversation.prompt(), tokenizer, config.image_token_id, config.image_seq_length)]
+    )
     pixels = preprocess_images([Image.open(image_path)], processor)
     with torch.no_grad():
-        output = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        output = model.generate(
+            input_ids=ids,
+            pixel_values=pixels,
+            max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     answer_ids = output[0, ids.shape[1] :].tolist()
     return tokenizer.decode(answer_ids, skip_special_tokens=True).strip(), answer_ids
 
@@ -139,15 +164,26 @@ def test_answers_through_gradio_client_equal_greedy_generate(server, folders, pl
     base_chat, trained_chat, *_ = ask(client, image, follow_up)
     base_turns = [(QUESTION, expected_base)]
     trained_turns = [(QUESTION, expected_trained)]
-    assert texts(base_chat)[-1] == ("assistant", greedy_answer(plain_llava, llava_tokenizer, processor, image, base_turns, follow_up)[0])
-    assert texts(trained_chat)[-1] == ("assistant", greedy_answer(trained_model, llava_tokenizer, processor, image, trained_turns, follow_up)[0])
+    assert texts(base_chat)[-1] == (
+        "assistant",
+        greedy_answer(plain_llava, llava_tokenizer, processor, image, base_turns, follow_up)[0],
+    )
+    assert texts(trained_chat)[-1] == (
+        "assistant",
+        greedy_answer(trained_model, llava_tokenizer, processor, image, trained_turns, follow_up)[0],
+    )
     assert len(trained_chat) == 4
 
 
 def test_answers_are_streamed(server, folders):
     _, url = server
     job = Client(url, verbose=False).submit(
-        handle_file(os.path.join(folders["examples"], "circle.png")), "Describe the image in detail.", "greedy", 0.7, 24, api_name="/answer"
+        handle_file(os.path.join(folders["examples"], "circle.png")),
+        "Describe the image in detail.",
+        "greedy",
+        0.7,
+        24,
+        api_name="/answer",
     )
     final = job.result()
     assert final[2] is not None  # the heat map comes with the last update
@@ -187,7 +223,9 @@ def test_an_over_long_question_is_cut_with_a_note(server, folders, llava_tokeniz
     _, url = server
     question = " ".join(["Is there a red circle on the table?"] * 300)
     assert len(llava_tokenizer(question).input_ids) > 1024
-    base_chat, trained_chat, _, _, _, note, *_ = ask(Client(url, verbose=False), os.path.join(folders["examples"], "circle.png"), question)
+    base_chat, trained_chat, _, _, _, note, *_ = ask(
+        Client(url, verbose=False), os.path.join(folders["examples"], "circle.png"), question
+    )
     assert "base: the question was cut" in note and "trained: the question was cut" in note
     sent = texts(trained_chat)[0][1]
     assert question.startswith(sent[:100]) and len(sent) < len(question)
@@ -203,7 +241,9 @@ def test_prompts_fit_the_context_dropping_old_turns_first(plain_llava, llava_tok
     assert 0 < len(prompt.kept_turns) < 6 and "oldest turn(s) were left out" in prompt.notes[0]
     assert prompt.ids == conversation_ids(loaded, prompt.kept_turns, "And a dog?")
     image_token = loaded.model.config.image_token_id
-    assert prompt.ids.count(image_token) == loaded.model.config.image_seq_length  # the image stays, in the first kept turn
+    assert (
+        prompt.ids.count(image_token) == loaded.model.config.image_seq_length
+    )  # the image stays, in the first kept turn
 
 
 def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, llava_tokenizer):
@@ -217,7 +257,9 @@ def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, lla
     assert np.allclose(attention.sum(axis=(1, 2)), 1, atol=1e-5)
     # The first row is the position that predicts the first answer token: the prompt's last one.
     with torch.no_grad():
-        output = loaded.model(input_ids=torch.tensor([prompt]), pixel_values=pixels, output_post_decoder_attentions=True)
+        output = loaded.model(
+            input_ids=torch.tensor([prompt]), pixel_values=pixels, output_post_decoder_attentions=True
+        )
     last = torch.stack(output.post_decoder_attentions).mean(dim=(0, 2))[0, -1]
     assert np.allclose(attention[0].reshape(-1), last.numpy(), atol=1e-6)
 
@@ -271,7 +313,10 @@ def test_with_no_model_path_the_page_starts_on_the_toy_model_and_shows_the_fix()
     blocks.close()
     assert launch["server_name"] == "127.0.0.1" and not launch["share"]
     labels = {block.elem_id: block.label for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
-    assert (labels["base-chat"], labels["trained-chat"]) == ("Base: toy base model", "Trained: toy base model + trained block")
+    assert (labels["base-chat"], labels["trained-chat"]) == (
+        "Base: toy base model",
+        "Trained: toy base model + trained block",
+    )
     trained, base = load_models(*demo_app.default_model_paths(), device="cpu")
     page = Page(trained, base)
     examples = demo_app.examples_with_questions(demo_app.example_images([demo_app.TOY_EXAMPLES]))
@@ -292,7 +337,10 @@ def test_no_model_path_without_the_toy_model_says_what_to_do(monkeypatch, tmp_pa
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
-    assert "error: no --model-path given and the toy model is incomplete" in error and "missing has no post_decoder_config.json" in error
+    assert (
+        "error: no --model-path given and the toy model is incomplete" in error
+        and "missing has no post_decoder_config.json" in error
+    )
 
 
 @pytest.mark.parametrize(
@@ -330,11 +378,15 @@ def test_the_page_refuses_an_image_over_the_pixel_limit_before_decoding_it(serve
 def test_uploads_are_measured_on_the_padded_square_and_pils_own_guard_is_handled(tmp_path, monkeypatch):
     wide = tmp_path / "wide.png"
     Image.new("RGB", (300, 20)).save(wide)
-    with pytest.raises(UploadRefused, match=r"300 x 20 pixels: the model pads it to a 300 x 300 square, 0.1 megapixels"):
+    with pytest.raises(
+        UploadRefused, match=r"300 x 20 pixels: the model pads it to a 300 x 300 square, 0.1 megapixels"
+    ):
         open_upload(str(wide), max_pixels=300 * 20)  # 6000 pixels, but 90000 once padded
     assert open_upload(str(wide), max_pixels=300 * 300).size == (300, 20)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL raises DecompressionBombError over twice this
-    with pytest.raises(UploadRefused, match=r"\(wide.png\) declares more pixels than this page's limit of 1000 megapixels"):
+    with pytest.raises(
+        UploadRefused, match=r"\(wide.png\) declares more pixels than this page's limit of 1000 megapixels"
+    ):
         open_upload(str(wide), max_pixels=10**9)
 
 
@@ -345,7 +397,7 @@ def test_uploads_are_measured_on_the_padded_square_and_pils_own_guard_is_handled
         ("sample", -0.5, 4, "Temperature must be above 0 when sampling (it is -0.5)"),
         ("greedy", 0.7, 100_000, "Max new tokens must be a whole number from 1 to "),
         ("greedy", 0.7, 0, "Max new tokens must be a whole number from 1 to "),
-        ("beam", 0.7, 4, "Decoding must be \"greedy\" or \"sample\", not 'beam'."),
+        ("beam", 0.7, 4, 'Decoding must be "greedy" or "sample", not \'beam\'.'),
     ],
     ids=["zero-temperature", "negative-temperature", "too-many-tokens", "no-tokens", "unknown-mode"],
 )
@@ -353,7 +405,14 @@ def test_bad_decoding_settings_get_a_message_in_the_page(server, folders, mode, 
     _, url = server
     client = Client(url, verbose=False)
     with pytest.raises(AppError) as refusal:
-        client.predict(handle_file(os.path.join(folders["examples"], "circle.png")), QUESTION, mode, temperature, max_new_tokens, api_name="/answer")
+        client.predict(
+            handle_file(os.path.join(folders["examples"], "circle.png")),
+            QUESTION,
+            mode,
+            temperature,
+            max_new_tokens,
+            api_name="/answer",
+        )
     assert expected in str(refusal.value)
     assert "upstream Gradio app has raised an exception" not in str(refusal.value)
 
@@ -398,7 +457,8 @@ def test_the_page_in_headless_chromium(server, tmp_path):
     screenshot = tmp_path / "page.png"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
@@ -408,7 +468,8 @@ def test_the_page_in_headless_chromium(server, tmp_path):
             page.click("#ask")
             for chat in ("#base-chat", "#trained-chat"):
                 page.wait_for_function(
-                    f"[...document.querySelectorAll('{chat} [data-testid=\"bot\"]')].some(m => m.innerText.trim().length > 0)",
+                    f"[...document.querySelectorAll('{chat} [data-testid=\"bot\"]')]"
+                    ".some(m => m.innerText.trim().length > 0)",
                     timeout=30_000,
                 )
             page.wait_for_selector("#heatmap img", timeout=30_000)

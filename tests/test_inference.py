@@ -64,19 +64,39 @@ def test_answer_equals_greedy_generate_with_and_without_a_block(
         with eos_banned(model):  # whole continuations are compared, never an empty answer
             expected = generate_by_hand(model, llava_tokenizer, image_processor, circle, question, conv_mode)
             answers[name] = answer(
-                model, llava_tokenizer, image_processor, circle, question, conv_mode=conv_mode, max_new_tokens=NEW_TOKENS
+                model,
+                llava_tokenizer,
+                image_processor,
+                circle,
+                question,
+                conv_mode=conv_mode,
+                max_new_tokens=NEW_TOKENS,
             )
         assert answers[name] == expected and expected
     assert answers["plain"] != answers["block"]  # the perturbed block is used: it changes the answer
 
 
-def test_the_prompt_is_llavas_template_in_the_chosen_mode(block_model, llava_tokenizer, image_processor, pictures, monkeypatch):
+def test_the_prompt_is_llavas_template_in_the_chosen_mode(
+    block_model, llava_tokenizer, image_processor, pictures, monkeypatch
+):
     seen = []
     real_generate = block_model.generate
-    monkeypatch.setattr(block_model, "generate", lambda **kwargs: seen.append(kwargs["input_ids"][0].tolist()) or real_generate(**kwargs))
+    monkeypatch.setattr(
+        block_model,
+        "generate",
+        lambda **kwargs: seen.append(kwargs["input_ids"][0].tolist()) or real_generate(**kwargs),
+    )
     config = block_model.config
     for conv_mode in ("vicuna_v1", "llava_v1"):
-        answer(block_model, llava_tokenizer, image_processor, pictures[0], "Describe the image.", conv_mode=conv_mode, max_new_tokens=1)
+        answer(
+            block_model,
+            llava_tokenizer,
+            image_processor,
+            pictures[0],
+            "Describe the image.",
+            conv_mode=conv_mode,
+            max_new_tokens=1,
+        )
         prompt = question_prompt("Describe the image.", conv_mode=conv_mode)
         assert seen[-1] == tokenize_with_image(prompt, llava_tokenizer, config.image_token_id, config.image_seq_length)
     assert seen[0] != seen[1]
@@ -85,15 +105,23 @@ def test_the_prompt_is_llavas_template_in_the_chosen_mode(block_model, llava_tok
 def test_a_path_a_pil_image_and_a_text_only_question(block_model, llava_tokenizer, image_processor, pictures):
     _, square, square_path = pictures
     with eos_banned(block_model):
-        from_path = answer(block_model, llava_tokenizer, image_processor, square_path, "What is this?", max_new_tokens=NEW_TOKENS)
-        from_image = answer(block_model, llava_tokenizer, image_processor, square, "What is this?", max_new_tokens=NEW_TOKENS)
-        text_only = answer(block_model, llava_tokenizer, image_processor, None, "What is this?", max_new_tokens=NEW_TOKENS)
+        from_path = answer(
+            block_model, llava_tokenizer, image_processor, square_path, "What is this?", max_new_tokens=NEW_TOKENS
+        )
+        from_image = answer(
+            block_model, llava_tokenizer, image_processor, square, "What is this?", max_new_tokens=NEW_TOKENS
+        )
+        text_only = answer(
+            block_model, llava_tokenizer, image_processor, None, "What is this?", max_new_tokens=NEW_TOKENS
+        )
         expected_text_only = generate_by_hand(block_model, llava_tokenizer, image_processor, None, "What is this?")
     assert from_path == from_image
     assert text_only == expected_text_only and text_only != from_image
 
 
-def test_defaults_are_greedy_with_128_new_tokens_as_llava(block_model, llava_tokenizer, image_processor, pictures, monkeypatch):
+def test_defaults_are_greedy_with_128_new_tokens_as_llava(
+    block_model, llava_tokenizer, image_processor, pictures, monkeypatch
+):
     calls = []
     real_generate = block_model.generate
 
@@ -103,8 +131,21 @@ def test_defaults_are_greedy_with_128_new_tokens_as_llava(block_model, llava_tok
 
     monkeypatch.setattr(block_model, "generate", spy)
     answer(block_model, llava_tokenizer, image_processor, pictures[0], "Is there a cat?")
-    answer(block_model, llava_tokenizer, image_processor, pictures[0], "Is there a cat?", do_sample=True, temperature=0.5, max_new_tokens=3)
-    assert (calls[0]["do_sample"], calls[0]["max_new_tokens"], calls[0]["pad_token_id"]) == (False, 128, llava_tokenizer.pad_token_id)
+    answer(
+        block_model,
+        llava_tokenizer,
+        image_processor,
+        pictures[0],
+        "Is there a cat?",
+        do_sample=True,
+        temperature=0.5,
+        max_new_tokens=3,
+    )
+    assert (calls[0]["do_sample"], calls[0]["max_new_tokens"], calls[0]["pad_token_id"]) == (
+        False,
+        128,
+        llava_tokenizer.pad_token_id,
+    )
     assert (calls[1]["do_sample"], calls[1]["temperature"], calls[1]["max_new_tokens"]) == (True, 0.5, 3)
 
 
@@ -123,7 +164,9 @@ def test_answer_batch_equals_answer_one_by_one(block_model, llava_tokenizer, ima
             answer(block_model, llava_tokenizer, image_processor, image, question, max_new_tokens=NEW_TOKENS)
             for image, question in zip(images, questions)
         ]
-        batched = answer_batch(block_model, llava_tokenizer, image_processor, images, questions, batch_size=3, max_new_tokens=NEW_TOKENS)
+        batched = answer_batch(
+            block_model, llava_tokenizer, image_processor, images, questions, batch_size=3, max_new_tokens=NEW_TOKENS
+        )
     assert batched == one_by_one
     assert len(set(one_by_one)) > 1  # the answers differ: rows were not mixed up unnoticed
 
