@@ -101,23 +101,35 @@ def pending_by_image(question_sets, done) -> dict[str, list[tuple[str, dict]]]:
     return pending
 
 
-def answer_images(answerer, images, pending, args, writer, show_progress) -> list[str]:
-    """Answer every pending question of `images`; returns the images skipped as missing or unreadable."""
-    missing = []
+def absent_images(question_sets, coco_path: str) -> list[str]:
+    """The images the questions name that are not in `coco_path`: found before the model loads."""
+    names = sorted({question["image"] for questions in question_sets.values() for question in questions})
+    return [name for name in names if not os.path.isfile(os.path.join(coco_path, name))]
+
+
+def image_error(args, question_sets, image_name: str, problem: str) -> InputError:
+    set_name, question = next(
+        (set_name, question) for set_name, questions in question_sets.items() for question in questions
+        if question["image"] == image_name
+    )  # fmt: skip
+    return InputError(
+        f"image {os.path.join(args.coco_path, image_name)} {problem} (question_id {question['question_id']} of "
+        f"{pope_file(args.pope_path, set_name)} asks about it){_coco_path_hint(args.coco_path)}; "
+        "pass --skip-missing to count and skip such images"
+    )
+
+
+def answer_images(answerer, images, pending, args, writer, show_progress, question_sets) -> list[str]:
+    """Answer every pending question of `images`; returns the images skipped as unreadable."""
+    unreadable = []
     for image_name in tqdm(images, desc="POPE images", disable=not show_progress):
-        path = os.path.join(args.coco_path, image_name)
         try:
-            image = open_image(path)
-        except (FileNotFoundError, ValueError) as error:
+            image = open_image(os.path.join(args.coco_path, image_name))
+        except (FileNotFoundError, ValueError) as error:  # gone since the start, or not an image
             if not args.skip_missing:
-                set_name, question = pending[image_name][0]
-                problem = "is missing" if isinstance(error, FileNotFoundError) else f"cannot be read ({error})"
-                raise InputError(
-                    f"image {path} {problem} (question_id {question['question_id']} of "
-                    f"{pope_file(args.pope_path, set_name)} asks about it){_coco_path_hint(args.coco_path)}; "
-                    "pass --skip-missing to count and skip such images"
-                ) from None
-            missing.append(image_name)
+                cause = error.__cause__ or error  # open_image's own message repeats the path
+                raise image_error(args, question_sets, image_name, f"cannot be read ({cause})") from None
+            unreadable.append(image_name)
             continue
         entries = pending[image_name]
         texts = list(dict.fromkeys(question["text"] for _, question in entries))  # each distinct question once
@@ -133,7 +145,7 @@ def answer_images(answerer, images, pending, args, writer, show_progress) -> lis
                     "model_id": args.model_path,
                 }
             )
-    return missing
+    return unreadable
 
 
 def _coco_path_hint(coco_path: str) -> str:
@@ -205,9 +217,13 @@ def main(argv=None):
     device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
     if world_size > 1:
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    # Before the model loads: a refusal should not take minutes.
     resuming = bool(existing_paths(args.answers_file))
-    if resuming and not args.resume:  # before the model loads: a refusal should not take minutes
+    if resuming and not args.resume:
         raise InputError(f"{args.answers_file} (or its parts) exists: pass --resume to continue it, or remove it")
+    missing = absent_images(question_sets, args.coco_path)
+    if missing and not args.skip_missing:
+        raise image_error(args, question_sets, missing[0], "is missing")
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, args.model_base, device=device, dtype=dtype)
@@ -232,13 +248,13 @@ def main(argv=None):
 
     done = read_answers(existing_paths(args.answers_file)) if resuming else {}
     pending = pending_by_image(question_sets, done)
-    my_images = sorted(pending)[rank::world_size]
+    my_images = sorted(set(pending) - set(missing))[rank::world_size]
     writer = AnswerWriter(part_path(args.answers_file, rank))
     try:
-        missing = answer_images(answerer, my_images, pending, args, writer, rank == 0)
+        unreadable = answer_images(answerer, my_images, pending, args, writer, rank == 0, question_sets)
     finally:
         writer.close()
-    missing = _gather(missing, world_size)
+    missing = missing + _gather(unreadable, world_size)
     if rank == 0:
         answers = merge_answers(args.answers_file)
         metrics = report(question_sets, answers, args, os.path.basename(os.path.normpath(args.model_path)), missing)

@@ -83,17 +83,22 @@ def test_answers_without_a_settings_record_are_not_resumed(workspace, complete, 
         pope_eval_post.main(cli_args(workspace, answers, "--resume"))
 
 
-def test_a_run_stopped_on_its_first_question_leaves_no_part_and_reruns(workspace, tmp_path):
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])  # found before loading the model / while answering
+def test_a_run_stopped_on_its_first_question_leaves_no_part_and_reruns(workspace, tmp_path, problem):
     images = tmp_path / "images"
     shutil.copytree(workspace / "images", images)
-    os.remove(images / "img0.png")  # the first image asked about
+    first = images / "img0.png"  # the first image asked about
+    if problem == "missing":
+        os.remove(first)
+    else:
+        first.write_bytes(b"not a png")
     answers = tmp_path / "answers.jsonl"
     args = cli_args(workspace, answers)
     args[args.index("--coco_path") + 1] = str(images)
-    with pytest.raises(InputError, match="img0.png is missing"):
+    with pytest.raises(InputError, match="img0.png (is missing|cannot be read)"):
         pope_eval_post.main(args)
     assert not [name for name in os.listdir(tmp_path) if ".part" in name or name == "answers.jsonl"]
-    shutil.copy(workspace / "images" / "img0.png", images / "img0.png")
+    shutil.copy(workspace / "images" / "img0.png", first)
     assert len(pope_eval_post.main(args)) == 3  # no "exists: pass --resume"
 
 
