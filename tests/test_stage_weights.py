@@ -1,8 +1,11 @@
+import argparse
 import hashlib
 import json
 import os
+import re
 import runpy
 import shutil
+import stat
 
 import pytest
 import torch
@@ -122,6 +125,19 @@ def assert_loads_as(folder, expected_model, tokenizer):
     assert not different
     assert torch.equal(logits(loaded, tokenizer), logits(expected_model, tokenizer))
     return loaded
+
+
+def command_error(capsys, argv) -> str:
+    """replace_bin.py's message for bad input: `replace_bin.py: error: ...`, exit code 2, no traceback;
+    its first line says what is wrong (a listing of keys may follow)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        replace_bin_main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("replace_bin.py: error: ") and "Traceback" not in message, message
+    assert "weights_only" not in message
+    return message
 
 
 def snapshot(*folders):
@@ -329,10 +345,8 @@ def test_backups_and_outputs_are_never_written_over(plain_llava, base_copy, tmp_
     replace_bin(0, base, run)
     before = snapshot(base)
     args = ["--tune_stage", "2", "--path_model_state_dict", base, "--path_non_lora_state_dict", run]
-    with pytest.raises(SystemExit, match=r"backups from an earlier run are in .*: .*\.bak"):
-        replace_bin_main(args)
-    with pytest.raises(SystemExit, match="exists; name a new folder"):
-        replace_bin_main(args + ["--output", str(tmp_path / "run")])
+    assert re.search(r"backups from an earlier run are in .*: .*\.bak", command_error(capsys, args))
+    assert "exists; name a new folder" in command_error(capsys, args + ["--output", str(tmp_path / "run")])
     assert snapshot(base) == before
     replace_bin_main(args + ["--overwrite_backup"])
     assert "replaced lm_head.weight" in capsys.readouterr().out
@@ -366,3 +380,145 @@ def test_a_crash_while_writing_leaves_the_input_intact(plain_llava, base_copy, t
     assert crashed
     assert snapshot(base, run) == before
     assert not os.path.exists(tmp_path / "out") and sorted(os.listdir(tmp_path)) == ["base", "run"]
+
+
+# --- bad input through the command: one line naming the file or flag, exit code 2 ---
+
+
+def stage1_run(plain_llava, tmp_path):
+    trained = trained_stage(with_block(plain_llava, "post_interaction"), seed=1, with_head=False)
+    return trainer_checkpoint(tmp_path / "run", trained, block_names(trained))
+
+
+def stage_args(stage, base, run, *more):
+    return ["--tune_stage", str(stage), "--path_model_state_dict", base, "--path_non_lora_state_dict", run, *more]
+
+
+def test_missing_inputs_and_mismatched_keys_are_one_message_without_traceback(plain_llava, base_copy, tmp_path, capsys):
+    base = base_copy("safetensors shards, hub keys")
+    run = stage1_run(plain_llava, tmp_path)
+    missing = str(tmp_path / "nowhere")
+    message = command_error(capsys, stage_args(1, base, missing))
+    assert message == f"replace_bin.py: error: trained weights {missing} do not exist\n"
+    message = command_error(capsys, stage_args(1, missing, run))
+    assert message == f"replace_bin.py: error: checkpoint {missing} does not exist\n"
+    edit_trained(run, lambda state: state.pop("post_decoder.layers.0.mlp.up_proj.weight"))
+    message = command_error(capsys, stage_args(1, base, run))
+    first, *rest = message.rstrip("\n").splitlines()
+    assert first.startswith("replace_bin.py: error: cannot merge the stage-1 weights") and first.endswith(":")
+    assert rest == ["  missing block tensors (1):", "    post_decoder.layers.0.mlp.up_proj.weight (the block of "
+                    f"{os.path.join(run, 'post_decoder_config.json')} has it)"]
+
+
+def test_a_truncated_safetensors_shard_of_the_base_is_named(plain_llava, base_copy, tmp_path, capsys):
+    base = base_copy("safetensors shards, hub keys")
+    run = stage1_run(plain_llava, tmp_path)
+    shard = os.path.join(base, sorted(name for name in os.listdir(base) if name.endswith(".safetensors"))[0])
+    os.truncate(shard, os.path.getsize(shard) // 2)
+    before = snapshot(base, run)
+    message = command_error(capsys, stage_args(1, base, run, "--output", str(tmp_path / "out")))
+    assert message.count("\n") == 1 and f"{shard} cannot be read as safetensors" in message and "truncated" in message
+    assert snapshot(base, run) == before and not os.path.exists(tmp_path / "out")
+
+
+def test_trained_weights_that_will_not_unpickle_safely_are_named(plain_llava, base_copy, tmp_path, capsys):
+    base = base_copy("bin shards, hub keys")
+    run = stage1_run(plain_llava, tmp_path)
+    trained = os.path.join(run, "non_lora_trainables.bin")
+    torch.save({**torch.load(trained, weights_only=True), "args": argparse.Namespace(lr=1e-4)}, trained)
+    message = command_error(capsys, stage_args(1, base, trained))
+    assert message.count("\n") == 1 and f"{trained} holds Python objects besides tensors (argparse.Namespace)" in message
+    with open(trained, "rb") as handle:
+        data = handle.read()
+    with open(trained, "wb") as handle:
+        handle.write(data[:100])
+    message = command_error(capsys, stage_args(1, base, trained))
+    assert message.count("\n") == 1 and f"{trained} cannot be read as a PyTorch weight file" in message
+
+
+@pytest.mark.parametrize("merge_flag", [[], ["--merge"]])
+def test_an_output_that_is_a_file_is_refused(plain_llava, base_copy, tmp_path, capsys, merge_flag):
+    base = base_copy("single safetensors file")
+    run = stage1_run(plain_llava, tmp_path)
+    (tmp_path / "taken").write_text("mine")
+    message = command_error(capsys, stage_args(1, base, run, "--output", str(tmp_path / "taken"), *merge_flag))
+    assert message == f"replace_bin.py: error: --output {tmp_path / 'taken'} is a file; name a new folder\n"
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+# --- a new folder holds the model, not the base's results ---
+
+RESULT_FILES = {"pope_metrics.json": "{}", "training_summary.json": "{}", "answers.jsonl": "", "train.log": "x"}
+MODEL_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"}
+
+
+@pytest.mark.parametrize("merge_flag", [[], ["--merge"]])
+def test_a_new_folder_holds_the_model_files_and_not_the_bases_results(plain_llava, llava_tokenizer, base_copy, tmp_path, merge_flag):
+    base = base_copy("safetensors shards, hub keys")
+    for name, text in RESULT_FILES.items():
+        (tmp_path / "base" / name).write_text(text)
+    os.makedirs(tmp_path / "base" / "checkpoint-500")
+    (tmp_path / "base" / "model.safetensors.index.json.bak").write_text("{}")
+    trained = trained_stage(with_block(plain_llava, "post_interaction"), seed=1, with_head=False)
+    run = trainer_checkpoint(tmp_path / "run", trained, block_names(trained))
+    replace_bin_main(stage_args(1, base, run, "--output", str(tmp_path / "out"), *merge_flag))
+    written = set(os.listdir(tmp_path / "out"))
+    weights = {name for name in written if name.endswith(".safetensors") or name == "model.safetensors.index.json"}
+    assert MODEL_FILES <= written and weights and written == MODEL_FILES | weights
+    assert_loads_as(str(tmp_path / "out"), trained, llava_tokenizer)
+
+
+# --- writes are atomic and keep permissions ---
+
+
+def test_an_in_place_rewrite_keeps_the_permissions_of_the_files_it_replaces(plain_llava, base_copy, tmp_path):
+    base = base_copy("single safetensors file")
+    for name in ("model.safetensors", "config.json"):
+        os.chmod(os.path.join(base, name), 0o640)
+    report = replace_bin(1, base, stage1_run(plain_llava, tmp_path))
+    assert sorted(report.written) == ["config.json", "model.safetensors"]
+    for name in ("model.safetensors", "config.json", "model.safetensors.bak", "config.json.bak"):
+        assert stat.S_IMODE(os.stat(os.path.join(base, name)).st_mode) == 0o640, name
+    assert not [name for name in os.listdir(base) if name.startswith(".")]  # no temporaries left
+
+
+def test_a_crash_while_merging_leaves_no_folder_and_no_stray_file(plain_llava, base_copy, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    base = base_copy("single safetensors file")
+    run = stage1_run(plain_llava, tmp_path)
+    real_save, crashed = transformers.modeling_utils.safe_save_file, []
+
+    def crash_half_way(tensors, filename, *args, **kwargs):  # half the weights written, then the disk is full
+        crashed.append(filename)
+        real_save(dict(list(tensors.items())[: len(tensors) // 2]), filename, *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", crash_half_way)
+    before = snapshot(base, run)
+    with pytest.raises(OSError, match="disk full"):
+        merge(1, base, run, str(tmp_path / "merged"))
+    assert crashed and snapshot(base, run) == before
+    assert sorted(os.listdir(tmp_path)) == ["base", "run"]
+
+
+def test_a_crash_while_keeping_a_backup_leaves_the_checkpoint_as_it_was(plain_llava, base_copy, tmp_path, monkeypatch):
+    base = base_copy("bin shards, hub keys")
+    run = stage1_run(plain_llava, tmp_path)
+    before = snapshot(base, run)
+    real_link, links = os.link, []
+
+    def link_then_fail(source, target):  # the second backup fails: neither the first nor any new file may land
+        if links:
+            raise OSError("disk full")
+        links.append(target)
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link_then_fail)
+    monkeypatch.setattr(shutil, "copy2", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        replace_bin(1, base, run)
+    after = snapshot(base, run)
+    backups = {path for path in set(after) - set(before) if path.endswith(".bak")}
+    assert {path: digest for path, digest in after.items() if path not in backups} == before
+    assert not [name for name in os.listdir(base) if name.startswith(".")]
