@@ -130,6 +130,18 @@ def test_a_block_of_the_wrong_shape_or_with_missing_keys_is_an_error(plain_llava
         load_pretrained_model(str(tmp_path / "extra"), model_base=base)
 
 
+def test_torn_block_weights_are_named(plain_llava, llava_tokenizer, tmp_path):
+    from post_decoder.errors import InputError
+
+    model = with_block(plain_llava, "post_interaction", perturb=0.2)
+    base = save_llava_hf(plain_llava, llava_tokenizer, str(tmp_path / "base"))
+    save_post_decoder(model.post_decoder, str(tmp_path / "block"))
+    path = tmp_path / "block" / "post_decoder.safetensors"
+    os.truncate(path, os.path.getsize(path) - 10)
+    with pytest.raises(InputError, match=rf"^{path} cannot be read as safetensors \(.*\): it is truncated or damaged"):
+        load_pretrained_model(str(tmp_path / "block"), model_base=base)
+
+
 def test_a_full_folder_missing_block_weights_is_an_error(plain_llava, llava_tokenizer, tmp_path):
     model = with_block(plain_llava, "post_interaction", perturb=0.2)
     model.save_pretrained(tmp_path)
