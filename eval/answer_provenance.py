@@ -26,7 +26,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         flat = tensor.detach().reshape(-1)
         if flat.numel() > SAMPLES_PER_TENSOR:  # integer positions: the same on every device
-            positions = torch.arange(SAMPLES_PER_TENSOR, device=flat.device) * (flat.numel() - 1) // (SAMPLES_PER_TENSOR - 1)
+            positions = (
+                torch.arange(SAMPLES_PER_TENSOR, device=flat.device) * (flat.numel() - 1) // (SAMPLES_PER_TENSOR - 1)
+            )
             flat = flat[positions]
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype};".encode())
         digest.update(flat.to("cpu", torch.float64).numpy().tobytes())
@@ -77,7 +79,9 @@ def read_settings(answers_file: str) -> dict | None:
         with open(path) as handle:
             recorded = json.load(handle)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not the JSON this tool writes ({error}); remove it with the answers to start over") from None
+        raise InputError(
+            f"{path}: not the JSON this tool writes ({error}); remove it with the answers to start over"
+        ) from None
     if not isinstance(recorded, dict):
         raise InputError(f"{path}: expected a JSON object; remove it with the answers to start over")
     return recorded
@@ -89,7 +93,7 @@ def check_same_settings(answers_file: str, settings: AnswerSettings):
     if recorded is None:
         raise InputError(
             f"{answers_file}: there is no record of what wrote these answers ({settings_path(answers_file)} is "
-            "missing), so --resume cannot tell whether they are this model's: remove them or use another --answers-file"
+            "missing), so --resume cannot tell if they are this model's: remove them or use another --answers-file"
         )
     differences = settings.differences(recorded)
     if differences:

@@ -21,7 +21,13 @@ import torch
 from tqdm import tqdm
 
 from eval.answer_files import AnswerWriter, existing_paths, merge_answers, part_path, read_answers
-from eval.answer_provenance import AnswerSettings, check_same_settings, read_settings, weights_fingerprint, write_settings
+from eval.answer_provenance import (
+    AnswerSettings,
+    check_same_settings,
+    read_settings,
+    weights_fingerprint,
+    write_settings,
+)
 from eval.answering import LLAVA_MAX_NEW_TOKENS, PrefixCachedAnswerer
 from eval.pope_questions import POPE_SETS, SET_ALIASES, pope_file, read_questions
 from eval.pope_report import format_table, mean_f1, plot_chart, write_metrics
@@ -40,7 +46,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="POPE evaluation with or without a post-decoder block.")
     parser.add_argument("--model-path", help="any folder or hub id that load_pretrained_model opens")
     parser.add_argument("--model-base", default=None, help="the base, when --model-path holds only a block")
-    parser.add_argument("--pope_path", "--pope-path", dest="pope_path", required=True, help="folder of coco_pope_*.json")
+    parser.add_argument(
+        "--pope_path", "--pope-path", dest="pope_path", required=True, help="folder of coco_pope_*.json"
+    )
     parser.add_argument("--set", default="all", choices=SET_CHOICES)
     parser.add_argument("--coco_path", "--coco-path", dest="coco_path", help="folder of the images the questions name")
     parser.add_argument(
@@ -50,15 +58,29 @@ def parse_args(argv=None):
     )  # fmt: skip
     parser.add_argument("--metrics-file", help="JSON with one entry per set (default: next to --answers-file)")
     parser.add_argument("--chart", help="PNG bar chart (default: next to --metrics-file)")
-    parser.add_argument("--conv-mode", choices=tuple(CONV_MODES), default=DEFAULT_CONV_MODE,
-                        help="LLaVA's template: vicuna_v1 (LLaVA's own POPE script) or llava_v1 (HA-DPO's)")
+    parser.add_argument(
+        "--conv-mode",
+        choices=tuple(CONV_MODES),
+        default=DEFAULT_CONV_MODE,
+        help="LLaVA's template: vicuna_v1 (LLaVA's own POPE script) or llava_v1 (HA-DPO's)",
+    )
     parser.add_argument("--prompt-suffix", default="", help=f"HA-DPO's protocol: empty; LLaVA's: {LLAVA_SUFFIX!r}")
-    parser.add_argument("--max-new-tokens", type=int, default=LLAVA_MAX_NEW_TOKENS,
-                        help="a row stops at </s> anyway; LLaVA's default (HA-DPO's: 512)")
-    parser.add_argument("--batch-size", type=int, default=32, help="questions continued at once from an image's prefix")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: float16 on CUDA, float32 on CPU")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=LLAVA_MAX_NEW_TOKENS,
+        help="a row stops at </s> anyway; LLaVA's default (HA-DPO's: 512)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="questions continued at once from an image's prefix"
+    )
+    parser.add_argument(
+        "--dtype", choices=tuple(DTYPES), default=None, help="default: float16 on CUDA, float32 on CPU"
+    )
     parser.add_argument("--resume", action="store_true", help="keep the answers already in --answers-file")
-    parser.add_argument("--skip-missing", action="store_true", help="count and report missing images instead of stopping")
+    parser.add_argument(
+        "--skip-missing", action="store_true", help="count and report missing images instead of stopping"
+    )
     parser.add_argument("--score-only", action="store_true", help="score an existing --answers-file")
     args = parser.parse_args(argv)
     if not args.score_only and not (args.model_path and args.coco_path):
@@ -79,7 +101,9 @@ def _set_and_path(spec: str, score_only: bool) -> tuple[str | None, str]:
     if not separator or name not in SET_CHOICES[:-1]:
         return None, spec
     if not score_only:
-        raise InputError(f"--answers-file {spec}: SET=FILE is for --score-only; a run writes one file for all its sets")
+        raise InputError(
+            f"--answers-file {spec}: SET=FILE is for --score-only; a run writes one file for all its sets"
+        )
     return SET_ALIASES.get(name, name), path
 
 
@@ -154,28 +178,33 @@ def _coco_path_hint(coco_path: str) -> str:
 
 
 def score_sets(question_sets, answers, missing_images=(), pope_path=None) -> dict[str, dict]:
-    """Metrics per set; each answer must answer its set's question of the same id (its recorded
-    question, when it has one, must start with that question's text)."""
+    """Metrics per set; each answer must answer its set's question of the same id."""
     results = {}
     for set_name, questions in question_sets.items():
         by_id = {question["question_id"]: question for question in questions}
+        source = pope_file(pope_path, set_name) if pope_path else f"the {set_name} set"
         texts = {}
         for (name, question_id), line in answers.items():
-            if name != set_name:
-                continue
-            question = by_id.get(question_id)
-            where = pope_file(pope_path, set_name) if pope_path else f"the {set_name} set"
-            if question is None:
-                raise InputError(f"{line.where}: question_id {question_id!r} is not in {where}: is it another question file's answer?")
-            if isinstance(line.asked, str) and not line.asked.startswith(question["text"]):
-                raise InputError(
-                    f"{line.where}: question_id {question_id} answers {line.asked!r}, but question {question_id} of "
-                    f"{where} is {question['text']!r}: the file answers other questions (another numbering?)"
-                )
-            texts[question_id] = line.text
+            if name == set_name:
+                check_answers_its_question(line, by_id.get(question_id), source)
+                texts[question_id] = line.text
         kept = [question for question in questions if question["image"] not in missing_images]
         results[set_name] = score_answers(kept, texts).as_dict()
     return results
+
+
+def check_answers_its_question(line, question: dict | None, source: str):
+    """The answer's id is a question of `source`, and the question it recorded (if it did) starts
+    with that question's text: answers to another question file under the same ids are caught."""
+    if question is None:
+        raise InputError(
+            f"{line.where}: question_id {line.question_id!r} is not in {source}: is it another file's answer?"
+        )
+    if isinstance(line.asked, str) and not line.asked.startswith(question["text"]):
+        raise InputError(
+            f"{line.where}: question_id {line.question_id} answers {line.asked!r}, but question {line.question_id} of "
+            f"{source} is {question['text']!r}: the file answers other questions (another numbering?)"
+        )
 
 
 def report(question_sets, answers, args, label, missing_images=()):
@@ -226,7 +255,9 @@ def main(argv=None):
         raise image_error(args, question_sets, missing[0], "is missing")
 
     dtype = DTYPES[args.dtype] if args.dtype else None
-    tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, args.model_base, device=device, dtype=dtype)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, device=device, dtype=dtype
+    )
     answerer = PrefixCachedAnswerer(
         model, tokenizer, image_processor, args.max_new_tokens, args.batch_size, args.prompt_suffix, args.conv_mode
     )

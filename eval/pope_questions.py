@@ -30,7 +30,9 @@ def read_questions(path: str) -> list[dict]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise InputError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start}); is this a POPE file?") from None
+            raise InputError(
+                f"{where}: not UTF-8 text ({error.reason} at byte {error.start}); is this a POPE file?"
+            ) from None
         if not line.strip():
             continue
         try:

@@ -1,6 +1,6 @@
 """POPE results as a metrics JSON, a printed table and a PNG bar chart; several runs side by side.
 
-    python -m eval.pope_report --compare base=runs/base/metrics.json trained=runs/stage1/metrics.json --chart compare.png
+python -m eval.pope_report --compare base=runs/base/metrics.json trained=runs/stage1/metrics.json --chart compare.png
 """
 
 import argparse
@@ -62,7 +62,9 @@ def plot_chart(runs: dict[str, dict[str, dict]], path: str):
         axis.set_title(f"POPE {metric}")
         axis.set_ylim(0, 105)
     axes[0].set_ylabel("%")
-    figure.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncol=len(runs))  # above the bars, not on them
+    figure.legend(
+        *axes[0].get_legend_handles_labels(), loc="upper center", ncol=len(runs)
+    )  # above the bars, not on them
     figure.tight_layout(rect=(0, 0, 1, 0.9))
     with atomic_file(path) as temporary:
         figure.savefig(temporary, dpi=120)
@@ -78,7 +80,9 @@ def read_metrics(path: str) -> dict[str, dict]:
         raise InputError(f"--compare: {path}: no such metrics file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"--compare: {path}: not a metrics JSON ({error})") from None
-    if not isinstance(metrics_by_set, dict) or not all(isinstance(m, dict) and set(METRICS) <= set(m) for m in metrics_by_set.values()):
+    if not isinstance(metrics_by_set, dict) or not all(
+        isinstance(m, dict) and set(METRICS) <= set(m) for m in metrics_by_set.values()
+    ):
         raise InputError(f"--compare: {path}: not a POPE metrics file (set -> {', '.join(METRICS)})")
     return metrics_by_set
 

@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch
+from bench_models import build_model
 from PIL import Image
 
-from bench_models import build_model
 from eval.answering import PrefixCachedAnswerer
 from eval.pope_eval_post import load_question_sets, pending_by_image
 
@@ -34,7 +34,9 @@ def generated_questions(num_images: int) -> dict[str, list[dict]]:
         for image in range(num_images):
             for k in range(6):
                 text = f"Is there a {objects[(image + k * (offset + 1)) % len(objects)]} in the image?"
-                questions.append({"question_id": len(questions) + 1, "image": f"{image}.jpg", "text": text, "label": "yes"})
+                questions.append(
+                    {"question_id": len(questions) + 1, "image": f"{image}.jpg", "text": text, "label": "yes"}
+                )
         sets[name] = questions
     return sets
 
@@ -52,7 +54,11 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--no-block", action="store_true", help="benchmark the plain LLaVA")
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    dtype = (
+        getattr(torch, args.dtype)
+        if args.dtype
+        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    )
 
     model, tokenizer, processor = build_model(args.shape, args.device, dtype, not args.no_block)
     sets = load_question_sets(args.pope_path, "all") if args.pope_path else generated_questions(args.num_images)
@@ -76,20 +82,29 @@ def main():
     ours_answers = {}
     for name in images:
         texts = list(dict.fromkeys(question["text"] for _, question in by_image[name]))
-        ours_answers.update({(name, text): answer for text, answer in zip(texts, answerer.answer(pictures[name], texts))})
+        ours_answers.update(
+            {(name, text): answer for text, answer in zip(texts, answerer.answer(pictures[name], texts))}
+        )
     synchronize()
     ours_seconds = time.perf_counter() - start
     ours_peak = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else float("nan")
 
-    baseline = [(name, question["text"]) for name in images for _, question in by_image[name]][: args.baseline_questions]
+    baseline = [(name, question["text"]) for name in images for _, question in by_image[name]][
+        : args.baseline_questions
+    ]
     synchronize()
     start = time.perf_counter()
     agreeing = 0
     for name, text in baseline:
         input_ids = torch.tensor([answerer.prompt_ids(text)], device=model.device)
         with torch.no_grad():
-            output = model.generate(input_ids=input_ids, pixel_values=answerer.pixel_values(pictures[name]),
-                                    max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            output = model.generate(
+                input_ids=input_ids,
+                pixel_values=answerer.pixel_values(pictures[name]),
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         answer = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
         agreeing += answer == ours_answers[(name, text)]
     synchronize()
@@ -97,15 +112,18 @@ def main():
 
     ours_rate, baseline_rate = total_questions / ours_seconds, len(baseline) / baseline_seconds
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-    print(f"shape {args.shape}, {device_name}, {dtype}, block: {not args.no_block}, {len(images)} images, "
-          f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}")
+    print(
+        f"shape {args.shape}, {device_name}, {dtype}, block: {not args.no_block}, {len(images)} images, "
+        f"max_new_tokens {args.max_new_tokens}, batch size {args.batch_size}"
+    )
     print(f"{'method':<34}{'questions':>10}{'seconds':>10}{'questions/s':>13}{'all 9,000 (s)':>15}{'speed-up':>10}")
     for method, count, seconds, rate in (
         ("per-question generate, batch 1", len(baseline), baseline_seconds, baseline_rate),
         ("ours: prefix cache + batches", total_questions, ours_seconds, ours_rate),
     ):
         print(f"{method:<34}{count:>10}{seconds:>10.2f}{rate:>13.2f}{9000 / rate:>15.1f}{rate / baseline_rate:>9.1f}x")
-    print(f"identical answers on the {len(baseline)} questions both ways answered: {agreeing} ({100 * agreeing / len(baseline):.1f}%)")
+    share = 100 * agreeing / len(baseline)
+    print(f"identical answers on the {len(baseline)} questions both ways answered: {agreeing} ({share:.1f}%)")
     if args.device.startswith("cuda"):
         print(f"peak GPU memory (ours): {ours_peak:.1f} GiB")
 

@@ -26,8 +26,8 @@ def save_model(plain_llava, llava_tokenizer, root, name, seed=0):
     return root / name
 
 
-@pytest.fixture(scope="module")
-def workspace(plain_llava, llava_tokenizer, tmp_path_factory):
+@pytest.fixture(scope="module", name="workspace")
+def workspace_fixture(plain_llava, llava_tokenizer, tmp_path_factory):
     """A saved tiny model with a block, 4 images, and three small POPE sets sharing them."""
     root = tmp_path_factory.mktemp("pope_cli")
     save_model(plain_llava, llava_tokenizer, root, "model")
@@ -42,7 +42,11 @@ def workspace(plain_llava, llava_tokenizer, tmp_path_factory):
         for index in range(4):
             for k, label in enumerate(("yes", "no")):
                 name = OBJECTS[(index + k * (offset + 1)) % 4]
-                question = {"question_id": len(lines) + 1, "image": f"img{index}.png", "text": f"Is there a {name} in the image?"}
+                question = {
+                    "question_id": len(lines) + 1,
+                    "image": f"img{index}.png",
+                    "text": f"Is there a {name} in the image?",
+                }
                 lines.append({**question, "label": label})
         (root / "pope" / f"coco_pope_{set_name}.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return root
@@ -50,9 +54,21 @@ def workspace(plain_llava, llava_tokenizer, tmp_path_factory):
 
 def cli_args(workspace, answers, *extra):
     return [
-        "--model-path", str(workspace / "model"), "--pope_path", str(workspace / "pope"), "--coco_path",
-        str(workspace / "images"), "--set", "all", "--answers-file", str(answers), "--max-new-tokens", "4",
-        "--batch-size", "3", *extra,
+        "--model-path",
+        str(workspace / "model"),
+        "--pope_path",
+        str(workspace / "pope"),
+        "--coco_path",
+        str(workspace / "images"),
+        "--set",
+        "all",
+        "--answers-file",
+        str(answers),
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "3",
+        *extra,
     ]
 
 

@@ -20,7 +20,11 @@ ANSWERS = [
     "Yes, there is a dog in the image.</s>",
 ]  # fmt: skip
 # POPE's evaluate.py on these answers: TP, FP, TN, FN per set.
-OFFICIAL_COUNTS = {"random": (849, 864, 636, 651), "popular": (849, 840, 660, 651), "adversarial": (849, 866, 634, 651)}
+OFFICIAL_COUNTS = {
+    "random": (849, 864, 636, 651),
+    "popular": (849, 840, 660, 651),
+    "adversarial": (849, 866, 634, 651),
+}
 SET_FLAGS = {"random": "random", "popular": "popular", "adversarial": "adv"}
 
 
@@ -35,11 +39,15 @@ def answer_of(index, question):
 
 def write_llava_answers(path, set_name, shuffle=False):
     """The lines LLaVA's llava/eval/model_vqa_loader.py writes (its json.dumps keys, in its order)."""
-    lines = [
-        json.dumps({"question_id": question["question_id"], "prompt": question["text"], "text": answer_of(index, question),
-                    "answer_id": f"fakeuuid{index:014d}", "model_id": "llava-v1.5-7b", "metadata": {}}) + "\n"
-        for index, question in enumerate(official_questions(set_name))
-    ]  # fmt: skip
+    lines = []
+    for index, question in enumerate(official_questions(set_name)):
+        record = {
+            "question_id": question["question_id"],
+            "prompt": question["text"],
+            "text": answer_of(index, question),
+        }
+        record.update(answer_id=f"fakeuuid{index:014d}", model_id="llava-v1.5-7b", metadata={})
+        lines.append(json.dumps(record) + "\n")
     if shuffle:  # we match by question_id, not by line order
         random.Random(0).shuffle(lines)
     path.write_text("".join(lines))
@@ -48,16 +56,28 @@ def write_llava_answers(path, set_name, shuffle=False):
 
 def write_hadpo_answers(path, set_name):
     """The lines HA-DPO's ha_dpo/models/llava-v1_5/pope_eval.py writes: question, answer, question_id."""
-    questions = official_questions(set_name)
-    path.write_text("".join(
-        json.dumps({"question": question["text"], "answer": answer_of(index, question), "question_id": question["question_id"]}) + "\n"
-        for index, question in enumerate(questions)
-    ))  # fmt: skip
+    lines = []
+    for index, question in enumerate(official_questions(set_name)):
+        record = {
+            "question": question["text"],
+            "answer": answer_of(index, question),
+            "question_id": question["question_id"],
+        }
+        lines.append(json.dumps(record) + "\n")
+    path.write_text("".join(lines))
     return path
 
 
 def score_only(tmp_path, set_choice, *answer_specs):
-    argv = ["--score-only", "--pope_path", shared_file("pope"), "--set", set_choice, "--metrics-file", str(tmp_path / "m.json")]
+    argv = [
+        "--score-only",
+        "--pope_path",
+        shared_file("pope"),
+        "--set",
+        set_choice,
+        "--metrics-file",
+        str(tmp_path / "m.json"),
+    ]
     for spec in answer_specs:
         argv += ["--answers-file", str(spec)]
     return pope_eval_post.main(argv)
@@ -79,7 +99,9 @@ def test_all_sets_from_one_file_per_set_in_both_formats(tmp_path, capsys):
     random_file = write_llava_answers(tmp_path / "llava_random.jsonl", "random")
     popular_file = write_hadpo_answers(tmp_path / "pope_popular.jsonl", "popular")
     adversarial_file = write_hadpo_answers(tmp_path / "pope_adv.jsonl", "adversarial")
-    metrics = score_only(tmp_path, "all", f"random={random_file}", f"popular={popular_file}", f"adv={adversarial_file}")
+    metrics = score_only(
+        tmp_path, "all", f"random={random_file}", f"popular={popular_file}", f"adv={adversarial_file}"
+    )
     assert {name: counts(values) for name, values in metrics.items()} == OFFICIAL_COUNTS
     f1 = {name: values["f1"] for name, values in metrics.items()}
     assert f1["random"] == pytest.approx(2 * 849 / (2 * 849 + 864 + 651))
@@ -89,17 +111,24 @@ def test_all_sets_from_one_file_per_set_in_both_formats(tmp_path, capsys):
 def test_a_file_that_does_not_name_its_set_needs_one_with_set_all(tmp_path, capsys):
     answers = write_llava_answers(tmp_path / "llava.jsonl", "random")
     with pytest.raises(SystemExit) as exit_info:
-        run_command(pope_eval_post.main, ["--score-only", "--answers-file", str(answers), "--pope_path", shared_file("pope")], "pope_eval_post.py")
+        run_command(
+            pope_eval_post.main,
+            ["--score-only", "--answers-file", str(answers), "--pope_path", shared_file("pope")],
+            "pope_eval_post.py",
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith(f"pope_eval_post.py: error: {answers}:1: this answer does not name its POPE set")
+    assert error.count("\n") == 1 and error.startswith(
+        f"pope_eval_post.py: error: {answers}:1: this answer does not name its POPE set"
+    )
     assert "--answers-file random=FILE" in error
 
 
 def test_answers_to_other_questions_under_the_same_ids_are_refused(tmp_path):
     # Answers to another question file (here: the popular set's) under the same ids: the texts tell.
     answers = write_llava_answers(tmp_path / "llava.jsonl", "popular")
-    with pytest.raises(InputError, match=r"llava.jsonl:2: question_id 2 answers 'Is there a dining table in the image\?', but question 2 of .*coco_pope_random.json is 'Is there a car"):
+    expected = r"llava.jsonl:2: question_id 2 answers 'Is there a dining table in the image\?', but question 2 of "
+    with pytest.raises(InputError, match=expected + r".*coco_pope_random.json is 'Is there a car in the image\?'"):
         score_only(tmp_path, "random", answers)
 
 

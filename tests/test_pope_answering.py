@@ -105,7 +105,9 @@ def test_rows_stop_at_their_eos_and_the_batch_when_all_have(plain_llava, llava_t
         # A token every row emits early: the whole batch stops after it, far before max_new_tokens.
         token = next(token for token in free_rows[0][1:] if all(token in row[1:4] for row in free_rows))
         answers, new_tokens, one_by_one = stop_at(token)
-        assert answers == one_by_one and 2 <= new_tokens.shape[1] == max(row.index(token) + 1 for row in free_rows) <= 4
+        assert (
+            answers == one_by_one and 2 <= new_tokens.shape[1] == max(row.index(token) + 1 for row in free_rows) <= 4
+        )
 
 
 def test_the_conversation_mode_reaches_the_prompt(plain_llava, llava_tokenizer, processor):
@@ -118,9 +120,13 @@ def test_the_conversation_mode_reaches_the_prompt(plain_llava, llava_tokenizer, 
         answerer = PrefixCachedAnswerer(plain_llava, llava_tokenizer, processor, prompt_suffix=" Yes?", conv_mode=mode)
         ids[mode] = answerer.prompt_ids("Is there a cup?")
         prompt = question_prompt("Is there a cup?", suffix=" Yes?", conv_mode=mode)
-        assert ids[mode] == tokenize_with_image(prompt, llava_tokenizer, config.image_token_id, config.image_seq_length)
+        assert ids[mode] == tokenize_with_image(
+            prompt, llava_tokenizer, config.image_token_id, config.image_seq_length
+        )
     assert ids["vicuna_v1"] != ids["llava_v1"]
-    assert "curious human" in llava_tokenizer.decode(ids["llava_v1"]) and "human" not in llava_tokenizer.decode(ids["vicuna_v1"])
+    assert "curious human" in llava_tokenizer.decode(ids["llava_v1"]) and "human" not in llava_tokenizer.decode(
+        ids["vicuna_v1"]
+    )
     assert PrefixCachedAnswerer(plain_llava, llava_tokenizer, processor).max_new_tokens == 128  # LLaVA's default
     with pytest.raises(InputError, match="unknown conversation mode 'llava_v2'"):
         PrefixCachedAnswerer(plain_llava, llava_tokenizer, processor, conv_mode="llava_v2")

@@ -10,7 +10,7 @@ import pytest
 
 from eval import pope_eval_post
 from post_decoder.errors import run_command
-from tests.pope_workspace import cli_args, workspace  # noqa: F401  (a fixture)
+from tests.pope_workspace import cli_args, workspace_fixture  # noqa: F401 (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,9 +55,14 @@ def test_an_image_that_is_not_a_name(workspace, tmp_path, capsys):
 
 
 def test_a_question_file_that_is_not_utf8(workspace, tmp_path, capsys):
-    content = first_lines(workspace) + b'{"question_id": 3, "image": "img0.png", "text": "Is there a caf\xe9?", "label": "no"}\n'
+    content = (
+        first_lines(workspace)
+        + b'{"question_id": 3, "image": "img0.png", "text": "Is there a caf\xe9?", "label": "no"}\n'
+    )
     error = cli_error(with_question_file(workspace, tmp_path, content), capsys)
-    assert error.startswith(f"{tmp_path / 'pope' / 'coco_pope_random.json'}:3: not UTF-8 text (invalid continuation byte")
+    assert error.startswith(
+        f"{tmp_path / 'pope' / 'coco_pope_random.json'}:3: not UTF-8 text (invalid continuation byte"
+    )
 
 
 def test_a_truncated_question_file(workspace, tmp_path, capsys):
@@ -79,7 +84,7 @@ def test_a_missing_image_names_its_question_and_the_way_on(workspace, tmp_path, 
     args = cli_args(workspace, tmp_path / "answers.jsonl")
     args[args.index("--coco_path") + 1] = str(images)
     assert cli_error(args, capsys) == (
-        f"image {images / 'img0.png'} is missing (question_id 1 of {workspace / 'pope' / 'coco_pope_random.json'} asks "
+        f"image {images / 'img0.png'} is missing (question_id 1 of {workspace / 'pope/coco_pope_random.json'} asks "
         f"about it) (--coco_path is the images' own folder: {images / 'val2014'}?); pass --skip-missing to count and "
         "skip such images"
     )
@@ -97,7 +102,13 @@ def test_a_corrupt_image_is_named(workspace, tmp_path, capsys):
 
 
 def test_the_script_itself_exits_2_with_one_line(tmp_path):
-    command = [sys.executable, os.path.join(ROOT, "eval", "pope_eval_post.py"), "--score-only", "--pope_path", str(tmp_path),
-               "--answers-file", str(tmp_path / "a.jsonl"), "--batch-size", "0"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert (result.returncode, result.stderr) == (2, "pope_eval_post.py: error: --batch-size must be at least 1, got 0\n")
+    script = os.path.join(ROOT, "eval", "pope_eval_post.py")
+    command = [sys.executable, script, "--score-only", "--pope_path", str(tmp_path), "--answers-file", "a.jsonl"]
+    command += ["--batch-size", "0"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "pope_eval_post.py: error: --batch-size must be at least 1, got 0\n",
+    )

@@ -12,7 +12,7 @@ from eval.answering import PrefixCachedAnswerer
 from eval.pope_report import main as report_main
 from eval.pope_scoring import score_answers
 from post_decoder.errors import InputError
-from tests.pope_workspace import cli_args, read_lines, workspace  # noqa: F401  (a fixture)
+from tests.pope_workspace import cli_args, read_lines, workspace_fixture  # noqa: F401 (a fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(workspace, tmp_path, monkey
         handle.write(lines[8][:10])
     asked = []
     original = PrefixCachedAnswerer.answer
-    monkeypatch.setattr(PrefixCachedAnswerer, "answer", lambda self, image, texts: asked.append(texts) or original(self, image, texts))
+    monkeypatch.setattr(
+        PrefixCachedAnswerer, "answer", lambda self, image, texts: asked.append(texts) or original(self, image, texts)
+    )
     pope_eval_post.main(cli_args(workspace, interrupted, "--resume"))
     assert sorted(map(json.dumps, read_lines(interrupted))) == sorted(map(json.dumps, read_lines(complete)))
     pending = {(json.loads(line)["image"], json.loads(line)["prompt"]) for line in lines[8:]}
@@ -72,7 +74,9 @@ def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
     args = cli_args(workspace, tmp_path / "a.jsonl")
     args[args.index("--coco_path") + 1] = str(images)
     question_file = workspace / "pope" / "coco_pope_random.json"
-    expected = f"image {images / 'img2.png'} is missing (question_id 5 of {question_file} asks about it); pass --skip-missing"
+    expected = (
+        f"image {images / 'img2.png'} is missing (question_id 5 of {question_file} asks about it); pass --skip-missing"
+    )
     with pytest.raises(InputError, match=re.escape(expected)):
         pope_eval_post.main(args)
     args[args.index("--answers-file") + 1] = str(tmp_path / "b.jsonl")
@@ -85,11 +89,28 @@ def test_score_only_and_compare(workspace, tmp_path, capsys):
     answers = tmp_path / "answers.jsonl"
     first = pope_eval_post.main(cli_args(workspace, answers))
     again = pope_eval_post.main(
-        ["--score-only", "--answers-file", str(answers), "--pope_path", str(workspace / "pope"), "--set", "all",
-         "--metrics-file", str(tmp_path / "again.json")]
+        [
+            "--score-only",
+            "--answers-file",
+            str(answers),
+            "--pope_path",
+            str(workspace / "pope"),
+            "--set",
+            "all",
+            "--metrics-file",
+            str(tmp_path / "again.json"),
+        ]
     )
     assert again == first
-    report_main(["--compare", f"base={tmp_path / 'answers_metrics.json'}", f"trained={tmp_path / 'again.json'}", "--chart", str(tmp_path / "c.png")])
+    report_main(
+        [
+            "--compare",
+            f"base={tmp_path / 'answers_metrics.json'}",
+            f"trained={tmp_path / 'again.json'}",
+            "--chart",
+            str(tmp_path / "c.png"),
+        ]
+    )
     table = capsys.readouterr().out
     assert "base" in table and "trained" in table and "mean F1" in table
     assert os.path.getsize(tmp_path / "c.png") > 1000
@@ -99,9 +120,20 @@ def test_torchrun_on_two_processes_writes_the_same_answers_as_one(workspace, tmp
     one = tmp_path / "one.jsonl"
     pope_eval_post.main(cli_args(workspace, one))
     two = tmp_path / "two.jsonl"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-               os.path.join(ROOT, "eval", "pope_eval_post.py"), *cli_args(workspace, two)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        os.path.join(ROOT, "eval", "pope_eval_post.py"),
+        *cli_args(workspace, two),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert open(two).read() == open(one).read()
 
@@ -110,7 +142,11 @@ def test_a_malformed_answer_line_before_the_end_is_named(tmp_path):
     from eval.answer_files import read_answers
 
     path = tmp_path / "answers.jsonl"
-    path.write_text('{"set": "random", "question_id": 1, "answer": "Yes"}\n{broken\n{"set": "random", "question_id": 2, "answer": "No"}\n')
+    first, last = (
+        '{"set": "random", "question_id": 1, "answer": "Yes"}',
+        '{"set": "random", "question_id": 2, "answer": "No"}',
+    )
+    path.write_text(f"{first}\n{{broken\n{last}\n")
     with pytest.raises(ValueError, match=r"answers.jsonl:2: not a JSON object"):
         read_answers([str(path)])
     path.write_text('{"set": "random", "answer": "Yes"}\n')

@@ -11,7 +11,12 @@ from eval import pope_eval_post
 from eval.answer_provenance import weights_fingerprint
 from post_decoder.errors import InputError
 from tests.conftest import add_noise, with_block
-from tests.pope_workspace import cli_args, read_lines, save_model, workspace  # noqa: F401  (a fixture)
+from tests.pope_workspace import (
+    cli_args,
+    read_lines,
+    save_model,
+    workspace_fixture,  # noqa: F401 (a fixture)
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +47,10 @@ def test_the_settings_file_says_what_wrote_the_answers(workspace, complete):
     "change, message",
     [
         (["--conv-mode", "llava_v1"], "conv_mode 'vicuna_v1' there, 'llava_v1' now"),
-        (["--prompt-suffix", "\nAnswer the question using a single word or phrase."], "prompt_suffix '' there, '\\nAnswer"),
+        (
+            ["--prompt-suffix", "\nAnswer the question using a single word or phrase."],
+            "prompt_suffix '' there, '\\nAnswer",
+        ),
         (["--max-new-tokens", "5"], "max_new_tokens 4 there, 5 now"),
     ],
 )
@@ -60,7 +68,10 @@ def test_resume_with_another_model_is_refused(plain_llava, llava_tokenizer, work
     answers = interrupted_copy(complete, tmp_path)
     args = cli_args(workspace, answers, "--resume")
     args[args.index("--model-path") + 1] = str(other)
-    with pytest.raises(InputError, match=r"weights '[0-9a-f]{16}' there, '[0-9a-f]{16}' now; model '.*model' there, '.*other_model' now"):
+    with pytest.raises(
+        InputError,
+        match=r"weights '[0-9a-f]{16}' there, '[0-9a-f]{16}' now; model '.*model' there, '.*other_model' now",
+    ):
         pope_eval_post.main(args)
 
 

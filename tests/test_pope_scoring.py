@@ -8,9 +8,26 @@ from eval.pope_scoring import parse_yes_no, score_answers
 from tests.conftest import shared_file
 
 AWKWARD_ANSWERS = [
-    "No, there is not.", "Yes.", "There is no dog", "not sure", "", "Yes, there is a dog.", "no",
-    "No", "Yes", "I think so. No wait", "There is a cat, not a dog.", "NO.", "Nope", "yes, no",
-    "The answer is: no.", "no.", " no", "Not", "unknown", "1. No",
+    "No, there is not.",
+    "Yes.",
+    "There is no dog",
+    "not sure",
+    "",
+    "Yes, there is a dog.",
+    "no",
+    "No",
+    "Yes",
+    "I think so. No wait",
+    "There is a cat, not a dog.",
+    "NO.",
+    "Nope",
+    "yes, no",
+    "The answer is: no.",
+    "no.",
+    " no",
+    "Not",
+    "unknown",
+    "1. No",
 ]
 
 
@@ -35,7 +52,10 @@ def official_evaluate(question_lines: list[str], answer_texts: list[str]) -> dic
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall),
         "yes_ratio": predictions.count(1) / len(predictions),
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
     }
 
 
@@ -57,8 +77,17 @@ def test_scoring_equals_the_official_script_on_the_real_question_files(set_name)
 
 @pytest.mark.parametrize(
     "answer, parsed",
-    [("No, there is not.", "no"), ("Yes.", "yes"), ("There is no dog", "no"), ("not sure", "no"), ("", "yes"),
-     ("NO.", "yes"), ("Yes. There is no cat.", "yes"), ("no.", "no"), ("Not", "yes")],
+    [
+        ("No, there is not.", "no"),
+        ("Yes.", "yes"),
+        ("There is no dog", "no"),
+        ("not sure", "no"),
+        ("", "yes"),
+        ("NO.", "yes"),
+        ("Yes. There is no cat.", "yes"),
+        ("no.", "no"),
+        ("Not", "yes"),
+    ],
 )
 def test_awkward_answers_parse_as_the_official_script_does(answer, parsed):
     assert parse_yes_no(answer) == parsed
@@ -81,8 +110,14 @@ def test_all_no_answers_give_zero_precision_not_a_crash():
     [
         ("{not json", r"questions.json:2: not a JSON object"),
         ('{"question_id": 9, "image": "a.jpg", "text": "Is there a cat?"}', r"questions.json:2: missing label"),
-        ('{"question_id": 9, "image": "a.jpg", "text": "Is there?", "label": "maybe"}', r"questions.json:2: label must be"),
-        ('{"question_id": 1, "image": "a.jpg", "text": "Is there?", "label": "no"}', r"questions.json:2: question_id 1 appears twice"),
+        (
+            '{"question_id": 9, "image": "a.jpg", "text": "Is there?", "label": "maybe"}',
+            r"questions.json:2: label must be",
+        ),
+        (
+            '{"question_id": 1, "image": "a.jpg", "text": "Is there?", "label": "no"}',
+            r"questions.json:2: question_id 1 appears twice",
+        ),
         ("[1, 2]", r"questions.json:2: expected a JSON object, got list"),
     ],
 )
