@@ -23,6 +23,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .conversation import SYSTEM_PROMPT
+from .tokenizer import LlavaLlamaTokenizer
 
 _TOKENIZER_CORPUS = [
     SYSTEM_PROMPT,
@@ -32,9 +33,14 @@ _TOKENIZER_CORPUS = [
 ]
 
 
-def train_tiny_tokenizer(directory: str, corpus: list[str] | None = None, vocab_size: int = 400):
+def train_tiny_tokenizer(
+    directory: str, corpus: list[str] | None = None, vocab_size: int = 400, remove_extra_whitespaces: bool = True
+):
     """Train a Llama-style SentencePiece BPE (byte fallback, <unk>=0, <s>=1, </s>=2) and save it
-    in Llama 2's layout (`tokenizer.model` + `tokenizer_config.json`). Returns the loaded tokenizer."""
+    in Llama 2's layout (`tokenizer.model` + `tokenizer_config.json`). Returns the loaded tokenizer.
+
+    remove_extra_whitespaces: SentencePiece's default, kept for the tiny models and the shipped toy model; Llama 2's
+    model says False (runs of spaces are kept), which the tokenization-fidelity tests need."""
     os.makedirs(directory, exist_ok=True)
     lines = list(corpus or _TOKENIZER_CORPUS)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
@@ -50,6 +56,7 @@ def train_tiny_tokenizer(directory: str, corpus: list[str] | None = None, vocab_
             split_digits=True,
             add_dummy_prefix=True,
             normalization_rule_name="identity",
+            remove_extra_whitespaces=remove_extra_whitespaces,
             unk_id=0,
             bos_id=1,
             eos_id=2,
@@ -202,11 +209,18 @@ def save_llava_hf(model: LlavaForConditionalGeneration, tokenizer, directory: st
 
 
 def save_original_llava(
-    model: LlavaForConditionalGeneration, text_vocab_size: int, tokenizer_directory: str, directory: str
+    model: LlavaForConditionalGeneration,
+    text_vocab_size: int,
+    tokenizer_directory: str,
+    directory: str,
+    sentencepiece: bool = False,
 ) -> str:
     """The original LLaVA-1.5 layout (`liuhaotian/llava-v1.5-7b`): `LlavaLlamaForCausalLM` weights in
     two `.bin` shards with an index, `model.mm_projector.{0,2}`, the text vocabulary only (no image
-    token), and the CLIP tower saved apart and named by `mm_vision_tower`."""
+    token), and the CLIP tower saved apart and named by `mm_vision_tower`.
+
+    sentencepiece: ship the tokenizer as the real folders do (`tokenizer.model` + `tokenizer_config.json`, which
+    `post_decoder.tokenizer.load_tokenizer` reads with LLaVA's slow ids); by default a `tokenizer.json` only."""
     os.makedirs(directory, exist_ok=True)
     tower_directory = save_clip_tower(model, os.path.join(directory, "clip_tower"))
     state = {}
@@ -256,7 +270,7 @@ def save_original_llava(
             "torch_dtype": "float32",
         },
     )
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_directory)
+    tokenizer = (LlavaLlamaTokenizer if sentencepiece else AutoTokenizer).from_pretrained(tokenizer_directory)
     tokenizer.save_pretrained(directory)
     return directory
 
