@@ -48,9 +48,19 @@ _HEAD = "lm_head.weight"
 # Besides its weights, what a model folder is made of. Anything else in a checkpoint's folder (POPE
 # results, training summaries, logs, *.bak) describes that model, not one written from it.
 MODEL_FOLDER_FILES = (
-    CONFIG, GENERATION_CONFIG_NAME, IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, CHAT_TEMPLATE_FILE,
-    LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE,
-    FULL_TOKENIZER_FILE, "tokenizer.model", "vocab.json", "merges.txt",
+    CONFIG,
+    GENERATION_CONFIG_NAME,
+    IMAGE_PROCESSOR_NAME,
+    PROCESSOR_NAME,
+    CHAT_TEMPLATE_FILE,
+    LEGACY_PROCESSOR_CHAT_TEMPLATE_FILE,
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    ADDED_TOKENS_FILE,
+    FULL_TOKENIZER_FILE,
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
 )
 
 ORIGINAL, LLAVA_HF_HUB, LLAVA_HF = "original LLaVA-1.5", "llava-hf (hub keys)", "llava-hf (transformers 5 keys)"
@@ -62,8 +72,16 @@ _HUB_PREFIXES = (
     ("multi_modal_projector.", "model.multi_modal_projector."),
 )
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -139,7 +157,11 @@ class CheckpointFolder:
         return sorted({*present, *self.weight_files, *([self.index_name] if self.index_name else [])})
 
     def rewrite(
-        self, updates: dict[str, torch.Tensor], config: dict | None, output: str | None = None, overwrite_backup: bool = False
+        self,
+        updates: dict[str, torch.Tensor],
+        config: dict | None,
+        output: str | None = None,
+        overwrite_backup: bool = False,
     ) -> list[str]:
         """Store `updates` (our names; new keys are added) and, if given, a new config.json.
 
@@ -180,7 +202,9 @@ class CheckpointFolder:
         if named in _INDEXES:
             return named, self._index_files(named)
         if named is not None and not named.endswith(_WEIGHT_SUFFIXES):
-            raise InputError(f"{os.path.join(self.folder, named)} is neither a weight file (.safetensors, .bin) nor an index")
+            raise InputError(
+                f"{os.path.join(self.folder, named)} is neither a weight file (.safetensors, .bin) nor an index"
+            )
         indexes = [name for name in _INDEXES if os.path.isfile(os.path.join(self.folder, name))]
         if named is not None:
             indexes = [name for name in indexes if named.endswith(_INDEXES[name])]
@@ -193,7 +217,9 @@ class CheckpointFolder:
             return None, [named]
         singles = [name for name in _SINGLE_FILES if os.path.isfile(os.path.join(self.folder, name))]
         if not singles:
-            raise MissingCheckpointFile(f"no weights in {self.folder}: expected one of {', '.join([*_INDEXES, *_SINGLE_FILES])}")
+            raise MissingCheckpointFile(
+                f"no weights in {self.folder}: expected one of {', '.join([*_INDEXES, *_SINGLE_FILES])}"
+            )
         return None, singles[:1]
 
     def _index_files(self, index_name: str) -> list[str]:
@@ -201,7 +227,9 @@ class CheckpointFolder:
             files = sorted(set(json.load(handle)["weight_map"].values()))
         absent = [name for name in files if not os.path.isfile(os.path.join(self.folder, name))]
         if absent:
-            raise MissingCheckpointFile(f"{os.path.join(self.folder, index_name)} names shards that are not there: {', '.join(absent)}")
+            raise MissingCheckpointFile(
+                f"{os.path.join(self.folder, index_name)} names shards that are not there: {', '.join(absent)}"
+            )
         return files
 
     def _check_index(self, files: list[str]):
@@ -211,7 +239,9 @@ class CheckpointFolder:
         if wrong:
             raise InputError(
                 f"{os.path.join(self.folder, self.index_name)} does not match its shards: "
-                + ", ".join(f"{key} (index: {indexed[key]}, found in: {self.weight_map.get(key)})" for key in wrong[:5])
+                + ", ".join(
+                    f"{key} (index: {indexed[key]}, found in: {self.weight_map.get(key)})" for key in wrong[:5]
+                )
             )
 
     def _detect_layout(self) -> str:
@@ -221,7 +251,9 @@ class CheckpointFolder:
             return LLAVA_HF_HUB
         if any(key.startswith("model.language_model.") for key in self._specs):
             return LLAVA_HF
-        raise InputError(f"{self.folder} is not a LLaVA-1.5 checkpoint: no language_model.* or model.language_model.* keys")
+        raise InputError(
+            f"{self.folder} is not a LLaVA-1.5 checkpoint: no language_model.* or model.language_model.* keys"
+        )
 
     def _our_name(self, key: str) -> str:
         if self.layout == ORIGINAL:
@@ -251,7 +283,9 @@ def _nbytes(shape, dtype: torch.dtype) -> int:
 def write_weight_file(state: dict[str, torch.Tensor], path: str, metadata: dict | None = None):
     """Write one weight file in the format its name's suffix says."""
     if path.endswith(".safetensors"):
-        save_file({key: tensor.contiguous() for key, tensor in state.items()}, path, metadata=metadata or {"format": "pt"})
+        save_file(
+            {key: tensor.contiguous() for key, tensor in state.items()}, path, metadata=metadata or {"format": "pt"}
+        )
     else:
         torch.save(state, path)
 
@@ -325,7 +359,8 @@ def _keep_backup(path: str):
 
 
 def write_new_folder(source: str, output: str, writers: dict, keep: list[str]):
-    """A new folder `output`: the files `keep` of `source` copied, except those that `writers` write; all or nothing."""
+    """A new folder `output`: the files `keep` of `source` copied, except those that `writers` write;
+    all or nothing."""
     check_new_folder(output, "--output")
     output = os.path.abspath(output)
     if output.startswith(os.path.abspath(source) + os.sep):

@@ -33,9 +33,20 @@ from .saving import check_new_folder, listing, load_sharded_state_dict, load_sta
 
 # Keys of an original config.json that describe LLaVA's multimodal parts, not the Llama LLM.
 _LLAVA_ONLY_KEYS = {
-    "architectures", "model_type", "image_aspect_ratio", "image_grid_pinpoints", "tune_mm_mlp_adapter",
-    "freeze_mm_mlp_adapter", "use_mm_proj", "tokenizer_model_max_length", "tokenizer_padding_side",
-    "unfreeze_mm_vision_tower", "_name_or_path", "transformers_version", "torch_dtype", "mm_vision_tower",
+    "architectures",
+    "model_type",
+    "image_aspect_ratio",
+    "image_grid_pinpoints",
+    "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter",
+    "use_mm_proj",
+    "tokenizer_model_max_length",
+    "tokenizer_padding_side",
+    "unfreeze_mm_vision_tower",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "mm_vision_tower",
     "post_decoder_config",
 }
 _PROJECTOR_RENAMES = {
@@ -114,7 +125,8 @@ def read_original_config(model_path: str) -> dict:
     model_type = config.get("model_type")
     if model_type in ("llava", LlavaPostDecoderConfig.model_type):
         raise InputError(
-            f"--model-path {model_path} is already in the llava-hf format (config.json has model_type {model_type!r}): "
+            f"--model-path {model_path} is already in the llava-hf format "
+            f"(config.json has model_type {model_type!r}): "
             "load it directly (as --model-path of the other commands, or with from_pretrained); nothing to convert"
         )
     raise InputError(
@@ -150,7 +162,9 @@ def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch
         if not name.endswith("rotary_emb.inv_freq")  # a buffer that old Llama code saved; recomputed at init
     }
     if not any(name.startswith("model.vision_tower.") for name in state):
-        tower, info = CLIPVisionModel.from_pretrained(original["mm_vision_tower"], dtype=dtype, output_loading_info=True)
+        tower, info = CLIPVisionModel.from_pretrained(
+            original["mm_vision_tower"], dtype=dtype, output_loading_info=True
+        )
         if info["missing_keys"] or info["mismatched_keys"]:
             raise InputError(
                 f"vision tower {original['mm_vision_tower']} (mm_vision_tower of {model_path}) is incomplete:\n"

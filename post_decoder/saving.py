@@ -51,7 +51,9 @@ def load_sharded_state_dict(model_path: str) -> dict[str, torch.Tensor]:
         path = cached_file(model_path, name, _raise_exceptions_for_missing_entries=False)
         if path:
             return read_weight_file(path)
-    raise MissingCheckpointFile(f"no weights in {model_path}: expected one of {', '.join(_SHARD_INDEXES + _SINGLE_FILES)}")
+    raise MissingCheckpointFile(
+        f"no weights in {model_path}: expected one of {', '.join(_SHARD_INDEXES + _SINGLE_FILES)}"
+    )
 
 
 def read_weight_file(path: str) -> dict[str, torch.Tensor]:
@@ -64,7 +66,6 @@ def read_weight_file(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise InputError(f"{path} is not a state dict (a dict of name -> tensor)")
     return state
-
 
 
 @contextmanager
@@ -146,7 +147,9 @@ def save_post_decoder(block: PostInteractionBlock, directory: str):
 
 
 def is_post_decoder_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, POST_DECODER_CONFIG)) and not os.path.isfile(os.path.join(path, "config.json"))
+    return os.path.isfile(os.path.join(path, POST_DECODER_CONFIG)) and not os.path.isfile(
+        os.path.join(path, "config.json")
+    )
 
 
 def read_post_decoder_config(directory: str) -> PostDecoderConfig:
@@ -173,7 +176,10 @@ def check_state_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.T
     )
     if missing or unexpected or mis_shaped:
         raise InputError(
-            f"{problem}:\n" + listing("missing", missing) + listing("unexpected", unexpected) + listing("mis-shaped", mis_shaped)
+            f"{problem}:\n"
+            + listing("missing", missing)
+            + listing("unexpected", unexpected)
+            + listing("mis-shaped", mis_shaped)
         )
 
 

@@ -49,8 +49,14 @@ PEFT_PREFIX = "base_model.model."  # names saved under PEFT; LLaVA's builder str
 BLOCK_PREFIX = "post_decoder."
 HEAD = "lm_head.weight"
 _BLOCK_SHAPE_FIELDS = (
-    "variant", "vision_source", "num_layers", "hidden_size", "vision_hidden_size", "num_attention_heads",
-    "intermediate_size", "rms_norm_eps",
+    "variant",
+    "vision_source",
+    "num_layers",
+    "hidden_size",
+    "vision_hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "rms_norm_eps",
 )
 
 
@@ -60,7 +66,11 @@ class Stage:
     replaces_head: bool
 
 
-STAGES = {0: Stage(adds_block=True, replaces_head=True), 1: Stage(adds_block=True, replaces_head=False), 2: Stage(adds_block=False, replaces_head=True)}
+STAGES = {
+    0: Stage(adds_block=True, replaces_head=True),
+    1: Stage(adds_block=True, replaces_head=False),
+    2: Stage(adds_block=False, replaces_head=True),
+}
 
 
 class StageWeightsError(InputError):
@@ -95,14 +105,20 @@ class MergeReport:
         plan, rules = self.plan, STAGES[self.stage]
         lines = [f"stage {self.stage} -> {self.destination}"]
         if plan.block_config is not None:
-            lines.append(f"  added the block ({plan.block_config.variant}, {plan.block_config.num_layers} layer(s)): {len(plan.added)} tensors")
+            lines.append(
+                f"  added the block ({plan.block_config.variant}, {plan.block_config.num_layers} layer(s)): "
+                f"{len(plan.added)} tensors"
+            )
         blocks = [name for name in plan.replaced if name.startswith(BLOCK_PREFIX)]
         if blocks:
             lines.append(f"  replaced the block: {len(blocks)} tensors")
         lines.append(f"  {'replaced' if rules.replaces_head else 'kept'} {HEAD}")
         others = [name for name in plan.replaced if not name.startswith(BLOCK_PREFIX) and name != HEAD]
         if others:
-            lines.append(f"  replaced {len(others)} other trained tensors: {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}")
+            lines.append(
+                f"  replaced {len(others)} other trained tensors: "
+                f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''}"
+            )
         if self.written:
             lines.append(f"  wrote: {', '.join(self.written)}")
         if self.backups:
@@ -185,7 +201,10 @@ def plan_merge(
             errors.append(f"stage {stage} adds a block, but the trained weights hold no {BLOCK_PREFIX}* tensors")
         if trained.block_config is None:
             expected_config = os.path.join(os.path.dirname(trained.path), POST_DECODER_CONFIG)
-            errors.append(f"stage {stage} adds a block, but its config {expected_config} is missing (or pass --post_decoder_config)")
+            errors.append(
+                f"stage {stage} adds a block, but its config {expected_config} is missing "
+                "(or pass --post_decoder_config)"
+            )
         if target_block:
             errors.append(
                 f"the checkpoint already holds a block ({target_block[0]} in {target[target_block[0]].file}): "
@@ -194,25 +213,42 @@ def plan_merge(
         if block and trained.block_config is not None and not target_block:
             block_config = trained.block_config.resolved_for(llava_config())
             shapes = _block_shapes(block_config)
-            missing += [f"{name} (the block of {trained.block_config_path} has it)" for name in sorted(set(shapes) - set(block))]
-            unexpected += [f"{name} (not in the block of {trained.block_config_path})" for name in sorted(set(block) - set(shapes))]
+            missing += [
+                f"{name} (the block of {trained.block_config_path} has it)"
+                for name in sorted(set(shapes) - set(block))
+            ]
+            unexpected += [
+                f"{name} (not in the block of {trained.block_config_path})"
+                for name in sorted(set(block) - set(shapes))
+            ]
             described = f"the block of {trained.block_config_path}"
             destinations.update({name: (shapes[name], added_dtype, described) for name in block if name in shapes})
     elif block:
         if not target_block:
-            errors.append("stage 2 replaces the block, but the checkpoint holds none: merge the stage-1 weights first (--tune_stage 1)")
+            errors.append(
+                "stage 2 replaces the block, but the checkpoint holds none: "
+                "merge the stage-1 weights first (--tune_stage 1)"
+            )
         else:
             missing += [f"{name} (in {target[name].file})" for name in sorted(set(target_block) - set(block))]
-            unexpected += [f"{name} (the checkpoint's block has no such tensor)" for name in sorted(set(block) - set(target_block))]
+            unexpected += [
+                f"{name} (the checkpoint's block has no such tensor)"
+                for name in sorted(set(block) - set(target_block))
+            ]
             if trained.block_config is not None and target_block_config is not None:
                 difference = _block_difference(trained.block_config, target_block_config)
                 if difference:
-                    errors.append(f"the trained block ({trained.block_config_path}) is not the checkpoint's: {difference}")
+                    errors.append(
+                        f"the trained block ({trained.block_config_path}) is not the checkpoint's: {difference}"
+                    )
 
     if rules.replaces_head and HEAD not in trained.state:
         errors.append(f"stage {stage} replaces {HEAD}, but the trained weights hold none")
     if not rules.replaces_head and HEAD in trained.state:
-        errors.append(f"stage {stage} keeps the checkpoint's head, but the trained weights hold {HEAD}: --tune_stage 0 adds the block and replaces the head")
+        errors.append(
+            f"stage {stage} keeps the checkpoint's head, but the trained weights hold {HEAD}: "
+            "--tune_stage 0 adds the block and replaces the head"
+        )
 
     for name in trained.state:
         if name in target and name not in destinations:
@@ -265,7 +301,9 @@ def _block_difference(trained: PostDecoderConfig, existing: PostDecoderConfig) -
     differences = [
         f"{key} {getattr(trained, key)!r} vs {getattr(existing, key)!r}"
         for key in _BLOCK_SHAPE_FIELDS
-        if getattr(trained, key) is not None and getattr(existing, key) is not None and getattr(trained, key) != getattr(existing, key)
+        if getattr(trained, key) is not None
+        and getattr(existing, key) is not None
+        and getattr(trained, key) != getattr(existing, key)
     ]
     return ", ".join(differences)
 
@@ -320,7 +358,11 @@ def _checkpoint_block_config(checkpoint: CheckpointFolder, target: dict[str, Ten
     if bool(values) != has_weights:
         raise InputError(
             f"{checkpoint.folder} is inconsistent: config.json "
-            + ("has a post_decoder_config but the weights hold no block" if values else "has no post_decoder_config but the weights hold a block")
+            + (
+                "has a post_decoder_config but the weights hold no block"
+                if values
+                else "has no post_decoder_config but the weights hold a block"
+            )
         )
     return PostDecoderConfig.from_dict(values) if values else None
 

@@ -36,9 +36,17 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2]
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
     )
-    parser.add_argument("--tune_stage", type=int, required=True, choices=sorted(STAGES), help="0: add block, replace head; 1: add block, keep head; 2: replace block and head")
+    parser.add_argument(
+        "--tune_stage",
+        type=int,
+        required=True,
+        choices=sorted(STAGES),
+        help="0: add block, replace head; 1: add block, keep head; 2: replace block and head",
+    )
     parser.add_argument(
         "--path_model_state_dict",
         required=True,
@@ -48,14 +56,35 @@ def parse_args(argv=None):
     parser.add_argument(
         "--path_non_lora_state_dict",
         required=True,
-        help="the trained weights: a trainer checkpoint folder, trainable_weights.safetensors or non_lora_trainables.bin",
+        help="the trained weights: a trainer checkpoint folder, "
+        "trainable_weights.safetensors or non_lora_trainables.bin",
     )
-    parser.add_argument("--post_decoder_config", default=None, help="the block's config (default: post_decoder_config.json beside the trained weights)")
-    parser.add_argument("--output", default=None, help="a new folder to write to (required with --merge); default: rewrite in place, keeping *.bak")
-    parser.add_argument("--overwrite_backup", action="store_true", help="in place: replace *.bak files left by an earlier run")
-    parser.add_argument("--cast_dtype", action="store_true", help="store trained tensors in the checkpoint's dtype (rounds them); default: a dtype difference is an error")
-    parser.add_argument("--merge", action="store_true", help="write a complete model folder (any base format) instead of rewriting the base's files")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="--merge: the folder's dtype (default: the base's)")
+    parser.add_argument(
+        "--post_decoder_config",
+        default=None,
+        help="the block's config (default: post_decoder_config.json beside the trained weights)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="a new folder to write to (required with --merge); default: rewrite in place, keeping *.bak",
+    )
+    parser.add_argument(
+        "--overwrite_backup", action="store_true", help="in place: replace *.bak files left by an earlier run"
+    )
+    parser.add_argument(
+        "--cast_dtype",
+        action="store_true",
+        help="store trained tensors in the checkpoint's dtype (rounds them); default: a dtype difference is an error",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="write a complete model folder (any base format) instead of rewriting the base's files",
+    )
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), help="--merge: the folder's dtype (default: the base's)"
+    )
     parser.add_argument("--dry_run", action="store_true", help="check and report, write nothing")
     args = parser.parse_args(argv)
     if args.merge and args.output is None:

@@ -56,7 +56,9 @@ def follows_official_distribution(rows, embedding_rows) -> bool:
     count, width = whitened.shape
     second_moment = whitened.pow(2).mean().item()
     mean_statistic = (count * whitened.mean(dim=0).pow(2).sum()).item()
-    return abs(second_moment - 1) < 6 * math.sqrt(2 / (count * width)) and mean_statistic < width + 6 * math.sqrt(2 * width)
+    return abs(second_moment - 1) < 6 * math.sqrt(2 / (count * width)) and mean_statistic < width + 6 * math.sqrt(
+        2 * width
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +121,27 @@ OFFICIAL_CONFIG = {
     "image_seq_length": 576,  # its default, the CLIP-L/336 tower's (336 / 14) ** 2; ours derives it from the tower
 }
 OFFICIAL_TEXT_CONFIG = {
-    "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 16,
-    "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 128,
-    "max_position_embeddings": 1024, "mlp_bias": False, "model_type": "llama", "num_attention_heads": 4,
-    "num_hidden_layers": 2, "num_key_value_heads": 4, "pad_token_id": 0, "pretraining_tp": 1, "rms_norm_eps": 1e-05,
-    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": False, "use_cache": True,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "head_dim": 16,
+    "hidden_act": "silu",
+    "hidden_size": 64,
+    "initializer_range": 0.02,
+    "intermediate_size": 128,
+    "max_position_embeddings": 1024,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 4,
+    "pad_token_id": 0,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    "tie_word_embeddings": False,
+    "use_cache": True,
     "vocab_size": 32064,
 }
 OFFICIAL_GENERATION_CONFIG = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32001}
@@ -137,7 +155,15 @@ def assert_official_values(folder, text_vocab, official_config, official_text_co
     vision = config["vision_config"]
     assert config["image_seq_length"] == (vision["image_size"] // vision["patch_size"]) ** 2
     assert config["model_type"] == "llava_post_decoder" and config["post_decoder_config"] is None
-    ignored = {"image_seq_length", "model_type", "architectures", "dtype", "transformers_version", "vision_config", "text_config"}
+    ignored = {
+        "image_seq_length",
+        "model_type",
+        "architectures",
+        "dtype",
+        "transformers_version",
+        "vision_config",
+        "text_config",
+    }
     assert {key: value for key, value in config.items() if key not in ignored | {"post_decoder_config"}} == {
         key: value for key, value in official_config.items() if key not in ignored
     }
@@ -160,12 +186,18 @@ def test_config_and_tokens_are_the_official_scripts_on_llama2s_vocabulary(tmp_pa
     original = save_original_llava(make_tiny_llava(32000), 32000, tokenizer_dir, str(tmp_path / "original"))
     convert_main(["--model-path", original, "--out", str(tmp_path / "converted"), "--dtype", "float32"])
     assert_official_values(
-        str(tmp_path / "converted"), 32000, OFFICIAL_CONFIG, OFFICIAL_TEXT_CONFIG, OFFICIAL_GENERATION_CONFIG,
+        str(tmp_path / "converted"),
+        32000,
+        OFFICIAL_CONFIG,
+        OFFICIAL_TEXT_CONFIG,
+        OFFICIAL_GENERATION_CONFIG,
         OFFICIAL_ADDED_TOKENS,
     )
 
 
-def test_config_and_tokens_follow_the_official_rules_on_any_vocabulary(plain_llava, text_vocab_size, tokenizer_dir, tmp_path):
+def test_config_and_tokens_follow_the_official_rules_on_any_vocabulary(
+    plain_llava, text_vocab_size, tokenizer_dir, tmp_path
+):
     """The official script writes 32000 and 32001: for another vocabulary V, the same rules give V and V + 1."""
     original = save_original_llava(plain_llava, text_vocab_size, tokenizer_dir, str(tmp_path / "original"))
     convert_main(["--model-path", original, "--out", str(tmp_path / "converted"), "--dtype", "float32"])

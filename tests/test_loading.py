@@ -45,7 +45,9 @@ def test_original_and_llava_hf_formats_load_to_identical_logits(original_folder,
     assert torch.equal(logits(from_original, tokenizer), logits(from_hf, converted_tokenizer))
 
 
-def test_original_conversion_keeps_every_trained_weight(plain_llava, llava_tokenizer, original_folder, text_vocab_size):
+def test_original_conversion_keeps_every_trained_weight(
+    plain_llava, llava_tokenizer, original_folder, text_vocab_size
+):
     _, converted, _, _ = load_pretrained_model(original_folder)
     source = plain_llava.state_dict()
     for name, tensor in converted.state_dict().items():
@@ -125,7 +127,9 @@ def test_a_block_of_the_wrong_shape_or_with_missing_keys_is_an_error(plain_llava
         load_pretrained_model(str(tmp_path / "shape"), model_base=base)
 
     save_post_decoder(model.post_decoder, str(tmp_path / "extra"))
-    corrupt_block_file(str(tmp_path / "extra"), lambda state: state.update({"layers.1.mlp.up_proj.weight": torch.zeros(1)}))
+    corrupt_block_file(
+        str(tmp_path / "extra"), lambda state: state.update({"layers.1.mlp.up_proj.weight": torch.zeros(1)})
+    )
     with pytest.raises(ValueError, match=r"unexpected \(1\):\n    layers.1.mlp.up_proj.weight"):
         load_pretrained_model(str(tmp_path / "extra"), model_base=base)
 
@@ -196,7 +200,9 @@ def test_a_config_that_is_not_llava_is_named(tmp_path):
 def test_variant_names_and_configs_both_attach(plain_llava, llava_tokenizer, tmp_path):
     base = save_llava_hf(plain_llava, llava_tokenizer, str(tmp_path / "base"))
     _, by_name, _, _ = load_pretrained_model(base, post_decoder="no_cross_attn")
-    _, by_config, _, _ = load_pretrained_model(base, post_decoder=PostDecoderConfig(num_layers=2, intermediate_size=40))
+    _, by_config, _, _ = load_pretrained_model(
+        base, post_decoder=PostDecoderConfig(num_layers=2, intermediate_size=40)
+    )
     assert by_name.post_decoder.config.variant == "no_cross_attn"
     assert by_config.post_decoder.config.intermediate_size == 40
 

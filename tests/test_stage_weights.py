@@ -51,7 +51,10 @@ def to_transformers5_keys(folder, model):
     weight_map = {}
     for number, start in enumerate(range(0, len(names), len(names) // 3 + 1), 1):
         shard = f"model-{number:05d}-of-00003.safetensors"
-        save_file({name: model.state_dict()[name].clone() for name in names[start : start + len(names) // 3 + 1]}, os.path.join(folder, shard))
+        save_file(
+            {name: model.state_dict()[name].clone() for name in names[start : start + len(names) // 3 + 1]},
+            os.path.join(folder, shard),
+        )
         weight_map.update({name: shard for name in names[start : start + len(names) // 3 + 1]})
     total = sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as handle:
@@ -72,7 +75,9 @@ def llava_hf_folder(plain, tokenizer, folder, checkpoint_format):
 @pytest.fixture(scope="module")
 def bases(plain_llava, llava_tokenizer, text_vocab_size, tokenizer_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("bases")
-    folders = {fmt: llava_hf_folder(plain_llava, llava_tokenizer, str(root / f"hf{i}"), fmt) for i, fmt in enumerate(FORMATS)}
+    folders = {
+        fmt: llava_hf_folder(plain_llava, llava_tokenizer, str(root / f"hf{i}"), fmt) for i, fmt in enumerate(FORMATS)
+    }
     folders["single safetensors file"] = save_llava_hf(plain_llava, llava_tokenizer, str(root / "single"))
     folders["original"] = save_original_llava(plain_llava, text_vocab_size, tokenizer_dir, str(root / "original"))
     return folders
@@ -91,7 +96,11 @@ def trainer_checkpoint(folder, model, names, peft_prefix=False):
     and post_decoder_config.json when a block was trained."""
     os.makedirs(folder, exist_ok=True)
     prefix = "base_model.model." if peft_prefix else ""
-    state = {prefix + name: tensor.detach().clone().contiguous() for name, tensor in model.state_dict().items() if name in names}
+    state = {
+        prefix + name: tensor.detach().clone().contiguous()
+        for name, tensor in model.state_dict().items()
+        if name in names
+    }
     save_file(state, os.path.join(folder, "trainable_weights.safetensors"), metadata={"format": "pt"})
     torch.save(state, os.path.join(folder, "non_lora_trainables.bin"))
     if any(name.startswith("post_decoder.") for name in names):
@@ -156,7 +165,9 @@ def snapshot(*folders):
 
 
 @pytest.mark.parametrize("checkpoint_format", FORMATS)
-def test_stage_1_then_stage_2_give_the_trained_model(plain_llava, llava_tokenizer, base_copy, tmp_path, checkpoint_format):
+def test_stage_1_then_stage_2_give_the_trained_model(
+    plain_llava, llava_tokenizer, base_copy, tmp_path, checkpoint_format
+):
     base = base_copy(checkpoint_format)
     stage1 = trained_stage(with_block(plain_llava, "post_interaction"), seed=1, with_head=False)
     run1 = trainer_checkpoint(tmp_path / "run1", stage1, block_names(stage1))
@@ -168,7 +179,9 @@ def test_stage_1_then_stage_2_give_the_trained_model(plain_llava, llava_tokenize
     assert {name for name in stage1_files if name.startswith("post_decoder.")} == block_names(stage1)
     with open(tmp_path / "stage1" / "config.json") as handle:
         config = json.load(handle)
-    assert config["model_type"] == "llava_post_decoder" and config["post_decoder_config"]["variant"] == "post_interaction"
+    assert (
+        config["model_type"] == "llava_post_decoder" and config["post_decoder_config"]["variant"] == "post_interaction"
+    )
     index = "pytorch_model.bin.index.json" if checkpoint_format.startswith("bin") else "model.safetensors.index.json"
     with open(tmp_path / "stage1" / index) as handle:
         total_size = json.load(handle)["metadata"]["total_size"]
@@ -183,7 +196,9 @@ def test_stage_1_then_stage_2_give_the_trained_model(plain_llava, llava_tokenize
 
 
 @pytest.mark.parametrize("checkpoint_format", ["bin shards, hub keys", "single safetensors file"])
-def test_stage_0_adds_the_block_and_replaces_the_head(plain_llava, llava_tokenizer, base_copy, tmp_path, checkpoint_format):
+def test_stage_0_adds_the_block_and_replaces_the_head(
+    plain_llava, llava_tokenizer, base_copy, tmp_path, checkpoint_format
+):
     base = base_copy(checkpoint_format)
     trained = trained_stage(with_block(plain_llava, "align_linear", num_layers=2), seed=5, with_head=True)
     run = trainer_checkpoint(tmp_path / "run", trained, block_names(trained) | {"lm_head.weight"})
@@ -192,7 +207,9 @@ def test_stage_0_adds_the_block_and_replaces_the_head(plain_llava, llava_tokeniz
     assert_loads_as(base, trained, llava_tokenizer)
 
 
-def test_stage_2_also_replaces_a_trained_projector_and_strips_the_peft_prefix(plain_llava, llava_tokenizer, base_copy, tmp_path):
+def test_stage_2_also_replaces_a_trained_projector_and_strips_the_peft_prefix(
+    plain_llava, llava_tokenizer, base_copy, tmp_path
+):
     base = base_copy("safetensors shards, hub keys")
     stage1 = trained_stage(with_block(plain_llava, "post_interaction"), seed=1, with_head=False)
     replace_bin(1, base, trainer_checkpoint(tmp_path / "run1", stage1, block_names(stage1)))
@@ -200,7 +217,9 @@ def test_stage_2_also_replaces_a_trained_projector_and_strips_the_peft_prefix(pl
     trained = trained_stage(loaded, seed=2, with_head=True)
     add_noise(trained.model.multi_modal_projector, 0.1, seed=4)
     projector = {name for name in trained.state_dict() if "multi_modal_projector" in name}
-    run2 = trainer_checkpoint(tmp_path / "run2", trained, block_names(trained) | {"lm_head.weight"} | projector, peft_prefix=True)
+    run2 = trainer_checkpoint(
+        tmp_path / "run2", trained, block_names(trained) | {"lm_head.weight"} | projector, peft_prefix=True
+    )
     report = replace_bin(2, base, run2, overwrite_backup=True)  # stage 1 left its backups
     assert projector <= set(report.plan.replaced)
     assert_loads_as(base, trained, llava_tokenizer)
@@ -223,7 +242,10 @@ def test_original_llava_stage_1_in_place_then_stage_2_by_merge(plain_llava, llav
     run2 = trainer_checkpoint(tmp_path / "run2", stage2, block_names(stage2) | {"lm_head.weight"})
     snapshot_before = snapshot(base)
     # The trained head has the converted vocabulary: the original layout cannot take it in place.
-    with pytest.raises(StageWeightsError, match=r"lm_head.weight: trained \(\d+, 64\) vs \(\d+, 64\) in .*pytorch_model-00001-of-00002.bin"):
+    with pytest.raises(
+        StageWeightsError,
+        match=r"lm_head.weight: trained \(\d+, 64\) vs \(\d+, 64\) in .*pytorch_model-00001-of-00002.bin",
+    ):
         replace_bin(2, base, run2)
     assert snapshot(base) == snapshot_before
     merge(2, base, run2, str(tmp_path / "merged"))
@@ -234,15 +256,37 @@ def test_merge_command_writes_a_complete_folder_from_each_stage(plain_llava, lla
     stage1 = trained_stage(with_block(plain_llava, "post_interaction"), seed=1, with_head=False)
     run1 = trainer_checkpoint(tmp_path / "run1", stage1, block_names(stage1))
     before = snapshot(bases["bin shards, hub keys"], run1)
-    replace_bin_main(["--merge", "--tune_stage", "1", "--path_model_state_dict", bases["bin shards, hub keys"],
-                      "--path_non_lora_state_dict", run1, "--output", str(tmp_path / "merged1")])
+    replace_bin_main(
+        [
+            "--merge",
+            "--tune_stage",
+            "1",
+            "--path_model_state_dict",
+            bases["bin shards, hub keys"],
+            "--path_non_lora_state_dict",
+            run1,
+            "--output",
+            str(tmp_path / "merged1"),
+        ]
+    )
     assert snapshot(bases["bin shards, hub keys"], run1) == before
     loaded = assert_loads_as(str(tmp_path / "merged1"), stage1, llava_tokenizer)
 
     stage2 = trained_stage(loaded, seed=3, with_head=True)
     run2 = trainer_checkpoint(tmp_path / "run2", stage2, block_names(stage2) | {"lm_head.weight"})
-    replace_bin_main(["--merge", "--tune_stage", "2", "--path_model_state_dict", str(tmp_path / "merged1"),
-                      "--path_non_lora_state_dict", run2, "--output", str(tmp_path / "merged2")])
+    replace_bin_main(
+        [
+            "--merge",
+            "--tune_stage",
+            "2",
+            "--path_model_state_dict",
+            str(tmp_path / "merged1"),
+            "--path_non_lora_state_dict",
+            run2,
+            "--output",
+            str(tmp_path / "merged2"),
+        ]
+    )
     assert_loads_as(str(tmp_path / "merged2"), stage2, llava_tokenizer)
 
 
@@ -261,14 +305,38 @@ def edit_trained(run, edit):
 @pytest.mark.parametrize(
     "stage, edit, message",
     [
-        (1, lambda s: s.pop("post_decoder.layers.0.mlp.up_proj.weight"), r"missing block tensors \(1\):\n    post_decoder.layers.0.mlp.up_proj.weight"),
-        (1, lambda s: s.update({"post_decoder.align.linear_1.bias": torch.zeros(3)}), r"post_decoder.align.linear_1.bias: trained \(3,\) vs \(64,\) in the block of .*post_decoder_config.json"),
-        (1, lambda s: s.update({"model.language_model.extra.weight": torch.zeros(2)}), r"unexpected trained tensors \(1\):\n    model.language_model.extra.weight \(not in the checkpoint\)"),
-        (1, lambda s: s.update({"post_decoder.layers.3.mlp.up_proj.weight": torch.zeros(2)}), r"post_decoder.layers.3.mlp.up_proj.weight \(not in the block of .*post_decoder_config.json\)"),
-        (1, lambda s: s.update({"lm_head.weight": torch.zeros(448, 64)}), r"stage 1 keeps the checkpoint's head, but the trained weights hold lm_head.weight"),
+        (
+            1,
+            lambda s: s.pop("post_decoder.layers.0.mlp.up_proj.weight"),
+            r"missing block tensors \(1\):\n    post_decoder.layers.0.mlp.up_proj.weight",
+        ),
+        (
+            1,
+            lambda s: s.update({"post_decoder.align.linear_1.bias": torch.zeros(3)}),
+            r"post_decoder.align.linear_1.bias: trained \(3,\) vs \(64,\) in the block of .*post_decoder_config.json",
+        ),
+        (
+            1,
+            lambda s: s.update({"model.language_model.extra.weight": torch.zeros(2)}),
+            r"unexpected trained tensors \(1\):\n    model.language_model.extra.weight \(not in the checkpoint\)",
+        ),
+        (
+            1,
+            lambda s: s.update({"post_decoder.layers.3.mlp.up_proj.weight": torch.zeros(2)}),
+            r"post_decoder.layers.3.mlp.up_proj.weight \(not in the block of .*post_decoder_config.json\)",
+        ),
+        (
+            1,
+            lambda s: s.update({"lm_head.weight": torch.zeros(448, 64)}),
+            r"stage 1 keeps the checkpoint's head, but the trained weights hold lm_head.weight",
+        ),
         (0, lambda s: None, r"stage 0 replaces lm_head.weight, but the trained weights hold none"),
         (2, lambda s: None, r"stage 2 replaces the block, but the checkpoint holds none"),
-        (1, lambda s: s.update({"post_decoder.align.linear_1.bias": s["post_decoder.align.linear_1.bias"].half()}), None),
+        (
+            1,
+            lambda s: s.update({"post_decoder.align.linear_1.bias": s["post_decoder.align.linear_1.bias"].half()}),
+            None,
+        ),
     ],
 )
 def test_bad_trained_weights_are_named_and_nothing_is_written(plain_llava, base_copy, tmp_path, stage, edit, message):
@@ -303,17 +371,24 @@ def test_a_missing_block_config_is_named(plain_llava, base_copy, tmp_path):
     assert snapshot(base, run) == before
 
 
-def test_stage_2_dtype_and_shape_differences_are_refused_unless_cast(plain_llava, llava_tokenizer, base_copy, tmp_path):
+def test_stage_2_dtype_and_shape_differences_are_refused_unless_cast(
+    plain_llava, llava_tokenizer, base_copy, tmp_path
+):
     base = base_copy("safetensors shards, hub keys")
     stage1 = trained_stage(with_block(plain_llava, "post_interaction"), seed=1, with_head=False)
-    replace_bin(1, base, trainer_checkpoint(tmp_path / "run1", stage1, block_names(stage1)), output=str(tmp_path / "s1"))
+    replace_bin(
+        1, base, trainer_checkpoint(tmp_path / "run1", stage1, block_names(stage1)), output=str(tmp_path / "s1")
+    )
     stage2 = trained_stage(stage1, seed=2, with_head=True)
     run2 = trainer_checkpoint(tmp_path / "run2", stage2, block_names(stage2) | {"lm_head.weight"})
     folder = str(tmp_path / "s1")
 
     edit_trained(run2, lambda s: s.update({"lm_head.weight": s["lm_head.weight"].to(torch.bfloat16)}))
     before = snapshot(folder)
-    with pytest.raises(StageWeightsError, match=r"lm_head.weight: trained bfloat16 vs float32 in .*model-000\d\d-of-000\d\d.safetensors"):
+    with pytest.raises(
+        StageWeightsError,
+        match=r"lm_head.weight: trained bfloat16 vs float32 in .*model-000\d\d-of-000\d\d.safetensors",
+    ):
         replace_bin(2, folder, run2)
     assert snapshot(folder) == before
     replace_bin(2, folder, run2, cast_dtype=True)
@@ -322,7 +397,10 @@ def test_stage_2_dtype_and_shape_differences_are_refused_unless_cast(plain_llava
     assert torch.equal(loaded.lm_head.weight, stage2.lm_head.weight.to(torch.bfloat16).float())
 
     edit_trained(run2, lambda s: s.pop("post_decoder.layers.0.cross_attn.q_proj.weight"))
-    with pytest.raises(StageWeightsError, match=r"missing block tensors \(1\):\n    post_decoder.layers.0.cross_attn.q_proj.weight \(in .*model-"):
+    with pytest.raises(
+        StageWeightsError,
+        match=r"missing block tensors \(1\):\n    post_decoder.layers.0.cross_attn.q_proj.weight \(in .*model-",
+    ):
         replace_bin(2, folder, run2, overwrite_backup=True)
 
 
@@ -333,8 +411,15 @@ def test_stage_1_on_a_checkpoint_that_has_a_block_and_lora_weights_are_refused(p
     replace_bin(1, base, run)
     with pytest.raises(StageWeightsError, match=r"already holds a block \(post_decoder.\S+ in .*model-"):
         replace_bin(1, base, run, overwrite_backup=True)
-    edit_trained(run, lambda s: s.update({"base_model.model.model.language_model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2)}))
-    with pytest.raises(ValueError, match=r"holds LoRA adapter weights \(model.language_model.layers.0.mlp.up_proj.lora_A.weight"):
+    edit_trained(
+        run,
+        lambda s: s.update(
+            {"base_model.model.model.language_model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2)}
+        ),
+    )
+    with pytest.raises(
+        ValueError, match=r"holds LoRA adapter weights \(model.language_model.layers.0.mlp.up_proj.lora_A.weight"
+    ):
         replace_bin(2, base, run)
 
 
@@ -357,7 +442,9 @@ def test_backups_and_outputs_are_never_written_over(plain_llava, base_copy, tmp_
 
 @pytest.mark.parametrize("in_place", [True, False])
 @pytest.mark.parametrize("crash_in", ["a weight file", "the index"])
-def test_a_crash_while_writing_leaves_the_input_intact(plain_llava, base_copy, tmp_path, monkeypatch, in_place, crash_in):
+def test_a_crash_while_writing_leaves_the_input_intact(
+    plain_llava, base_copy, tmp_path, monkeypatch, in_place, crash_in
+):
     base = base_copy("bin shards, hub keys")
     trained = trained_stage(with_block(plain_llava, "post_interaction"), seed=1, with_head=True)
     run = trainer_checkpoint(tmp_path / "run", trained, block_names(trained) | {"lm_head.weight"})
@@ -371,7 +458,9 @@ def test_a_crash_while_writing_leaves_the_input_intact(plain_llava, base_copy, t
         raise OSError("disk full")
 
     if crash_in == "a weight file":  # the first file written
-        monkeypatch.setattr(checkpoint_files, "write_weight_file", lambda state, path, metadata=None: crash_half_way(path))
+        monkeypatch.setattr(
+            checkpoint_files, "write_weight_file", lambda state, path, metadata=None: crash_half_way(path)
+        )
     else:  # after the new weight file is complete
         monkeypatch.setattr(checkpoint_files, "_json_writer", lambda content: crash_half_way)
     output = None if in_place else str(tmp_path / "out")
@@ -394,7 +483,9 @@ def stage_args(stage, base, run, *more):
     return ["--tune_stage", str(stage), "--path_model_state_dict", base, "--path_non_lora_state_dict", run, *more]
 
 
-def test_missing_inputs_and_mismatched_keys_are_one_message_without_traceback(plain_llava, base_copy, tmp_path, capsys):
+def test_missing_inputs_and_mismatched_keys_are_one_message_without_traceback(
+    plain_llava, base_copy, tmp_path, capsys
+):
     base = base_copy("safetensors shards, hub keys")
     run = stage1_run(plain_llava, tmp_path)
     missing = str(tmp_path / "nowhere")
@@ -406,8 +497,11 @@ def test_missing_inputs_and_mismatched_keys_are_one_message_without_traceback(pl
     message = command_error(capsys, stage_args(1, base, run))
     first, *rest = message.rstrip("\n").splitlines()
     assert first.startswith("replace_bin.py: error: cannot merge the stage-1 weights") and first.endswith(":")
-    assert rest == ["  missing block tensors (1):", "    post_decoder.layers.0.mlp.up_proj.weight (the block of "
-                    f"{os.path.join(run, 'post_decoder_config.json')} has it)"]
+    assert rest == [
+        "  missing block tensors (1):",
+        "    post_decoder.layers.0.mlp.up_proj.weight (the block of "
+        f"{os.path.join(run, 'post_decoder_config.json')} has it)",
+    ]
 
 
 def test_a_truncated_safetensors_shard_of_the_base_is_named(plain_llava, base_copy, tmp_path, capsys):
@@ -427,7 +521,9 @@ def test_trained_weights_that_will_not_unpickle_safely_are_named(plain_llava, ba
     trained = os.path.join(run, "non_lora_trainables.bin")
     torch.save({**torch.load(trained, weights_only=True), "args": argparse.Namespace(lr=1e-4)}, trained)
     message = command_error(capsys, stage_args(1, base, trained))
-    assert message.count("\n") == 1 and f"{trained} holds Python objects besides tensors (argparse.Namespace)" in message
+    assert (
+        message.count("\n") == 1 and f"{trained} holds Python objects besides tensors (argparse.Namespace)" in message
+    )
     with open(trained, "rb") as handle:
         data = handle.read()
     with open(trained, "wb") as handle:
@@ -449,11 +545,19 @@ def test_an_output_that_is_a_file_is_refused(plain_llava, base_copy, tmp_path, c
 # --- a new folder holds the model, not the base's results ---
 
 RESULT_FILES = {"pope_metrics.json": "{}", "training_summary.json": "{}", "answers.jsonl": "", "train.log": "x"}
-MODEL_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"}
+MODEL_FILES = {
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+}
 
 
 @pytest.mark.parametrize("merge_flag", [[], ["--merge"]])
-def test_a_new_folder_holds_the_model_files_and_not_the_bases_results(plain_llava, llava_tokenizer, base_copy, tmp_path, merge_flag):
+def test_a_new_folder_holds_the_model_files_and_not_the_bases_results(
+    plain_llava, llava_tokenizer, base_copy, tmp_path, merge_flag
+):
     base = base_copy("safetensors shards, hub keys")
     for name, text in RESULT_FILES.items():
         (tmp_path / "base" / name).write_text(text)
