@@ -5,7 +5,8 @@ evaluation and the demo.
 
 Token ids follow LLaVA's `tokenizer_image_token`: the prompt is split on `<image>`, each piece is
 tokenized on its own (BOS kept on the first piece only), and each `<image>` becomes the image
-token repeated once per vision feature (576 on LLaVA-1.5), as transformers' LLaVA expects.
+token repeated once per vision feature (576 on LLaVA-1.5), as transformers' LLaVA expects. With the tokenizer of
+`post_decoder.tokenizer.load_tokenizer` the ids equal LLaVA's for any text (tests/test_tokenization_fidelity.py).
 """
 
 from dataclasses import dataclass, field

@@ -48,14 +48,17 @@ def llava_tokenizer_image_token(prompt, encode, bos_id):
         "Is there a traffic light in the image?\nAnswer the question using a single word or phrase.",
         "Describe this image in detail, please: what's on the left?",
         "Tabs\tand\nnew lines; digits 12,345.",
+        " A leading space,  a run of  spaces, a trailing one ",
+        "\u00a0non-breaking, emoji \U0001f436, </s> and ASSISTANT: inside",
     ],
 )
 def test_ids_equal_llava_split_on_image_logic_with_the_real_tokenizer(question):
     import sentencepiece as spm
-    from transformers import AutoTokenizer
+
+    from post_decoder.tokenizer import load_tokenizer
 
     folder = shared_file("tokenizers", "llama2")
-    tokenizer = add_llava_tokens(AutoTokenizer.from_pretrained(folder))
+    tokenizer = add_llava_tokens(load_tokenizer(folder))
     processor = spm.SentencePieceProcessor(model_file=f"{folder}/tokenizer.model")
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     assert (image_token_id, tokenizer.pad_token_id) == (32000, 32001)
@@ -65,8 +68,22 @@ def test_ids_equal_llava_split_on_image_logic_with_the_real_tokenizer(question):
     start = ours.index(image_token_id)
     assert ours[start : start + 576] == [image_token_id] * 576
     collapsed = ours[:start] + [LLAVA_IMAGE_PLACEHOLDER] + ours[start + 576 :]
-    assert collapsed == llava_tokenizer_image_token(prompt, processor.encode, bos_id=1)
+    if "</s>" not in question:  # raw SentencePiece does not know special tokens (tests/test_tokenization_fidelity.py)
+        assert collapsed == llava_tokenizer_image_token(prompt, processor.encode, bos_id=1)
     assert ours[0] == 1 and image_token_id not in ours[start + 576 :]
+    assert (2 in ours) == ("</s>" in question)  # a special token in the text is split out as LLaVA's tokenizer does
+
+
+def test_a_turn_that_is_only_the_image_keeps_the_space_before_assistant():
+    from post_decoder.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(shared_file("tokenizers", "llama2"))
+    conversation = Conversation()
+    conversation.messages.append(("USER", "<image>"))
+    prompt = conversation.add_assistant(None).prompt()
+    assert prompt.endswith("USER: <image> ASSISTANT:")
+    # LLaVA's ids after the image: " ASSISTANT:" on its own, with SentencePiece's dummy prefix: ▁ then ▁A SS IST ANT :
+    assert tokenize_with_image(prompt, tokenizer, 32000, 1)[-7:] == [32000, 29871, 319, 1799, 9047, 13566, 29901]
 
 
 def test_a_prompt_without_an_image_is_plain_tokenization(llava_tokenizer):
@@ -74,23 +91,10 @@ def test_a_prompt_without_an_image_is_plain_tokenization(llava_tokenizer):
     assert tokenize_with_image(prompt, llava_tokenizer, 999, 16) == llava_tokenizer(prompt).input_ids
 
 
-def test_every_official_pope_prompt_tokenizes_as_llava_did():
-    import json
+def test_every_mode_has_llava_s_system_prompt_and_an_unknown_one_is_named():
+    from post_decoder.errors import InputError
 
-    import sentencepiece as spm
-    from transformers import AutoTokenizer
-
-    folder = shared_file("tokenizers", "llama2")
-    tokenizer = add_llava_tokens(AutoTokenizer.from_pretrained(folder))
-    processor = spm.SentencePieceProcessor(model_file=f"{folder}/tokenizer.model")
-    questions = set()
-    for name in ("random", "popular", "adversarial"):
-        with open(shared_file("pope", f"coco_pope_{name}.json")) as handle:
-            questions.update(json.loads(line)["text"] for line in handle if line.strip())
-    assert len(questions) > 50
-    for question in sorted(questions):
-        for suffix in ("", "\nAnswer the question using a single word or phrase."):
-            prompt = question_prompt(question, suffix=suffix)
-            ours = tokenize_with_image(prompt, tokenizer, 32000, image_seq_length=1)
-            ours = [LLAVA_IMAGE_PLACEHOLDER if token == 32000 else token for token in ours]
-            assert ours == llava_tokenizer_image_token(prompt, processor.encode, bos_id=1), prompt
+    assert question_prompt("Q?", conv_mode="llava_v1").startswith("A chat between a curious human and an artificial")
+    assert question_prompt("Q?", conv_mode="vicuna_v1").startswith("A chat between a curious user and an artificial")
+    with pytest.raises(InputError, match="unknown conversation mode 'v2': choose one of vicuna_v1, llava_v1"):
+        Conversation.for_mode("v2")
