@@ -242,7 +242,11 @@ def test_a_missing_model_path_is_said_to_be_missing(tmp_path, capsys, monkeypatc
     missing = str(tmp_path / "no-such-folder")
     message = command_error(capsys, ["--model-path", missing, "--out", str(tmp_path / "out")])
     assert f"--model-path {missing}: no such folder" in message and "hub id" in message and "needs internet" in message
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub id, offline: the same answer, not the hub's
+    import huggingface_hub.constants
+
+    # a hub id, offline (read at import, hence both): the same answer, not the hub's
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     message = command_error(capsys, ["--model-path", "nobody/no-such-llava", "--out", str(tmp_path / "out")])
     assert "--model-path nobody/no-such-llava: no such folder" in message and "needs internet" in message
 
