@@ -24,6 +24,7 @@ from PIL import Image
 
 from eval.answering import PrefixCachedAnswerer
 from eval.pope_eval_post import load_question_sets, pending_by_image
+from post_decoder.conversation import CONV_MODES
 
 
 def generated_questions(num_images: int) -> dict[str, list[dict]]:
@@ -52,6 +53,7 @@ def main():
     parser.add_argument("--baseline-questions", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--conv-mode", choices=tuple(CONV_MODES), default="vicuna_v1", help="the prompt's template")
     parser.add_argument("--no-block", action="store_true", help="benchmark the plain LLaVA")
     args = parser.parse_args()
     dtype = (
@@ -68,7 +70,9 @@ def main():
     rng = np.random.default_rng(0)
     pictures = {name: Image.fromarray(rng.integers(0, 256, (size, size + 37, 3), dtype=np.uint8)) for name in images}
     total_questions = sum(len(by_image[name]) for name in images)
-    answerer = PrefixCachedAnswerer(model, tokenizer, processor, args.max_new_tokens, args.batch_size)
+    answerer = PrefixCachedAnswerer(
+        model, tokenizer, processor, args.max_new_tokens, args.batch_size, conv_mode=args.conv_mode
+    )
 
     def synchronize():
         if args.device.startswith("cuda"):

@@ -152,3 +152,16 @@ def test_a_malformed_answer_line_before_the_end_is_named(tmp_path):
     path.write_text('{"set": "random", "answer": "Yes"}\n')
     with pytest.raises(ValueError, match=r"answers.jsonl:1: an answer needs question_id and answer"):
         read_answers([str(path)])
+
+
+def test_compare_names_a_missing_or_foreign_metrics_file(tmp_path, capsys):
+    from post_decoder.errors import run_command
+
+    (tmp_path / "other.json").write_text(json.dumps({"random": {"loss": 1.0}}))
+    for name, message in (("none.json", "no such metrics file"), ("other.json", "not a POPE metrics file")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_command(report_main, ["--compare", f"run={tmp_path / name}"], "pope_report.py")
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"pope_report.py: error: --compare: {tmp_path / name}: {message}" + (
+            "\n" if name == "none.json" else " (set -> accuracy, precision, recall, f1, yes_ratio)\n"
+        )
