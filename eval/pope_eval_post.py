@@ -7,6 +7,10 @@
 Each image's prompt prefix is computed once and shared by all its questions across the sets they
 are asked in (the three COCO sets share their 500 images); identical questions are answered once.
 Ranks take every world_size-th image; rank 0 merges the answers and scores them.
+
+Protocols: LLaVA's own (scripts/v1_5/eval/pope.sh) is `--conv-mode vicuna_v1` with the suffix
+LLAVA_SUFFIX; HA-DPO's (ha_dpo/models/llava-v1_5/pope_eval.py) is `--conv-mode llava_v1` with none.
+`--resume` continues only the answers of the same weights and settings (eval/answer_provenance.py).
 """
 
 import argparse
