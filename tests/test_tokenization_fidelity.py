@@ -16,6 +16,7 @@ Tests that need ../shared/data skip when it is absent; the tiny-tokenizer tests 
 
 import hashlib
 import json
+import os
 import random
 import re
 
@@ -40,7 +41,7 @@ from tests.conftest import shared_file
 LLAVA_IMAGE_INDEX = -200  # LLaVA's IMAGE_TOKEN_INDEX, written in place of each image in the expected ids
 IMAGE_ID, PAD_ID = 32000, 32001
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
-TOY_CHECKPOINT = "ha_dpo/toy/checkpoint"
+TOY_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "ha_dpo", "toy", "checkpoint")  # tokenizer.json only
 
 # LLaVA's slow tokenizer (legacy: false, as in LLaVA-1.5's folders): text -> ids, BOS included.
 CORPUS_IDS = {
