@@ -146,9 +146,15 @@ def load_tokenizer(path_or_hub_id: str, **kwargs):
     hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
     if has_sentencepiece_model(path_or_hub_id, **hub_kwargs):
         return LlavaLlamaTokenizer.from_pretrained(path_or_hub_id, **kwargs)
-    if os.path.isdir(path_or_hub_id) and not any(
-        os.path.isfile(os.path.join(path_or_hub_id, name)) for name in ("tokenizer.json", TOKENIZER_CONFIG_FILE)
-    ):
+    if not os.path.isdir(path_or_hub_id):
+        try:
+            return AutoTokenizer.from_pretrained(path_or_hub_id, **kwargs)
+        except (OSError, ValueError):  # not a folder here, not a valid hub id, or the hub has none or is out of reach
+            raise InputError(
+                f"{path_or_hub_id}: no such folder, and no tokenizer on the hub under that id (or no internet): "
+                "name a LLaVA checkpoint folder"
+            ) from None
+    if not any(os.path.isfile(os.path.join(path_or_hub_id, name)) for name in ("tokenizer.json", TOKENIZER_CONFIG_FILE)):
         raise InputError(
             f"{path_or_hub_id} has no tokenizer ({SENTENCEPIECE_FILE}, tokenizer.json or {TOKENIZER_CONFIG_FILE}): "
             "name a LLaVA checkpoint folder, or copy its tokenizer files into this one"

@@ -568,6 +568,8 @@ def test_a_folder_without_a_tokenizer_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match=rf"^{re.escape(str(tmp_path))} has no tokenizer \(tokenizer.model, "):
         load_tokenizer(str(tmp_path))
+    with pytest.raises(InputError, match=rf"^{re.escape(str(tmp_path / 'typo'))}: no such folder, and no tokenizer"):
+        load_tokenizer(str(tmp_path / "typo"))
 
 
 def test_load_pretrained_model_gives_sentencepiece_ids_for_a_llava_hf_folder(plain_llava, llama_style_dir, tmp_path):
