@@ -22,7 +22,7 @@ import re
 import torch
 from accelerate import init_empty_weights
 from torch.distributions import MultivariateNormal
-from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
 from transformers.utils import cached_file
 
 from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
@@ -30,6 +30,7 @@ from .conversation import add_llava_tokens
 from .errors import InputError, run_command
 from .image_processing import load_image_processor
 from .saving import check_new_folder, listing, load_sharded_state_dict, load_state_strictly
+from .tokenizer import load_tokenizer
 
 # Keys of an original config.json that describe LLaVA's multimodal parts, not the Llama LLM.
 _LLAVA_ONLY_KEYS = {
@@ -179,7 +180,7 @@ def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch
     load_state_strictly(model, state, f"weights of the original LLaVA checkpoint {model_path}", assign=True)
     model.tie_weights()
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = load_tokenizer(model_path)
     if len(tokenizer) != text_vocab:
         raise InputError(f"tokenizer of {model_path} has {len(tokenizer)} tokens, its config.json says {text_vocab}")
     add_llava_tokens(tokenizer)
