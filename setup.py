@@ -9,7 +9,9 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "transformers>=5.17,<6",
+        # .ci/run tests both ends: the whole suite at the newest release allowed, a representative part at
+        # the floor (5.17, the GPU machine's). Raise the cap once CI passes on the next release.
+        "transformers>=5.17,<5.25",
         "accelerate>=1.0",
         "safetensors>=0.4",
         "sentencepiece>=0.2",
