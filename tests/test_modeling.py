@@ -18,6 +18,24 @@ def test_logits_at_initialisation_equal_plain_llava(plain_llava, llava_tokenizer
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_a_trained_block_changes_the_image_rows_of_a_mixed_batch_only(plain_llava, llava_tokenizer, variant):
+    """The forward passes the vision mask to the block: a text-only row, batched with image rows, is
+    plain LLaVA's (logits and greedy continuation), though a trained block changes every image row."""
+    model = with_block(plain_llava, variant, perturb=0.3)
+    batch = image_batch(model, llava_tokenizer, QUESTIONS, with_image=[True, False, True])
+    text_only, image_rows = 1, [0, 2]
+    with torch.no_grad():
+        expected = plain_llava(**batch).logits
+        actual = model(**batch).logits
+        plain_answers = plain_llava.generate(**batch, max_new_tokens=4, do_sample=False)
+        answers = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert (actual[text_only] - expected[text_only]).abs().max().item() <= 1e-5
+    assert answers[text_only].tolist() == plain_answers[text_only].tolist()
+    for row in image_rows:
+        assert (actual[row] - expected[row]).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_loss_and_logits_to_keep_follow_llava(plain_llava, llava_tokenizer, variant):
     model = with_block(plain_llava, variant, perturb=0.2)
     batch = image_batch(model, llava_tokenizer, QUESTIONS[:2], padding_side="right")
