@@ -1,12 +1,14 @@
-"""Reproduce the toy world's base model, `ha_dpo/toy/checkpoint/`: world -> train -> save -> POPE.
+"""Remake the toy world's base model (the committed `ha_dpo/toy/checkpoint/`): world -> train -> save -> POPE.
 
-    python scripts/make_toy_base.py                       # the committed checkpoint (seed 0, 2 threads)
-    python scripts/make_toy_base.py --out runs/toy_base --world runs/toy_world --seed 1
+    python scripts/make_toy_base.py                       # seed 0, 2 threads, into runs/toy_base
+    python scripts/make_toy_base.py --out runs/toy_base_1 --world runs/toy_world_1 --seed 1
 
-Seeded and deterministic: the same seed and thread count on the same machine give the same
-weights (other CPUs may round differently). The world is written to --world (a temporary folder
-if not given); its hadpo/pope_data.json is answered by the new model. The POPE scores of the new
-model on the world's held-out sets go to `{out}/pope_metrics.json`.
+Seeded and deterministic: the same seed, thread count, machine and library versions give the same
+weights (see the README for which transformers versions remake the committed one). --out and --world
+must be new or empty folders (`--overwrite` replaces them); the shipped checkpoint is only replaced
+when named on purpose. The world is written to --world (a temporary folder if not given); its
+hadpo/pope_data.json is answered by the new model. The POPE scores of the new model on the world's
+held-out sets go to `{out}/pope_metrics.json`.
 """
 
 import argparse
@@ -19,16 +21,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eval.pope_eval_post import main as pope_eval_main
-from ha_dpo.toy.base_model import BaseModelConfig, train_base_model
-from ha_dpo.toy import DEFAULT_CHECKPOINT
-from ha_dpo.toy.files import write_pope_data, write_world
-from ha_dpo.toy.world import WorldConfig, generate_world
+from eval.pope_eval_post import main as pope_eval_main  # noqa: E402 (after the path insert)
+from ha_dpo.toy.base_model import BaseModelConfig, train_base_model  # noqa: E402
+from ha_dpo.toy.files import check_output_folder, write_pope_data, write_world  # noqa: E402
+from ha_dpo.toy.world import WorldConfig, generate_world  # noqa: E402
+from post_decoder.errors import run_command  # noqa: E402
+
+DEFAULT_OUT = os.path.join("runs", "toy_base")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=DEFAULT_CHECKPOINT, help="the model folder to write (replaced)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="a new or empty folder for the model (default: runs/toy_base)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out and --world if they hold files")
     parser.add_argument("--world", default=None, help="where to write the toy world (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world and the training")
     parser.add_argument("--threads", type=int, default=BaseModelConfig.threads)
@@ -44,6 +49,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_output_folder(args.out, "--out", args.overwrite)
+    if args.world:
+        check_output_folder(args.world, "--world", args.overwrite)
     torch.set_num_threads(args.threads)
     sizes = {"train": args.train_images, "dpo": args.dpo_images, "val": args.val_images}
     splits = {split: size if sizes[split] is None else sizes[split] for split, size in WorldConfig().splits.items()}
@@ -81,4 +89,4 @@ def folder_megabytes(folder: str) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -2,9 +2,11 @@
 and its training text, and a committed base model that really hallucinates the partner."""
 
 import filecmp
+import hashlib
 import json
 import os
 import random
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -18,13 +20,26 @@ from eval.build_pope import build_pope_sets, question_text
 from eval.pope_questions import POPE_SETS, pope_file, read_questions
 from eval.pope_scoring import parse_yes_no, score_answers
 from ha_dpo.toy import DEFAULT_CHECKPOINT
-from ha_dpo.toy.files import ALL_NAMES, coco_instances, image_path, label_with_model, pope_data_questions, write_world
+from ha_dpo.toy.base_model import (
+    BaseModelConfig,
+    build_model,
+    presence_labels,
+    pretrain_vision_tower,
+    toy_image_processor,
+    train_llava,
+    train_tokenizer,
+    training_rows,
+)
+from ha_dpo.toy.files import ALL_NAMES, coco_instances, image_path, label_with_model, llava_conversations, pope_data_questions, save_jpeg, write_world
+from ha_dpo.toy.files import main as toy_files_main
 from ha_dpo.hadpo_data import read_hadpo_pairs
 from ha_dpo.llava_data import read_llava_samples
 from ha_dpo.skips import SkipCounter
 from ha_dpo.toy.text import training_conversation
 from ha_dpo.toy.world import PAIRS, WorldConfig, draw, generate_world
 from post_decoder.builder import load_pretrained_model
+from post_decoder.errors import run_command
+from post_decoder.image_processing import open_image, preprocess_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = WorldConfig(seed=3, splits={"train": 24, "dpo": 6, "val": 30})
@@ -215,3 +230,141 @@ def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
     with open(os.path.join(out, "pope_metrics.json")) as handle:
         assert set(json.load(handle)) == set(POPE_SETS)
     assert os.path.isfile(str(tmp_path / "world" / "hadpo" / "pope_data.json"))
+
+
+# What the committed base model was trained on (scripts/make_toy_base.py, seed 0): the default
+# world's images and training conversations. A change here means the remake cannot be exact.
+DEFAULT_WORLD_SHA256 = "2eb48d2a7c33b4c7abb7ee818862e29d5d4f90c0f0d69d3f8d758cfa8a0cd6f9"
+DEFAULT_TRAINING_TEXT_SHA256 = "eb21902328f9843e894a204ee2f2b3013e46ab594b60a0a8db8a64fc601c9a0f"
+
+
+def default_training_text(default_world) -> list[dict]:
+    """toy_instruct.json as write_world makes it (the text stream is the first user of its generator)."""
+    train = [image for image in default_world if image.split == "train"]
+    return llava_conversations(train, WorldConfig(), random.Random(f"{WorldConfig().seed}-text"))
+
+
+def test_the_default_world_and_its_training_text_are_unchanged(default_world):
+    layout = [[image.image_id, image.split, [[item.name, list(item.box)] for item in image.objects], list(image.background)] for image in default_world]
+    assert hashlib.sha256(json.dumps(layout).encode()).hexdigest() == DEFAULT_WORLD_SHA256
+    assert hashlib.sha256(json.dumps(default_training_text(default_world)).encode()).hexdigest() == DEFAULT_TRAINING_TEXT_SHA256
+
+
+# The first optimisation steps of make_toy_base's training on the default world (2 threads,
+# deterministic algorithms), measured on torch 2.13.0 with transformers 5.24.0 and 5.23.0 (the same).
+FIRST_TOWER_LOSSES = [0.723377, 0.495726, 0.474810, 0.500879]
+FIRST_LLAVA_LOSSES = [6.368106, 6.369885, 6.331435, 6.260858]  # after those 4 tower steps, tower frozen
+DEFAULT_PIXELS_SHA256_PREFIX = "19fad68e0a19779e"  # the 6000 training images, JPEG-decoded and preprocessed
+
+
+def test_the_first_base_model_training_steps_give_the_measured_losses(default_world, tmp_path):
+    """The training of scripts/make_toy_base.py cut to 4 steps per stage, on the same inputs."""
+    from ha_dpo.llava_data import read_llava_samples
+
+    train = [image for image in default_world if image.split == "train"]
+    llava = tmp_path / "toy_instruct.json"
+    llava.write_text(json.dumps(default_training_text(default_world)))
+    skips = SkipCounter("toy", strict=True)
+    samples = read_llava_samples(str(llava), str(tmp_path), skips=skips)
+    for image, sample in zip(train, samples):
+        save_jpeg(draw(image, 64), sample.image)
+    instances = tmp_path / "instances.json"
+    instances.write_text(json.dumps(coco_instances(train, 64)))
+
+    config = BaseModelConfig()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(config.seed)
+        tokenizer, text_vocab_size = train_tokenizer(samples, config)
+        pixels = preprocess_images([open_image(sample.image) for sample in samples], toy_image_processor(config))
+        assert hashlib.sha256(pixels.numpy().tobytes()).hexdigest().startswith(DEFAULT_PIXELS_SHA256_PREFIX)
+        labels = presence_labels(str(instances), [os.path.basename(sample.image) for sample in samples])
+        model = build_model(config, text_vocab_size)
+        tower_losses, llava_losses = [], []
+        pretrain_vision_tower(model, pixels, labels, config, log=lambda _: None, on_step=tower_losses.append, max_steps=4)
+        rows = training_rows(samples, tokenizer, model, pixels, skips)
+        train_llava(model, rows, config, tokenizer.pad_token_id, log=lambda _: None, on_step=llava_losses.append, max_steps=4)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    assert text_vocab_size == 512
+    assert tower_losses == pytest.approx(FIRST_TOWER_LOSSES, abs=2e-6)
+    assert llava_losses == pytest.approx(FIRST_LLAVA_LOSSES, abs=2e-6)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_world_folders_and_files_follow_the_umask(small_world):
+    umask = os.umask(0)
+    os.umask(umask)
+    folders, files = [small_world], []
+    for parent, names, file_names in os.walk(small_world):
+        folders += [os.path.join(parent, name) for name in names]
+        files += [os.path.join(parent, name) for name in file_names]
+    assert len(folders) > 8 and len(files) > 60
+    assert {_mode(folder) for folder in folders} == {0o777 & ~umask}  # none left private by mkdtemp
+    assert {_mode(path) for path in files} == {0o666 & ~umask}
+
+
+def run_toy_files(capsys, *arguments) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(toy_files_main, list(arguments), program="ha_dpo.toy.files")
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_toy_files_refuses_a_folder_that_holds_files_without_overwrite(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("POST_DECODER_DEBUG", raising=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, stderr = run_toy_files(capsys, "--examples", "--out", str(mine))
+    assert code == 2 and stderr.count("\n") == 1
+    assert f"--out {mine} is not empty; name a new folder, or add --overwrite" in stderr
+    assert (mine / "notes.txt").read_text() == "keep me" and os.listdir(mine) == ["notes.txt"]
+    # the folder the user stands in is never replaced, not even with --overwrite
+    monkeypatch.chdir(mine)
+    code, stderr = run_toy_files(capsys, "--examples", "--out", ".", "--overwrite")
+    assert code == 2 and "--out . is the current folder or holds it" in stderr
+    assert os.listdir(mine) == ["notes.txt"]
+    code, stderr = run_toy_files(capsys, "--out", str(tmp_path / "new"), "--base-model", str(tmp_path))
+    assert code == 2 and f"--base-model {tmp_path} holds no model (config.json)" in stderr
+    assert not os.path.exists(tmp_path / "new")
+
+
+def test_toy_files_overwrite_replaces_the_folder_whole_with_normal_modes(tmp_path, capsys):
+    out = tmp_path / "examples"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    previous = os.umask(0o022)
+    try:
+        toy_files_main(["--examples", "--out", str(out), "--overwrite"])
+    finally:
+        os.umask(previous)
+    names = sorted(os.listdir(out))
+    assert "old.txt" not in names and "questions.json" in names and len(names) == 7
+    assert _mode(out) == 0o755 and {_mode(out / name) for name in names} == {0o644}
+    assert os.listdir(tmp_path) == ["examples"]  # no temporary or old folder left beside it
+    with open(out / "questions.json") as handle:
+        assert sorted(json.load(handle)) == [name for name in names if name.endswith(".jpg")]
+
+
+def test_make_toy_base_writes_a_new_folder_and_never_the_shipped_checkpoint_by_default(tmp_path, capsys, monkeypatch):
+    from scripts.make_toy_base import DEFAULT_OUT, parse_args
+    from scripts.make_toy_base import main as make_toy_base_main
+
+    assert parse_args([]).out == DEFAULT_OUT == os.path.join("runs", "toy_base")
+    assert os.path.realpath(DEFAULT_OUT) != os.path.realpath(DEFAULT_CHECKPOINT)
+    monkeypatch.delenv("POST_DECODER_DEBUG", raising=False)
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(make_toy_base_main, ["--out", str(out)], program="make_toy_base.py")
+    stderr = capsys.readouterr().err
+    assert exit_info.value.code == 2 and stderr.count("\n") == 1
+    assert f"--out {out} is not empty; name a new folder, or add --overwrite" in stderr
+    assert os.listdir(out) == ["config.json"]

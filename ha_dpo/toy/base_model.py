@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pycocotools.coco import COCO
 from transformers import LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
+from post_decoder.atomic_files import atomic_file
 from post_decoder.conversation import IMAGE_TOKEN, Conversation, add_llava_tokens
 from post_decoder.image_processing import load_image_processor, open_image, preprocess_images
 from post_decoder.saving import save_model_folder
@@ -123,36 +124,51 @@ def llava_vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
-def pretrain_vision_tower(model, pixels: torch.Tensor, labels: torch.Tensor, config: BaseModelConfig, log=print) -> float:
+def pretrain_vision_tower(
+    model, pixels: torch.Tensor, labels: torch.Tensor, config: BaseModelConfig, log=print, on_step=None, max_steps=None
+) -> float:
     """Stage 1: multi-label presence from the mean patch feature; then the tower is frozen.
-    Returns the final training accuracy (per image and category)."""
+    Returns the training accuracy (per image and category) of the last epoch. `on_step(loss)` sees
+    every step's loss; `max_steps` stops early (quick checks of the first steps)."""
     tower = model.model.vision_tower
     head = torch.nn.Linear(config.vision_hidden_size, labels.shape[1])
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=config.tower_learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     tower.train()
+    steps = 0
     for epoch in range(config.tower_epochs):
         order = torch.randperm(len(pixels), generator=generator)
-        correct, total_loss, start = 0.0, 0.0, time.perf_counter()
+        correct, total_loss, seen, start = 0.0, 0.0, 0, time.perf_counter()
         for offset in range(0, len(order), config.batch_size):
+            if max_steps is not None and steps == max_steps:
+                break
             indices = order[offset : offset + config.batch_size]
             logits = head(llava_vision_features(model, pixels[indices]).mean(1))
             loss = F.binary_cross_entropy_with_logits(logits, labels[indices])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            seen += len(indices)
             total_loss += loss.item() * len(indices)
             correct += ((logits > 0).float() == labels[indices]).float().mean(1).sum().item()
-        accuracy = correct / len(order)
-        log(f"tower epoch {epoch + 1}/{config.tower_epochs}: loss {total_loss / len(order):.4f}, presence accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
+            if on_step is not None:
+                on_step(loss.item())
+        accuracy = correct / max(seen, 1)
+        log(
+            f"tower epoch {epoch + 1}/{config.tower_epochs}: loss {total_loss / max(seen, 1):.4f}, "
+            f"presence accuracy {accuracy:.4f} ({time.perf_counter() - start:.0f} s)"
+        )
+        if max_steps is not None and steps == max_steps:
+            break
     tower.requires_grad_(False)
     tower.eval()
     return accuracy
 
 
-def train_llava(model, rows, config: BaseModelConfig, pad_id: int, log=print) -> list[float]:
+def train_llava(model, rows, config: BaseModelConfig, pad_id: int, log=print, on_step=None, max_steps=None) -> list[float]:
     """Stage 2: AdamW with warmup and cosine decay on every parameter still trainable (projector
-    and LLM). Returns the mean loss per epoch."""
+    and LLM). Returns the mean loss per epoch. `on_step` and `max_steps` as in stage 1."""
     generator = random.Random(config.seed)
     lengths = [len(ids) for ids, _, _ in rows]
     steps_per_epoch = len(length_grouped_batches(lengths, config.batch_size, random.Random(0)))
@@ -160,21 +176,53 @@ def train_llava(model, rows, config: BaseModelConfig, pad_id: int, log=print) ->
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, steps_per_epoch * config.epochs)
     model.train()
-    epoch_losses = []
+    epoch_losses, steps = [], 0
     for epoch in range(config.epochs):
-        total, start = 0.0, time.perf_counter()
+        total, taken, start = 0.0, 0, time.perf_counter()
         for indices in length_grouped_batches(lengths, config.batch_size, generator):
+            if max_steps is not None and steps == max_steps:
+                break
             loss = model(**collate([rows[index] for index in indices], pad_id)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            taken += 1
             total += loss.item()
-        epoch_losses.append(total / steps_per_epoch)
+            if on_step is not None:
+                on_step(loss.item())
+        epoch_losses.append(total / max(taken, 1))
         log(f"llava epoch {epoch + 1}/{config.epochs}: loss {epoch_losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)")
+        if max_steps is not None and steps == max_steps:
+            break
     model.eval()
     return epoch_losses
+
+
+def train_tokenizer(samples, config: BaseModelConfig):
+    """A SentencePiece tokenizer trained on the conversations, with LLaVA's <image> and <pad> added;
+    and the size of its text vocabulary (the LLM's embedding rows before those two)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = train_tiny_tokenizer(os.path.join(scratch, "tokenizer"), tokenizer_corpus(samples), config.tokenizer_pieces)
+        text_vocab_size = len(tokenizer)  # before add_llava_tokens, which adds to this tokenizer
+        return add_llava_tokens(tokenizer), text_vocab_size
+
+
+def toy_image_processor(config: BaseModelConfig):
+    """CLIP's preprocessing at the toy image size."""
+    with tempfile.TemporaryDirectory() as scratch:
+        with open(os.path.join(scratch, "preprocessor_config.json"), "w") as handle:
+            json.dump(clip_preprocessor_config(config.image_size), handle)
+        return load_image_processor(scratch)
+
+
+def training_rows(samples, tokenizer, model, pixels: torch.Tensor, skips) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(input ids, labels, pixel values) per conversation, in order."""
+    dataset = SupervisedDataset(samples, tokenizer, model.config.image_token_id, model.config.image_seq_length, 2048, skips, check_images=False)
+    items = [dataset[index] for index in range(len(dataset))]  # strict skips: one item per sample, in order
+    return [(item["input_ids"], item["labels"], pixels[index]) for index, item in enumerate(items)]
 
 
 def train_base_model(world: str, out: str, config: BaseModelConfig = BaseModelConfig(), log=print) -> dict:
@@ -195,13 +243,8 @@ def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
     torch.manual_seed(config.seed)
     skips = SkipCounter("toy LLaVA conversations", strict=True)  # generated data: any bad sample is a bug
     samples = read_llava_samples(os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"), skips=skips)
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = train_tiny_tokenizer(os.path.join(scratch, "tokenizer"), tokenizer_corpus(samples), config.tokenizer_pieces)
-        text_vocab_size = len(tokenizer)
-        tokenizer = add_llava_tokens(tokenizer)
-        with open(os.path.join(scratch, "preprocessor_config.json"), "w") as handle:
-            json.dump(clip_preprocessor_config(config.image_size), handle)
-        image_processor = load_image_processor(scratch)
+    tokenizer, text_vocab_size = train_tokenizer(samples, config)
+    image_processor = toy_image_processor(config)
     model = build_model(config, text_vocab_size)
     pixels = preprocess_images([open_image(sample.image) for sample in samples], image_processor)
 
@@ -211,9 +254,7 @@ def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
     tower_accuracy = pretrain_vision_tower(model, pixels, labels, config, log)
     tower_seconds = time.perf_counter() - start
 
-    dataset = SupervisedDataset(samples, tokenizer, model.config.image_token_id, model.config.image_seq_length, 2048, skips, check_images=False)
-    items = [dataset[index] for index in range(len(dataset))]  # strict skips: one item per sample, in order
-    rows = [(item["input_ids"], item["labels"], pixels[index]) for index, item in enumerate(items)]
+    rows = training_rows(samples, tokenizer, model, pixels, skips)
     start = time.perf_counter()
     losses = train_llava(model, rows, config, tokenizer.pad_token_id, log)
     llava_seconds = time.perf_counter() - start
@@ -228,7 +269,6 @@ def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
         "llava_epoch_losses": [round(loss, 4) for loss in losses],
     }
     # Timings stay out of the folder, so the same seed writes the same bytes.
-    with open(os.path.join(out, "training_summary.json.tmp"), "w") as handle:
+    with atomic_file(os.path.join(out, "training_summary.json")) as temporary, open(temporary, "w") as handle:
         json.dump(summary, handle, indent=2)
-    os.replace(os.path.join(out, "training_summary.json.tmp"), os.path.join(out, "training_summary.json"))
     return {**summary, "tower_seconds": round(tower_seconds, 1), "llava_seconds": round(llava_seconds, 1)}

@@ -1,7 +1,10 @@
 """Write the toy world in the real datasets' formats, so the real loaders and CLIs run on it.
 
     python -m ha_dpo.toy.files --out toy_world            # pope_data.json asks the committed base model
-    python -m ha_dpo.toy.files --examples --out ha_dpo/toy/examples   # the demo page's examples
+    python -m ha_dpo.toy.files --examples --out ha_dpo/toy/examples --overwrite   # the demo page's examples
+
+--out must be a new or empty folder; `--overwrite` replaces a non-empty one whole (the new folder is
+written beside it and renamed over it when complete). Folders and files follow the user's umask.
 
     toy_world/
       world.json                              the design (categories, pairs, probabilities) and its statistics
@@ -32,7 +35,8 @@ import time
 from dataclasses import asdict
 
 from eval.build_pope import build_pope_sets, question_text, write_pope_sets
-from post_decoder.saving import atomic_directory
+from post_decoder.atomic_files import atomic_directory, atomic_file
+from post_decoder.errors import InputError, run_command
 
 from . import DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
 from .text import faithful_description, hallucinated_description, no_answer, training_conversation, yes_answer
@@ -169,10 +173,8 @@ def label_with_model(entries: list[dict], image_paths: dict[int, str], model_pat
 
 def write_json(path: str, content):
     """Written whole to a temporary file, then renamed."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as handle:
+    with atomic_file(path) as temporary, open(temporary, "w") as handle:
         json.dump(content, handle, indent=1)
-    os.replace(path + ".tmp", path)
 
 
 def write_pope_data(root: str, images, model_path: str, seed: int) -> dict:
@@ -242,20 +244,34 @@ def write_examples(folder: str = DEFAULT_EXAMPLES, config: WorldConfig = WorldCo
     return questions
 
 
+def check_output_folder(path: str, flag: str = "--out", overwrite: bool = False):
+    """A new or empty folder; a non-empty one only with `overwrite` (it is then replaced whole), and
+    never the current folder or one that holds it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{flag} {path} is not a folder; name a new folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise InputError(f"{flag} {path} is not empty; name a new folder, or add --overwrite to replace it and all it holds")
+    target, here = os.path.realpath(path), os.path.realpath(os.getcwd())
+    if os.path.isdir(path) and os.path.commonpath([target, here]) == target:
+        raise InputError(f"{flag} {path} is the current folder or holds it; name a folder below it")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the toy world (images, COCO, LLaVA, VG, HA-DPO and POPE files).")
-    parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    parser.add_argument("--out", required=True, help="a new or empty folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds files (all of them are lost)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pope-images", type=int, default=150, help="held-out images asked about in each POPE set")
     parser.add_argument("--base-model", default=DEFAULT_CHECKPOINT, help="the model whose answers mark pope_data's `correct`")
     parser.add_argument("--no-pope-data", action="store_true", help="leave hadpo/pope_data.json out (no model is run)")
     parser.add_argument("--examples", action="store_true", help="write only the demo's example images and questions to --out")
     args = parser.parse_args(argv)
+    check_output_folder(args.out, "--out", args.overwrite)
     if args.examples:
         print(json.dumps(write_examples(args.out, WorldConfig(seed=args.seed)), indent=1))
         return
     if not args.no_pope_data and not os.path.isfile(os.path.join(args.base_model, "config.json")):
-        parser.error(f"--base-model {args.base_model} holds no model (config.json); pass another or --no-pope-data")
+        raise InputError(f"--base-model {args.base_model} holds no model (config.json); pass another or --no-pope-data")
     start = time.perf_counter()
     summary = write_world(args.out, WorldConfig(seed=args.seed), args.pope_images, None if args.no_pope_data else args.base_model)
     print(json.dumps(summary["images"]), f"written to {args.out} in {time.perf_counter() - start:.1f} s")
@@ -264,4 +280,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, program="ha_dpo.toy.files")
