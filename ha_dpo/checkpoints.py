@@ -21,6 +21,7 @@ import tempfile
 import torch
 from safetensors.torch import load_file, save_file
 
+from post_decoder.atomic_files import atomic_file
 from post_decoder.saving import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, check_state_fits
 
 from .reporting import CURVES_FILE
@@ -105,12 +106,5 @@ def _without_peft_prefix(name: str) -> str:
 
 
 def _atomic(directory: str, name: str, write):
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
-    os.close(handle)
-    try:
+    with atomic_file(os.path.join(directory, name)) as temporary:  # permissions follow the umask, as any file
         write(temporary)
-        os.replace(temporary, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise

@@ -261,6 +261,9 @@ def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history
     assert not names & {"post_decoder.safetensors", "post_decoder_config.json", "training_curves.png"}
     assert not [name for name in names if name.startswith(".")]
     assert set(load_file(run / TRAINABLE_WEIGHTS)) == {"lm_head.weight"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run / TRAINABLE_WEIGHTS).stat().st_mode & 0o777 == 0o666 & ~umask  # not a temporary file's 0o600
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["log_history"] == head_only.state.log_history
 
