@@ -19,7 +19,9 @@ CONV_MODE_HELP = (
     "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template; HA-DPO trained "
     "LLaVA-1.5 with it, as --version v1) or llava_v1 (HA-DPO's POPE evaluation of LLaVA-1.5 used it)"
 )
-SFT_CONV_MODE_HELP = "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template) or llava_v1"
+SFT_CONV_MODE_HELP = (
+    "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template) or llava_v1"
+)
 
 # transformers 5 renamed these; HA-DPO's and LLaVA's commands still use the old names
 # (`--warmup_steps` reads a float below 1 as the ratio of all steps).
@@ -28,16 +30,24 @@ RENAMED_FLAGS = {"--evaluation_strategy": "--eval_strategy", "--warmup_ratio": "
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "any checkpoint post_decoder.builder.load_pretrained_model opens"})
-    version: str = field(default="v1", metadata={"help": "conversation template; LLaVA-1.5's v1 (vicuna_v1) only"})
+    model_name_or_path: str = field(
+        metadata={"help": "any checkpoint post_decoder.builder.load_pretrained_model opens"}
+    )
+    version: str = field(default="v1", metadata={"help": "HA-DPO's flag, v1 only; the template is --conv_mode's"})
     vision_tower: str | None = field(default=None, metadata={"help": "must name the checkpoint's own tower if given"})
-    mm_projector_type: str | None = field(default=None, metadata={"help": "checked against the checkpoint (mlp2x_gelu)"})
+    mm_projector_type: str | None = field(
+        default=None, metadata={"help": "checked against the checkpoint (mlp2x_gelu)"}
+    )
     mm_vision_select_layer: int | None = field(default=None, metadata={"help": "checked against the checkpoint"})
     mm_use_im_start_end: bool = False
     mm_use_im_patch_token: bool = False
-    freeze_backbone: bool = field(default=True, metadata={"help": "the LLM backbone stays frozen (the block and LoRA need it)"})
+    freeze_backbone: bool = field(
+        default=True, metadata={"help": "the LLM backbone stays frozen (the block and LoRA need it)"}
+    )
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "train the projector too (LoRA runs only)"})
-    tune_post_decoder: bool = field(default=False, metadata={"help": "train the post-interaction block (stage 1 and 2)"})
+    tune_post_decoder: bool = field(
+        default=False, metadata={"help": "train the post-interaction block (stage 1 and 2)"}
+    )
     tune_lm_head: bool = field(default=False, metadata={"help": "train lm_head (stage 2, or head only)"})
     post_decoder_variant: str | None = field(
         default=None, metadata={"help": f"block of a new run: {', '.join(VARIANTS)} (default post_interaction)"}
@@ -53,12 +63,15 @@ class ModelArguments:
 
 @dataclass
 class PreferenceDataArguments:
-    vg_path: str | None = field(default=None, metadata={"help": "Visual Genome folder: image_data.json, VG_100K/, VG_100K_2/"})
+    vg_path: str | None = field(
+        default=None, metadata={"help": "Visual Genome folder: image_data.json, VG_100K/, VG_100K_2/"}
+    )
     desc_data_path: str | None = field(default=None, metadata={"help": "HA-DPO desc_data.json"})
     pope_data_path: str | None = field(default=None, metadata={"help": "HA-DPO pope_data.json"})
     all_pairs: bool = field(default=False, metadata={"help": "every pair, not HA-DPO's one pair per image"})
     pope_correct_pairs: bool = field(
-        default=False, metadata={"help": "also train on the pope entries the model answered correctly (HA-DPO leaves them out)"}
+        default=False,
+        metadata={"help": "also train on the pope entries the model answered correctly (HA-DPO leaves them out)"},
     )
     strict: bool = field(default=False, metadata={"help": "stop at the first bad sample instead of skipping it"})
     image_aspect_ratio: str = field(default="pad", metadata={"help": "LLaVA-1.5's 'pad' only"})
@@ -70,12 +83,18 @@ class PreferenceDataArguments:
 class SupervisedDataArguments:
     data_path: str = field(metadata={"help": "LLaVA instruction json: [{id, image?, conversations}, ...]"})
     image_folder: str = field(default="", metadata={"help": "folder the samples' `image` paths are relative to"})
-    keep_text_only: bool = field(default=True, metadata={"help": "keep samples without an image (the block passes them through)"})
+    keep_text_only: bool = field(
+        default=True, metadata={"help": "keep samples without an image (the block passes them through)"}
+    )
     strict: bool = field(default=False, metadata={"help": "stop at the first bad sample instead of skipping it"})
     image_aspect_ratio: str = field(default="pad", metadata={"help": "LLaVA-1.5's 'pad' only"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "images are always read lazily"})
-    is_multimodal: bool = field(default=True, metadata={"help": "LLaVA's flag; samples say themselves whether they have an image"})
-    conv_mode: str = field(default=DEFAULT_CONV_MODE, metadata={"help": SFT_CONV_MODE_HELP, "choices": list(CONV_MODES)})
+    is_multimodal: bool = field(
+        default=True, metadata={"help": "LLaVA's flag; samples say themselves whether they have an image"}
+    )
+    conv_mode: str = field(
+        default=DEFAULT_CONV_MODE, metadata={"help": SFT_CONV_MODE_HELP, "choices": list(CONV_MODES)}
+    )
 
 
 @dataclass
@@ -108,11 +127,15 @@ def rename_old_flags(argv: list[str]) -> list[str]:
     return renamed
 
 
-def check_arguments(model_args: ModelArguments, training_args: PreferenceTrainingArguments, image_aspect_ratio="pad") -> list[str]:
+def check_arguments(
+    model_args: ModelArguments, training_args: PreferenceTrainingArguments, image_aspect_ratio="pad"
+) -> list[str]:
     """Refuse what this code cannot do; return notes on flags that have nothing to do here."""
     refusals, notes = [], []
     if model_args.version != "v1":
-        refusals.append(f"--version {model_args.version}: only LLaVA-1.5's v1 template is implemented")
+        refusals.append(
+            f"--version {model_args.version}: keep v1 (HA-DPO's flag) and pick the template with --conv_mode"
+        )
     if model_args.mm_use_im_start_end or model_args.mm_use_im_patch_token:
         refusals.append("--mm_use_im_start_end / --mm_use_im_patch_token: LLaVA-1.5 uses neither")
     if model_args.mm_projector_type not in (None, "mlp2x_gelu"):
@@ -122,25 +145,35 @@ def check_arguments(model_args: ModelArguments, training_args: PreferenceTrainin
     if getattr(training_args, "loss_type", "sigmoid") not in LOSS_TYPES:
         refusals.append(f"--loss_type {training_args.loss_type}: choose one of {', '.join(LOSS_TYPES)}")
     if model_args.post_decoder_variant not in (None, *VARIANTS):
-        refusals.append(f"--post_decoder_variant {model_args.post_decoder_variant}: choose one of {', '.join(VARIANTS)}")
+        refusals.append(
+            f"--post_decoder_variant {model_args.post_decoder_variant}: choose one of {', '.join(VARIANTS)}"
+        )
     if training_args.group_by_modality_length:
-        refusals.append("--group_by_modality_length True: not implemented (every preference pair has an image); drop the flag")
+        refusals.append(
+            "--group_by_modality_length True: not implemented (every preference pair has an image); drop the flag"
+        )
 
     shared = model_args.tune_post_decoder or model_args.tune_lm_head
     if model_args.lora_enable:
         if shared:
-            refusals.append("--lora_enable with --tune_post_decoder/--tune_lm_head: train LoRA or the head, not both in one run")
+            refusals.append(
+                "--lora_enable with --tune_post_decoder/--tune_lm_head: train LoRA or the head, not both in one run"
+            )
         if model_args.mm_projector_lr is not None and not model_args.tune_mm_mlp_adapter:
             refusals.append("--mm_projector_lr needs --tune_mm_mlp_adapter True")
         if model_args.mm_projector_lr is not None:
             refusals.append("--mm_projector_lr: a separate projector learning rate is not implemented; drop the flag")
     else:
         if not shared:
-            refusals.append("nothing to train: pass --tune_post_decoder True, --tune_lm_head True or --lora_enable True")
+            refusals.append(
+                "nothing to train: pass --tune_post_decoder True, --tune_lm_head True or --lora_enable True"
+            )
         if not model_args.freeze_backbone:
             refusals.append("--freeze_backbone False: the block and lm_head are trained on a frozen, shared backbone")
         if model_args.tune_mm_mlp_adapter:
-            refusals.append("--tune_mm_mlp_adapter True: the projector is part of the shared frozen backbone; use --lora_enable")
+            refusals.append(
+                "--tune_mm_mlp_adapter True: the projector is part of the shared frozen backbone; use --lora_enable"
+            )
         if training_args.gradient_checkpointing or training_args.activation_checkpointing:
             notes.append("--gradient_checkpointing: not needed, the frozen backbone runs without keeping activations")
             training_args.gradient_checkpointing = training_args.activation_checkpointing = False

@@ -33,7 +33,13 @@ TRAINER_STATE = "trainer_state.json"  # transformers' TRAINER_STATE_NAME
 # What a run's result may hold besides the tokenizer: a new result removes the previous one's leftovers
 # (a stage-1 block beside a head-only run's weights would be read as this run's).
 RESULT_FILES = (
-    TRAINABLE_WEIGHTS, NON_LORA_TRAINABLES, POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, *ADAPTER_FILES, TRAINER_STATE, CURVES_FILE
+    TRAINABLE_WEIGHTS,
+    NON_LORA_TRAINABLES,
+    POST_DECODER_CONFIG,
+    POST_DECODER_WEIGHTS,
+    *ADAPTER_FILES,
+    TRAINER_STATE,
+    CURVES_FILE,
 )
 PEFT_PREFIX = "base_model.model."
 
@@ -57,7 +63,9 @@ def write_trainable_checkpoint(directory: str, state: dict[str, torch.Tensor], p
     non_lora = {_without_peft_prefix(name): tensor for name, tensor in state.items() if "lora_" not in name}
     _atomic(directory, NON_LORA_TRAINABLES, lambda path: torch.save(non_lora, path))
 
-    block_state = {name[len("post_decoder.") :]: tensor for name, tensor in non_lora.items() if name.startswith("post_decoder.")}
+    block_state = {
+        name[len("post_decoder.") :]: tensor for name, tensor in non_lora.items() if name.startswith("post_decoder.")
+    }
     if block_state:  # a trained block: also saved alone (an untrained one is the base's, unchanged)
         model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         _atomic(directory, POST_DECODER_CONFIG, model.post_decoder.config.to_json_file)

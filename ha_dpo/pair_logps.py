@@ -47,14 +47,17 @@ def _interleave(chosen: torch.Tensor, rejected: torch.Tensor, pad_value) -> torc
     return out
 
 
-def _head_logps(post_decoder, lm_head, hidden, vision, vision_mask, targets, target_mask, sequence_mask, prompt_hidden):
+def _head_logps(
+    post_decoder, lm_head, hidden, vision, vision_mask, targets, target_mask, sequence_mask, prompt_hidden
+):
     """Per row: the sum of log p(target) through one head, and the mean logit at the answer tokens' own
     positions (HA-DPO's `logits/chosen`). `hidden` holds the last prompt position, then every answer
     position: position t predicts answer token t, position t + 1 is answer token t's own."""
     if post_decoder is not None:
         state = post_decoder.encode_vision(vision, vision_mask, batch_size=hidden.shape[0])
         if post_decoder.config.uses_self_attention:
-            # Not token-wise: the block sees the prompt and the answer (its last prompt position predicts answer token 0).
+            # Not token-wise: the block sees the prompt and the answer (its last prompt position predicts
+            # answer token 0).
             sequence = torch.cat([prompt_hidden[:, :-1], hidden], dim=1)
             hidden = post_decoder(sequence, state, attention_mask=sequence_mask)[0][:, prompt_hidden.shape[1] - 1 :]
         else:

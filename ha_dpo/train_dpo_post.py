@@ -32,7 +32,9 @@ from post_decoder.errors import InputError, run_command
 def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
     """HA-DPO's pairs (its mix, or every pair), tokenized and checked; bad samples counted in `skips`."""
     if data_args.vg_path is None:
-        raise InputError("--vg_path is required: the Visual Genome folder with image_data.json, VG_100K/ and VG_100K_2/")
+        raise InputError(
+            "--vg_path is required: the Visual Genome folder with image_data.json, VG_100K/ and VG_100K_2/"
+        )
     skips = SkipCounter("HA-DPO pairs", strict=data_args.strict)
     samples = read_hadpo_pairs(
         data_args.vg_path,
@@ -56,7 +58,9 @@ def preference_data(data_args, training_args, tokenizer, image_processor, model_
 
 
 def main(argv=None):
-    model_args, data_args, training_args, notes = parse((ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments), argv)
+    model_args, data_args, training_args, notes = parse(
+        (ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments), argv
+    )
     set_seed(training_args.seed)  # before the block is created: its initialisation is part of the run
     tokenizer, model, image_processor = load_for_training(model_args, training_args)
     dataset, collator, skips = preference_data(data_args, training_args, tokenizer, image_processor, model.config)

@@ -30,13 +30,17 @@ from post_decoder.errors import InputError, run_command
 
 
 def main(argv=None):
-    model_args, data_args, training_args, notes = parse((ModelArguments, SupervisedDataArguments, PostDecoderTrainingArguments), argv)
+    model_args, data_args, training_args, notes = parse(
+        (ModelArguments, SupervisedDataArguments, PostDecoderTrainingArguments), argv
+    )
     if model_args.lora_enable:
         raise InputError("--lora_enable: this script trains the block and/or lm_head; LoRA SFT is LLaVA's own script")
     set_seed(training_args.seed)
     tokenizer, model, image_processor = load_for_training(model_args, training_args)
     skips = SkipCounter("LLaVA instruction samples", strict=data_args.strict)
-    samples = read_llava_samples(data_args.data_path, data_args.image_folder, keep_text_only=data_args.keep_text_only, skips=skips)
+    samples = read_llava_samples(
+        data_args.data_path, data_args.image_folder, keep_text_only=data_args.keep_text_only, skips=skips
+    )
     config = model.config
     dataset = SupervisedDataset(
         samples,

@@ -45,7 +45,9 @@ class SupervisedModel(nn.Module):
         return self.policy.config
 
     def forward(self, input_ids, attention_mask, labels, pixel_values=None):
-        return self.policy(input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values)
+        return self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values
+        )
 
 
 class TrainableOnlyTrainer(Trainer):
@@ -106,7 +108,9 @@ class TrainableOnlyTrainer(Trainer):
             if self.args.should_save:
                 self.state.save_to_json(os.path.join(staging, TRAINER_STATE))
                 if plot and not plot_training_curves(self.state.log_history, os.path.join(staging, CURVES_FILE)):
-                    notes.append(f"{CURVES_FILE} not written: {why_no_curves(self.state.log_history, self.args.logging_steps)}")
+                    notes.append(
+                        f"{CURVES_FILE} not written: {why_no_curves(self.state.log_history, self.args.logging_steps)}"
+                    )
         except BaseException:
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -135,7 +139,9 @@ class PreferenceTrainer(TrainableOnlyTrainer):
         logps = model(**inputs)
         loss, metrics = preference_loss(logps, self.beta, self.loss_type, self.gamma)
         for name, value in metrics.items():
-            self._metrics[name].append(self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean().item())
+            self._metrics[name].append(
+                self.accelerator.gather_for_metrics(value.detach().reshape(1)).float().mean().item()
+            )
         return (loss, logps) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -30,7 +30,9 @@ def load_for_training(model_args, training_args):
     if model_args.tune_post_decoder:
         variant = model_args.post_decoder_variant
         if model.post_decoder is None:
-            model.attach_post_decoder(PostDecoderConfig(variant=variant or "post_interaction", num_layers=model_args.post_decoder_num_layers))
+            model.attach_post_decoder(
+                PostDecoderConfig(variant=variant or "post_interaction", num_layers=model_args.post_decoder_num_layers)
+            )
         elif variant is not None and variant != model.post_decoder.config.variant:
             raise InputError(
                 f"{model_args.model_name_or_path} already holds a {model.post_decoder.config.variant} block; "
@@ -80,7 +82,10 @@ def _with_lora(model_args, model):
 def _check_matches_checkpoint(model_args, model):
     """HA-DPO's model flags describe the checkpoint; a disagreement is a mistake, not a request."""
     config = model.config
-    if model_args.mm_vision_select_layer is not None and model_args.mm_vision_select_layer != config.vision_feature_layer:
+    if (
+        model_args.mm_vision_select_layer is not None
+        and model_args.mm_vision_select_layer != config.vision_feature_layer
+    ):
         raise InputError(
             f"--mm_vision_select_layer {model_args.mm_vision_select_layer}, but {model_args.model_name_or_path} "
             f"uses layer {config.vision_feature_layer}"

@@ -36,7 +36,11 @@ def check_output_dir(training_args) -> None:
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise InputError(f"--output_dir {output_dir} is a file: name a new or empty folder for the run")
     resuming = resume_checkpoint(training_args) is not None
-    contents = sorted(name for name in os.listdir(output_dir) if not name.startswith(".")) if os.path.isdir(output_dir) else []
+    contents = (
+        sorted(name for name in os.listdir(output_dir) if not name.startswith("."))
+        if os.path.isdir(output_dir)
+        else []
+    )
     if contents and not (resuming or training_args.overwrite_output_dir):
         shown = ", ".join(contents[:3]) + (", ..." if len(contents) > 3 else "")
         raise InputError(

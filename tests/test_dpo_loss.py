@@ -41,7 +41,9 @@ def test_sigmoid_loss_and_rewards_equal_ha_dpo(beta):
 
 def test_policy_equal_to_reference_gives_ln2_and_zero_rewards():
     logps = random_logps()
-    same = PairLogps(logps.policy_chosen, logps.policy_rejected, logps.policy_chosen, logps.policy_rejected, logps.chosen_tokens)
+    same = PairLogps(
+        logps.policy_chosen, logps.policy_rejected, logps.policy_chosen, logps.policy_rejected, logps.chosen_tokens
+    )
     loss, metrics = preference_loss(same, beta=0.1)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-12)
     assert metrics["rewards/chosen"].item() == 0 and metrics["rewards/margins"].item() == 0

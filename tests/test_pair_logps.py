@@ -12,7 +12,11 @@ from tests.conftest import add_noise, pad_rows, with_block
 
 PAIRS = [
     ("Is there a dog in the image?", "Yes, there is a dog.", "No."),
-    ("Describe the image in detail.", "The image shows a red circle next to a blue square.", "There are two cups on a table."),
+    (
+        "Describe the image in detail.",
+        "The image shows a red circle next to a blue square.",
+        "There are two cups on a table.",
+    ),
 ]
 
 
@@ -20,7 +24,9 @@ def tokenized_pairs(model, tokenizer):
     config = model.config
     prompts, chosen, rejected = [], [], []
     for question, good, bad in PAIRS:
-        prompts.append(tokenize_with_image(question_prompt(question), tokenizer, config.image_token_id, config.image_seq_length))
+        prompts.append(
+            tokenize_with_image(question_prompt(question), tokenizer, config.image_token_id, config.image_seq_length)
+        )
         chosen.append(tokenizer(good).input_ids[1:] + [tokenizer.eos_token_id])
         rejected.append(tokenizer(bad).input_ids[1:] + [tokenizer.eos_token_id])
     return prompts, chosen, rejected
@@ -159,9 +165,12 @@ def test_full_sequence_logits_metric_averages_the_answer_tokens_own_positions():
     from ha_dpo.full_sequence_logps import full_sequence_logps as lora_path_logps
 
     batch = {  # one pair: a 2-token prompt, a 3-token chosen and a 1-token rejected answer
-        "prompt_input_ids": torch.tensor([[5, 6]]), "prompt_attention_mask": torch.tensor([[1, 1]]),
-        "chosen_input_ids": torch.tensor([[7, 8, 2]]), "chosen_attention_mask": torch.tensor([[1, 1, 1]]),
-        "rejected_input_ids": torch.tensor([[2, 0, 0]]), "rejected_attention_mask": torch.tensor([[1, 0, 0]]),
+        "prompt_input_ids": torch.tensor([[5, 6]]),
+        "prompt_attention_mask": torch.tensor([[1, 1]]),
+        "chosen_input_ids": torch.tensor([[7, 8, 2]]),
+        "chosen_attention_mask": torch.tensor([[1, 1, 1]]),
+        "rejected_input_ids": torch.tensor([[2, 0, 0]]),
+        "rejected_attention_mask": torch.tensor([[1, 0, 0]]),
     }
     _, mean_logits = lora_path_logps(FixedLogits(), batch, pad_id=0)
     # A position's mean logit is 100 * row + 10 * t + 4.5. Chosen (row 0) sits at positions 2, 3, 4: 34.5;

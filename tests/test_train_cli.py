@@ -31,10 +31,30 @@ def base_and_data(plain_llava, llava_tokenizer, tmp_path_factory):
 
 def common_flags(output_dir, steps=3):
     return [
-        "--output_dir", str(output_dir), "--max_steps", str(steps), "--per_device_train_batch_size", "2",
-        "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--logging_steps", "1",
-        "--save_steps", "2", "--report_to", "none", "--seed", "0", "--evaluation_strategy", "no",
-        "--model_max_length", "512", "--dataloader_num_workers", "0",
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(steps),
+        "--per_device_train_batch_size",
+        "2",
+        "--learning_rate",
+        "5e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "2",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--evaluation_strategy",
+        "no",
+        "--model_max_length",
+        "512",
+        "--dataloader_num_workers",
+        "0",
     ]
 
 
@@ -54,16 +74,43 @@ def free_port() -> int:
 
 
 def merge(stage, model, trained, output):
-    run([sys.executable, REPLACE_BIN, "--merge", "--tune_stage", str(stage), "--path_model_state_dict", model,
-         "--path_non_lora_state_dict", trained, "--output", output])
+    run(
+        [
+            sys.executable,
+            REPLACE_BIN,
+            "--merge",
+            "--tune_stage",
+            str(stage),
+            "--path_model_state_dict",
+            model,
+            "--path_non_lora_state_dict",
+            trained,
+            "--output",
+            output,
+        ]
+    )
     return output
 
 
 def test_stage1_merge_stage2_merge_load_gives_the_trained_model(base_and_data, tmp_path):
     base, data = base_and_data
     stage1 = tmp_path / "stage1"
-    output = run([sys.executable, TRAIN, "--model_name_or_path", base, *data, "--tune_post_decoder", "True",
-                  "--freeze_backbone", "True", "--use_cpu", "True", *common_flags(stage1)])
+    output = run(
+        [
+            sys.executable,
+            TRAIN,
+            "--model_name_or_path",
+            base,
+            *data,
+            "--tune_post_decoder",
+            "True",
+            "--freeze_backbone",
+            "True",
+            "--use_cpu",
+            "True",
+            *common_flags(stage1),
+        ]
+    )
     assert "skipped" in output and "missing" in output  # the dataset's bad samples are reported
     assert (stage1 / "training_curves.png").stat().st_size > 5000
     assert (stage1 / "checkpoint-2" / TRAINABLE_WEIGHTS).is_file()
@@ -72,8 +119,22 @@ def test_stage1_merge_stage2_merge_load_gives_the_trained_model(base_and_data, t
     merged1 = merge(1, base, str(stage1), str(tmp_path / "merged1"))
 
     stage2 = tmp_path / "stage2"
-    run([sys.executable, TRAIN, "--model_name_or_path", merged1, *data, "--tune_post_decoder", "True",
-         "--tune_lm_head", "True", "--use_cpu", "True", *common_flags(stage2)])
+    run(
+        [
+            sys.executable,
+            TRAIN,
+            "--model_name_or_path",
+            merged1,
+            *data,
+            "--tune_post_decoder",
+            "True",
+            "--tune_lm_head",
+            "True",
+            "--use_cpu",
+            "True",
+            *common_flags(stage2),
+        ]
+    )
     stage2_weights = load_file(stage2 / TRAINABLE_WEIGHTS)
     assert "lm_head.weight" in stage2_weights
     merged2 = merge(2, merged1, str(stage2), str(tmp_path / "merged2"))
@@ -101,8 +162,21 @@ def test_two_process_deepspeed_zero2_on_the_cpu_matches_one_process(base_and_dat
     per_rank = common_flags(distributed)
     per_rank[per_rank.index("--per_device_train_batch_size") + 1] = "1"  # 2 ranks x 1 = the same global batch
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, *flags,
-         "--deepspeed", os.path.join(ROOT, "scripts", "zero2.json"), *per_rank], env=environment)
+    run(
+        [
+            "deepspeed",
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            TRAIN,
+            *flags,
+            "--deepspeed",
+            os.path.join(ROOT, "scripts", "zero2.json"),
+            *per_rank,
+        ],
+        env=environment,
+    )
 
     assert (distributed / "checkpoint-2" / "global_step2").is_dir()  # DeepSpeed's optimizer shards
     one, two = load_file(single / TRAINABLE_WEIGHTS), load_file(distributed / TRAINABLE_WEIGHTS)
@@ -116,9 +190,23 @@ def test_supervised_fine_tuning_of_the_block_on_llava_data(base_and_data, tmp_pa
     base, _ = base_and_data
     data_path, image_folder = write_llava(tmp_path / "llava")
     output_dir = tmp_path / "sft"
-    output = run([sys.executable, TRAIN_SFT, "--model_name_or_path", base, "--data_path", data_path,
-                  "--image_folder", image_folder, "--tune_post_decoder", "True", "--use_cpu", "True",
-                  *common_flags(output_dir)])
+    output = run(
+        [
+            sys.executable,
+            TRAIN_SFT,
+            "--model_name_or_path",
+            base,
+            "--data_path",
+            data_path,
+            "--image_folder",
+            image_folder,
+            "--tune_post_decoder",
+            "True",
+            "--use_cpu",
+            "True",
+            *common_flags(output_dir),
+        ]
+    )
     assert "without an image" in output  # text-only samples are counted, kept by default
     trained = load_file(output_dir / TRAINABLE_WEIGHTS)
     assert trained and all(name.startswith("post_decoder.") for name in trained)
@@ -188,11 +276,15 @@ def test_a_non_empty_output_dir_needs_overwrite_or_resume(base_and_data, tmp_pat
     code, _, err = train_in_process(stage1_flags(base_and_data, output_dir), capsys)
     assert_one_line_error(code, err, "train_dpo_post.py", "is not empty (trainable_weights.safetensors)",
                           "--overwrite_output_dir True")  # fmt: skip
-    code, _, err = train_in_process([*stage1_flags(base_and_data, output_dir), "--resume_from_checkpoint", "latest"], capsys)
+    code, _, err = train_in_process(
+        [*stage1_flags(base_and_data, output_dir), "--resume_from_checkpoint", "latest"], capsys
+    )
     assert_one_line_error(code, err, "train_dpo_post.py", "--resume_from_checkpoint latest: no checkpoint-N folder in")
     assert (output_dir / "trainable_weights.safetensors").read_bytes() == b"another run's"
 
-    code, out, err = train_in_process([*stage1_flags(base_and_data, output_dir), "--overwrite_output_dir", "True"], capsys)
+    code, out, err = train_in_process(
+        [*stage1_flags(base_and_data, output_dir), "--overwrite_output_dir", "True"], capsys
+    )
     assert code is None, err
     assert load_file(output_dir / TRAINABLE_WEIGHTS)  # the new run's result replaced the old file
 
@@ -200,8 +292,8 @@ def test_a_non_empty_output_dir_needs_overwrite_or_resume(base_and_data, tmp_pat
 def test_no_pairs_left_after_skipping_reaches_the_user_as_one_line(base_and_data, tmp_path, capsys):
     from tests.data_files import pope
 
-    vg_path, desc_data, pope_data = write_hadpo(tmp_path / "hadpo", desc_data={"5": {"chosen": ["Gone."], "rejected": ["x"]}},
-                                                pope_data=[pope(5, False)])  # fmt: skip
+    only_missing_images = {"5": {"chosen": ["Gone."], "rejected": ["x"]}}  # VG image 5 is absent
+    vg_path, desc_data, pope_data = write_hadpo(tmp_path / "hadpo", only_missing_images, [pope(5, False)])
     flags = stage1_flags(base_and_data, tmp_path / "run")
     flags[flags.index("--vg_path") + 1 : flags.index("--vg_path") + 6 : 2] = [vg_path, desc_data, pope_data]
     code, _, err = train_in_process(flags, capsys)
@@ -215,7 +307,9 @@ def test_debug_shows_the_traceback_instead(base_and_data, tmp_path, capsys):
     target = tmp_path / "results.txt"
     target.write_text("")
     with pytest.raises(InputError, match="is a file"):  # --debug reached run_command, not HfArgumentParser
-        run_command(train_dpo_post.main, [*stage1_flags(base_and_data, target), "--debug"], program="train_dpo_post.py")
+        run_command(
+            train_dpo_post.main, [*stage1_flags(base_and_data, target), "--debug"], program="train_dpo_post.py"
+        )
 
 
 class StopAfterDataset(Exception):
@@ -224,7 +318,9 @@ class StopAfterDataset(Exception):
 
 @pytest.mark.parametrize("script, dataset_name", [("train_dpo_post.py", "PreferenceDataset"),
                                                   ("train_llava_post.py", "SupervisedDataset")])  # fmt: skip
-def test_conv_mode_picks_the_prompt_template_of_the_samples(base_and_data, tmp_path, capsys, monkeypatch, script, dataset_name):
+def test_conv_mode_picks_the_prompt_template_of_the_samples(
+    base_and_data, tmp_path, capsys, monkeypatch, script, dataset_name
+):
     from ha_dpo import train_dpo_post, train_llava_post
 
     module = {"train_dpo_post.py": train_dpo_post, "train_llava_post.py": train_llava_post}[script]

@@ -34,25 +34,47 @@ class PairsDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         pick = index % len(self.prompts)
         image = torch.randn(3, self.image_size, self.image_size, generator=torch.Generator().manual_seed(index))
-        return {"prompt": self.prompts[pick], "chosen": self.chosen[pick], "rejected": self.rejected[pick], "image": image}
+        return {
+            "prompt": self.prompts[pick],
+            "chosen": self.chosen[pick],
+            "rejected": self.rejected[pick],
+            "image": image,
+        }
 
 
 def collate(pad_id):
     def collate_rows(rows):
         batch = {"pixel_values": torch.stack([row["image"] for row in rows])}
-        batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows([r["prompt"] for r in rows], "left", pad_id)
-        batch["chosen_input_ids"], batch["chosen_attention_mask"] = pad_rows([r["chosen"] for r in rows], "right", pad_id)
-        batch["rejected_input_ids"], batch["rejected_attention_mask"] = pad_rows([r["rejected"] for r in rows], "right", pad_id)
+        batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(
+            [r["prompt"] for r in rows], "left", pad_id
+        )
+        batch["chosen_input_ids"], batch["chosen_attention_mask"] = pad_rows(
+            [r["chosen"] for r in rows], "right", pad_id
+        )
+        batch["rejected_input_ids"], batch["rejected_attention_mask"] = pad_rows(
+            [r["rejected"] for r in rows], "right", pad_id
+        )
         return batch
 
     return collate_rows
 
 
 def make_trainer(model, tokenizer, output_dir, tune_lm_head=False, tune_post_decoder=True, **overrides):
-    model_args = ModelArguments(model_name_or_path="unused", tune_post_decoder=tune_post_decoder, tune_lm_head=tune_lm_head)
+    model_args = ModelArguments(
+        model_name_or_path="unused", tune_post_decoder=tune_post_decoder, tune_lm_head=tune_lm_head
+    )
     settings = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=2, max_steps=4, save_steps=2, logging_steps=1,
-        learning_rate=5e-3, report_to=[], use_cpu=True, seed=0, data_seed=0, lr_scheduler_type="constant",
+        output_dir=str(output_dir),
+        per_device_train_batch_size=2,
+        max_steps=4,
+        save_steps=2,
+        logging_steps=1,
+        learning_rate=5e-3,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        lr_scheduler_type="constant",
     )
     settings.update(overrides)
     return PreferenceTrainer(
@@ -85,7 +107,9 @@ def test_training_changes_only_the_trained_part_and_checkpoints_hold_only_it(pla
     assert all(torch.equal(saved[name], after[name]) for name in saved)
     assert set(torch.load(checkpoint / NON_LORA_TRAINABLES, weights_only=True)) == trained
     assert not (tmp_path / "run" / trainer_module.PARTIAL_CHECKPOINTS).exists()
-    assert trainer.state.log_history[0]["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy == reference at the start
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(
+        0.693147, abs=1e-5
+    )  # policy == reference at the start
     assert "rewards/margins" in trainer.state.log_history[0]
 
 
@@ -115,7 +139,9 @@ def test_a_checkpoint_of_another_run_is_refused_with_what_differs(plain_llava, t
     write_trainable_checkpoint(str(tmp_path), gather_trainable_state(block_run), block_run)
     head_run = fresh_block(plain_llava).requires_grad_(False)
     head_run.lm_head.requires_grad_(True)  # a stage-2/head run resumed from a stage-1 checkpoint
-    with pytest.raises(ValueError, match=r"do not fit this run's trainable parameters:\n(.|\n)*missing \(1\):\n    lm_head.weight"):
+    with pytest.raises(
+        ValueError, match=r"do not fit this run's trainable parameters:\n(.|\n)*missing \(1\):\n    lm_head.weight"
+    ):
         load_trainable_checkpoint(head_run, str(tmp_path))
     with pytest.raises(FileNotFoundError, match=TRAINABLE_WEIGHTS):
         load_trainable_checkpoint(head_run, str(tmp_path / "elsewhere"))
@@ -137,7 +163,9 @@ def test_lora_baseline_starts_at_the_shared_paths_log_probs(plain_llava, llava_t
     model = with_block(plain_llava, "post_interaction", perturb=0.1)
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     batch = make_batch(model, llava_tokenizer, pixel_values)
-    shared = preference_model(ModelArguments("unused", tune_post_decoder=True), copy.deepcopy(model), llava_tokenizer)(**batch)
+    shared = preference_model(ModelArguments("unused", tune_post_decoder=True), copy.deepcopy(model), llava_tokenizer)(
+        **batch
+    )
     lora = preference_model(ModelArguments("unused", lora_enable=True), model, llava_tokenizer)
     logps = lora(**batch)
     assert torch.allclose(logps.policy_chosen, shared.policy_chosen, atol=1e-5)
@@ -170,7 +198,11 @@ def test_flags_without_work_here_are_reported_and_old_names_accepted(tmp_path):
     notes = check_arguments(ModelArguments("unused", tune_post_decoder=True), training_args)
     assert any("gradient_checkpointing" in note for note in notes) and not training_args.gradient_checkpointing
     assert rename_old_flags(["--evaluation_strategy", "no", "--evaluation_strategy=no", "--warmup_ratio", "0.03"]) == [
-        "--eval_strategy", "no", "--eval_strategy=no", "--warmup_steps", "0.03",
+        "--eval_strategy",
+        "no",
+        "--eval_strategy=no",
+        "--warmup_steps",
+        "0.03",
     ]
 
 
@@ -219,14 +251,18 @@ def test_a_crash_halfway_through_a_checkpoint_keeps_the_earlier_checkpoints_and_
     assert files_of(run) == before
 
 
-def test_a_crash_halfway_through_the_final_save_keeps_the_previous_result(plain_llava, llava_tokenizer, tmp_path, monkeypatch):
+def test_a_crash_halfway_through_the_final_save_keeps_the_previous_result(
+    plain_llava, llava_tokenizer, tmp_path, monkeypatch
+):
     run = tmp_path / "run"
     first = make_trainer(fresh_block(plain_llava), llava_tokenizer, run, max_steps=2, save_strategy="no")
     first.train()
     first.save_result()
     before = files_of(run)
     assert {TRAINABLE_WEIGHTS, "post_decoder.safetensors", "trainer_state.json", "training_curves.png"} <= set(before)
-    second = make_trainer(fresh_block(plain_llava), llava_tokenizer, run, max_steps=2, save_strategy="no", learning_rate=1e-2)
+    second = make_trainer(
+        fresh_block(plain_llava), llava_tokenizer, run, max_steps=2, save_strategy="no", learning_rate=1e-2
+    )
     second.train()
     calls = crash_at_safetensors_write(monkeypatch, call=2)
     with pytest.raises(OSError, match="disk full"):
@@ -235,7 +271,9 @@ def test_a_crash_halfway_through_the_final_save_keeps_the_previous_result(plain_
     assert files_of(run) == before  # no new file beside the old ones, no staging folder left
 
 
-def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history(plain_llava, llava_tokenizer, tmp_path):
+def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history(
+    plain_llava, llava_tokenizer, tmp_path
+):
     import json
 
     from safetensors.torch import load_file
@@ -247,8 +285,14 @@ def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history
     assert (run / "post_decoder.safetensors").is_file()
 
     head_only = make_trainer(
-        fresh_block(plain_llava), llava_tokenizer, run, tune_lm_head=True, tune_post_decoder=False, max_steps=2,
-        save_strategy="no", logging_steps=10,
+        fresh_block(plain_llava),
+        llava_tokenizer,
+        run,
+        tune_lm_head=True,
+        tune_post_decoder=False,
+        max_steps=2,
+        save_strategy="no",
+        logging_steps=10,
     )
     head_only.train()
     notes = head_only.save_result()
@@ -267,7 +311,9 @@ def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["log_history"] == head_only.state.log_history
 
-    logged = make_trainer(fresh_block(plain_llava), llava_tokenizer, tmp_path / "logged", max_steps=2, save_strategy="no")
+    logged = make_trainer(
+        fresh_block(plain_llava), llava_tokenizer, tmp_path / "logged", max_steps=2, save_strategy="no"
+    )
     logged.train()
     logged.save_result()
     history = json.loads((tmp_path / "logged" / "trainer_state.json").read_text())["log_history"]
@@ -279,7 +325,9 @@ def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history
 def test_stage2_reference_keeps_its_own_copy_of_the_initial_lm_head(plain_llava, llava_tokenizer, tmp_path):
     model = fresh_block(plain_llava)
     initial = copy.deepcopy(model)
-    trainer = make_trainer(model, llava_tokenizer, tmp_path / "run", tune_lm_head=True, max_steps=3, save_strategy="no")
+    trainer = make_trainer(
+        model, llava_tokenizer, tmp_path / "run", tune_lm_head=True, max_steps=3, save_strategy="no"
+    )
     trainer.train()
     wrapper = trainer.model
     assert not torch.equal(wrapper.policy.lm_head.weight, initial.lm_head.weight)  # the policy's head moved
