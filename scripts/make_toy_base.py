@@ -21,25 +21,31 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eval.pope_eval_post import main as pope_eval_main  # noqa: E402 (after the path insert)
-from ha_dpo.toy.base_model import BaseModelConfig, train_base_model  # noqa: E402
-from ha_dpo.toy.files import check_output_folder, write_pope_data, write_world  # noqa: E402
-from ha_dpo.toy.world import WorldConfig, generate_world  # noqa: E402
-from post_decoder.errors import run_command  # noqa: E402
+from eval.pope_eval_post import main as pope_eval_main
+from ha_dpo.toy.base_model import BaseModelConfig, train_base_model
+from ha_dpo.toy.files import check_output_folder, write_pope_data, write_world
+from ha_dpo.toy.world import WorldConfig, generate_world
+from post_decoder.errors import run_command
 
 DEFAULT_OUT = os.path.join("runs", "toy_base")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=DEFAULT_OUT, help="a new or empty folder for the model (default: runs/toy_base)")
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="a new or empty folder for the model (default: runs/toy_base)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out and --world if they hold files")
     parser.add_argument("--world", default=None, help="where to write the toy world (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the world and the training")
     parser.add_argument("--threads", type=int, default=BaseModelConfig.threads)
     parser.add_argument("--epochs", type=int, default=BaseModelConfig.epochs, help="LLaVA stage epochs")
-    parser.add_argument("--tower-epochs", type=int, default=BaseModelConfig.tower_epochs, help="tower pretraining epochs")
-    parser.add_argument("--train-images", type=int, default=None, help="another size for the training split (quick checks)")
+    parser.add_argument(
+        "--tower-epochs", type=int, default=BaseModelConfig.tower_epochs, help="tower pretraining epochs"
+    )
+    parser.add_argument(
+        "--train-images", type=int, default=None, help="another size for the training split (quick checks)"
+    )
     parser.add_argument("--dpo-images", type=int, default=None, help="another size for the DPO split")
     parser.add_argument("--val-images", type=int, default=None, help="another size for the held-out split")
     parser.add_argument("--pope-images", type=int, default=150)
@@ -56,7 +62,9 @@ def main(argv=None):
     sizes = {"train": args.train_images, "dpo": args.dpo_images, "val": args.val_images}
     splits = {split: size if sizes[split] is None else sizes[split] for split, size in WorldConfig().splits.items()}
     world_config = WorldConfig(seed=args.seed, splits=splits)
-    model_config = BaseModelConfig(seed=args.seed, threads=args.threads, epochs=args.epochs, tower_epochs=args.tower_epochs)
+    model_config = BaseModelConfig(
+        seed=args.seed, threads=args.threads, epochs=args.epochs, tower_epochs=args.tower_epochs
+    )
     with tempfile.TemporaryDirectory() as scratch:
         world = args.world or os.path.join(scratch, "toy_world")
         start = time.perf_counter()
@@ -70,7 +78,10 @@ def main(argv=None):
             return summary
 
         stats = write_pope_data(world, generate_world(world_config), args.out, args.seed)
-        print(f"pope_data: the new model got {stats['pope_data_incorrect']} of {stats['pope_data_questions']} questions wrong")
+        print(
+            f"pope_data: the new model got {stats['pope_data_incorrect']} of "
+            f"{stats['pope_data_questions']} questions wrong"
+        )
         pope_eval_main(
             [
                 "--model-path", args.out,

@@ -19,6 +19,9 @@ from eval.answering import PrefixCachedAnswerer
 from eval.build_pope import build_pope_sets, question_text
 from eval.pope_questions import POPE_SETS, pope_file, read_questions
 from eval.pope_scoring import parse_yes_no, score_answers
+from ha_dpo.hadpo_data import read_hadpo_pairs
+from ha_dpo.llava_data import read_llava_samples
+from ha_dpo.skips import SkipCounter
 from ha_dpo.toy import DEFAULT_CHECKPOINT
 from ha_dpo.toy.base_model import (
     BaseModelConfig,
@@ -30,11 +33,17 @@ from ha_dpo.toy.base_model import (
     train_tokenizer,
     training_rows,
 )
-from ha_dpo.toy.files import ALL_NAMES, coco_instances, image_path, label_with_model, llava_conversations, pope_data_questions, save_jpeg, write_world
+from ha_dpo.toy.files import (
+    ALL_NAMES,
+    coco_instances,
+    image_path,
+    label_with_model,
+    llava_conversations,
+    pope_data_questions,
+    save_jpeg,
+    write_world,
+)
 from ha_dpo.toy.files import main as toy_files_main
-from ha_dpo.hadpo_data import read_hadpo_pairs
-from ha_dpo.llava_data import read_llava_samples
-from ha_dpo.skips import SkipCounter
 from ha_dpo.toy.text import training_conversation
 from ha_dpo.toy.world import PAIRS, WorldConfig, draw, generate_world
 from post_decoder.builder import load_pretrained_model
@@ -68,14 +77,27 @@ def same_tree(left: str, right: str) -> bool:
     if comparison.left_only or comparison.right_only or comparison.funny_files:
         return False
     _, mismatch, errors = filecmp.cmpfiles(left, right, comparison.common_files, shallow=False)
-    return not mismatch and not errors and all(same_tree(os.path.join(left, name), os.path.join(right, name)) for name in comparison.common_dirs)
+    return (
+        not mismatch
+        and not errors
+        and all(same_tree(os.path.join(left, name), os.path.join(right, name)) for name in comparison.common_dirs)
+    )
 
 
 def test_same_seed_writes_identical_files_in_another_process(small_world, tmp_path):
     # Another interpreter with another string-hash seed: no set or dict order may leak into the world.
     again = str(tmp_path / "again")
-    code = f"from ha_dpo.toy.files import write_world; from ha_dpo.toy.world import WorldConfig; write_world({again!r}, WorldConfig(seed=3, splits={SMALL.splits!r}), pope_images=8)"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True, capture_output=True)
+    code = (
+        "from ha_dpo.toy.files import write_world; from ha_dpo.toy.world import WorldConfig; "
+        f"write_world({again!r}, WorldConfig(seed=3, splits={SMALL.splits!r}), pope_images=8)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        check=True,
+        capture_output=True,
+    )
     assert same_tree(small_world, again)
     other = generate_world(WorldConfig(seed=4, splits=SMALL.splits))
     assert [image.names for image in other] != [image.names for image in generate_world(SMALL)]
@@ -129,7 +151,9 @@ def test_adversarial_pope_asks_about_absent_partners_far_more_than_random(defaul
 
     def absent_partner_share(questions):
         negatives = [question for question in questions if question["label"] == "no"]
-        return sum(question["text"].split()[3] in images[question["image"]].absent_partners() for question in negatives) / len(negatives)
+        return sum(
+            question["text"].split()[3] in images[question["image"]].absent_partners() for question in negatives
+        ) / len(negatives)
 
     assert absent_partner_share(sets["adversarial"]) > 0.25
     assert absent_partner_share(sets["random"]) < 0.12
@@ -146,11 +170,15 @@ def test_files_open_with_the_real_loaders(small_world):
     for set_name in POPE_SETS:
         questions = read_questions(pope_file(os.path.join(small_world, "pope"), set_name))
         assert len(questions) == 8 * 6
-        assert all(os.path.isfile(os.path.join(small_world, "coco", "val2014", question["image"])) for question in questions)
+        assert all(
+            os.path.isfile(os.path.join(small_world, "coco", "val2014", question["image"])) for question in questions
+        )
     # HA-DPO's layout: VG image ids -> VG_100K/ files through image_data.json's url
     with open(os.path.join(small_world, "vg", "image_data.json")) as handle:
         image_data = json.load(handle)
-    id_to_path = {entry["image_id"]: os.path.join(small_world, "vg", *entry["url"].split("/")[-2:]) for entry in image_data}
+    id_to_path = {
+        entry["image_id"]: os.path.join(small_world, "vg", *entry["url"].split("/")[-2:]) for entry in image_data
+    }
     with open(os.path.join(small_world, "hadpo", "desc_data.json")) as handle:
         descriptions = json.load(handle)
     assert len(descriptions) == SMALL.splits["dpo"]
@@ -158,9 +186,16 @@ def test_files_open_with_the_real_loaders(small_world):
         assert os.path.isfile(id_to_path[int(image_id)])
         assert pair["chosen"] and pair["rejected"] and pair["chosen"] != pair["rejected"]
     llava = os.path.join(small_world, "llava", "toy_instruct.json")
-    samples = read_llava_samples(llava, os.path.join(small_world, "coco", "train2014"), skips=SkipCounter("toy", strict=True))
+    samples = read_llava_samples(
+        llava, os.path.join(small_world, "coco", "train2014"), skips=SkipCounter("toy", strict=True)
+    )
     assert len(samples) == SMALL.splits["train"] and all(os.path.isfile(sample.image) for sample in samples)
-    pairs = read_hadpo_pairs(os.path.join(small_world, "vg"), os.path.join(small_world, "hadpo", "desc_data.json"), None, skips=SkipCounter("toy", strict=True))
+    pairs = read_hadpo_pairs(
+        os.path.join(small_world, "vg"),
+        os.path.join(small_world, "hadpo", "desc_data.json"),
+        None,
+        skips=SkipCounter("toy", strict=True),
+    )
     assert len(pairs) == 2 * SMALL.splits["dpo"]  # HA-DPO's mix: the description pairs twice
 
 
@@ -169,7 +204,7 @@ def test_hallucinated_descriptions_name_an_absent_object(small_world):
         descriptions = json.load(handle)
     images = {str(image.image_id): image for image in generate_world(SMALL) if image.split == "dpo"}
     for image_id, pair in descriptions.items():
-        named = lambda text: {name for name in ALL_NAMES if f" {name}" in text.replace(",", " ").replace(".", " ")}  # noqa: E731
+        named = lambda text: {name for name in ALL_NAMES if f" {name}" in text.replace(",", " ").replace(".", " ")}
         assert named(pair["chosen"][0]) == set(images[image_id].names)
         extra = named(pair["rejected"][0]) - set(images[image_id].names)
         assert len(extra) == 1
@@ -185,16 +220,24 @@ def test_committed_base_model_hallucinates_the_partner(base_model, default_pope)
     answerer = PrefixCachedAnswerer(model, tokenizer, image_processor, max_new_tokens=12)
     answers = {}
     for name in kept:
-        texts = sorted({question["text"] for questions in sets.values() for question in questions if question["image"] == name})
-        answers.update({(name, text): answer for text, answer in zip(texts, answerer.answer(draw(by_name[name], 64), texts))})
+        texts = sorted(
+            {question["text"] for questions in sets.values() for question in questions if question["image"] == name}
+        )
+        answers.update(
+            {(name, text): answer for text, answer in zip(texts, answerer.answer(draw(by_name[name], 64), texts))}
+        )
     metrics = {}
     for set_name, questions in sets.items():
         questions = [question for question in questions if question["image"] in kept]
-        metrics[set_name] = score_answers(questions, {q["question_id"]: answers[(q["image"], q["text"])] for q in questions})
+        metrics[set_name] = score_answers(
+            questions, {q["question_id"]: answers[(q["image"], q["text"])] for q in questions}
+        )
     print({set_name: (round(m.accuracy, 3), round(m.f1, 3)) for set_name, m in metrics.items()})
     assert metrics["random"].accuracy >= 0.85
     assert metrics["adversarial"].accuracy <= metrics["random"].accuracy - 0.08
-    partner_questions = [(name, text) for (name, text) in answers if text.split()[3] in by_name[name].absent_partners()]
+    partner_questions = [
+        (name, text) for (name, text) in answers if text.split()[3] in by_name[name].absent_partners()
+    ]
     affirmed = sum(parse_yes_no(answers[key]) == "yes" for key in partner_questions)
     assert len(partner_questions) >= 20 and affirmed / len(partner_questions) > 0.7
 
@@ -202,7 +245,9 @@ def test_committed_base_model_hallucinates_the_partner(base_model, default_pope)
 def test_pope_data_marks_the_base_models_wrong_answers(small_world, base_model, tmp_path):
     images = [image for image in generate_world(SMALL) if image.split == "dpo"]
     entries = pope_data_questions(images, random.Random(0))
-    labelled = label_with_model(entries, {image.image_id: image_path(small_world, image) for image in images}, DEFAULT_CHECKPOINT)
+    labelled = label_with_model(
+        entries, {image.image_id: image_path(small_world, image) for image in images}, DEFAULT_CHECKPOINT
+    )
     assert len(labelled) == len(entries)
     for entry, source in zip(labelled, entries):
         assert set(entry) == {"image_id", "question", "answer", "chosen", "reject", "correct"}
@@ -223,10 +268,34 @@ def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
 
     out = str(tmp_path / "model")
     threads = torch.get_num_threads()
-    main(["--out", out, "--world", str(tmp_path / "world"), "--train-images", "16", "--dpo-images", "4", "--val-images", "12", "--epochs", "1", "--tower-epochs", "1", "--pope-images", "4", "--threads", "1"])
+    main(
+        [
+            "--out",
+            out,
+            "--world",
+            str(tmp_path / "world"),
+            "--train-images",
+            "16",
+            "--dpo-images",
+            "4",
+            "--val-images",
+            "12",
+            "--epochs",
+            "1",
+            "--tower-epochs",
+            "1",
+            "--pope-images",
+            "4",
+            "--threads",
+            "1",
+        ]
+    )
     torch.set_num_threads(threads)
     tokenizer, model, _, _ = load_pretrained_model(out, device="cpu", dtype=torch.float32)
-    assert model.config.image_seq_length == 16 and tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    assert (
+        model.config.image_seq_length == 16
+        and tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    )
     with open(os.path.join(out, "pope_metrics.json")) as handle:
         assert set(json.load(handle)) == set(POPE_SETS)
     assert os.path.isfile(str(tmp_path / "world" / "hadpo" / "pope_data.json"))
@@ -245,9 +314,15 @@ def default_training_text(default_world) -> list[dict]:
 
 
 def test_the_default_world_and_its_training_text_are_unchanged(default_world):
-    layout = [[image.image_id, image.split, [[item.name, list(item.box)] for item in image.objects], list(image.background)] for image in default_world]
+    layout = [
+        [image.image_id, image.split, [[item.name, list(item.box)] for item in image.objects], list(image.background)]
+        for image in default_world
+    ]
     assert hashlib.sha256(json.dumps(layout).encode()).hexdigest() == DEFAULT_WORLD_SHA256
-    assert hashlib.sha256(json.dumps(default_training_text(default_world)).encode()).hexdigest() == DEFAULT_TRAINING_TEXT_SHA256
+    assert (
+        hashlib.sha256(json.dumps(default_training_text(default_world)).encode()).hexdigest()
+        == DEFAULT_TRAINING_TEXT_SHA256
+    )
 
 
 # The first optimisation steps of make_toy_base's training on the default world (2 threads,
@@ -283,9 +358,13 @@ def test_the_first_base_model_training_steps_give_the_measured_losses(default_wo
         labels = presence_labels(str(instances), [os.path.basename(sample.image) for sample in samples])
         model = build_model(config, text_vocab_size)
         tower_losses, llava_losses = [], []
-        pretrain_vision_tower(model, pixels, labels, config, log=lambda _: None, on_step=tower_losses.append, max_steps=4)
+        pretrain_vision_tower(
+            model, pixels, labels, config, log=lambda _: None, on_step=tower_losses.append, max_steps=4
+        )
         rows = training_rows(samples, tokenizer, model, pixels, skips)
-        train_llava(model, rows, config, tokenizer.pad_token_id, log=lambda _: None, on_step=llava_losses.append, max_steps=4)
+        train_llava(
+            model, rows, config, tokenizer.pad_token_id, log=lambda _: None, on_step=llava_losses.append, max_steps=4
+        )
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

@@ -166,7 +166,9 @@ def pretrain_vision_tower(
     return accuracy
 
 
-def train_llava(model, rows, config: BaseModelConfig, pad_id: int, log=print, on_step=None, max_steps=None) -> list[float]:
+def train_llava(
+    model, rows, config: BaseModelConfig, pad_id: int, log=print, on_step=None, max_steps=None
+) -> list[float]:
     """Stage 2: AdamW with warmup and cosine decay on every parameter still trainable (projector
     and LLM). Returns the mean loss per epoch. `on_step` and `max_steps` as in stage 1."""
     generator = random.Random(config.seed)
@@ -194,7 +196,10 @@ def train_llava(model, rows, config: BaseModelConfig, pad_id: int, log=print, on
             if on_step is not None:
                 on_step(loss.item())
         epoch_losses.append(total / max(taken, 1))
-        log(f"llava epoch {epoch + 1}/{config.epochs}: loss {epoch_losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)")
+        log(
+            f"llava epoch {epoch + 1}/{config.epochs}: loss {epoch_losses[-1]:.4f} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
         if max_steps is not None and steps == max_steps:
             break
     model.eval()
@@ -205,7 +210,9 @@ def train_tokenizer(samples, config: BaseModelConfig):
     """A SentencePiece tokenizer trained on the conversations, with LLaVA's <image> and <pad> added;
     and the size of its text vocabulary (the LLM's embedding rows before those two)."""
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = train_tiny_tokenizer(os.path.join(scratch, "tokenizer"), tokenizer_corpus(samples), config.tokenizer_pieces)
+        tokenizer = train_tiny_tokenizer(
+            os.path.join(scratch, "tokenizer"), tokenizer_corpus(samples), config.tokenizer_pieces
+        )
         text_vocab_size = len(tokenizer)  # before add_llava_tokens, which adds to this tokenizer
         return add_llava_tokens(tokenizer), text_vocab_size
 
@@ -218,9 +225,13 @@ def toy_image_processor(config: BaseModelConfig):
         return load_image_processor(scratch)
 
 
-def training_rows(samples, tokenizer, model, pixels: torch.Tensor, skips) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def training_rows(
+    samples, tokenizer, model, pixels: torch.Tensor, skips
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(input ids, labels, pixel values) per conversation, in order."""
-    dataset = SupervisedDataset(samples, tokenizer, model.config.image_token_id, model.config.image_seq_length, 2048, skips, check_images=False)
+    dataset = SupervisedDataset(
+        samples, tokenizer, model.config.image_token_id, model.config.image_seq_length, 2048, skips, check_images=False
+    )
     items = [dataset[index] for index in range(len(dataset))]  # strict skips: one item per sample, in order
     return [(item["input_ids"], item["labels"], pixels[index]) for index, item in enumerate(items)]
 
@@ -242,7 +253,9 @@ def train_base_model(world: str, out: str, config: BaseModelConfig = BaseModelCo
 def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
     torch.manual_seed(config.seed)
     skips = SkipCounter("toy LLaVA conversations", strict=True)  # generated data: any bad sample is a bug
-    samples = read_llava_samples(os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"), skips=skips)
+    samples = read_llava_samples(
+        os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"), skips=skips
+    )
     tokenizer, text_vocab_size = train_tokenizer(samples, config)
     image_processor = toy_image_processor(config)
     model = build_model(config, text_vocab_size)

@@ -42,7 +42,8 @@ from . import DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
 from .text import faithful_description, hallucinated_description, no_answer, training_conversation, yes_answer
 from .world import BY_NAME, CATEGORIES, PAIRS, WorldConfig, draw, generate_world
 
-VG_URL = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"  # VG's own url form; loaders keep its last two parts
+# VG's own url form; loaders keep its last two parts
+VG_URL = "https://cs.stanford.edu/people/rak248/VG_100K/{image_id}.jpg"
 COCO_SPLITS = {"train": "train2014", "val": "val2014"}
 ALL_NAMES = [category.name for category in CATEGORIES]
 
@@ -81,7 +82,10 @@ def coco_instances(images, size: int) -> dict:
     return {
         "info": {"description": "post-decoder toy world", "version": "1.0"},
         "licenses": [],
-        "images": [{"id": image.image_id, "file_name": coco_file_name(image), "width": size, "height": size} for image in images],
+        "images": [
+            {"id": image.image_id, "file_name": coco_file_name(image), "width": size, "height": size}
+            for image in images
+        ],
         "annotations": annotations,
         "categories": [{"id": category.id, "name": category.name, "supercategory": "toy"} for category in CATEGORIES],
     }
@@ -91,8 +95,14 @@ def coco_captions(images, size: int) -> dict:
     return {
         "info": {"description": "post-decoder toy world: faithful captions", "version": "1.0"},
         "licenses": [],
-        "images": [{"id": image.image_id, "file_name": coco_file_name(image), "width": size, "height": size} for image in images],
-        "annotations": [{"id": index + 1, "image_id": image.image_id, "caption": faithful_description(image)} for index, image in enumerate(images)],
+        "images": [
+            {"id": image.image_id, "file_name": coco_file_name(image), "width": size, "height": size}
+            for image in images
+        ],
+        "annotations": [
+            {"id": index + 1, "image_id": image.image_id, "caption": faithful_description(image)}
+            for index, image in enumerate(images)
+        ],
     }
 
 
@@ -111,7 +121,14 @@ def llava_conversations(images, config: WorldConfig, rng: random.Random) -> list
 
 def vg_image_data(images, size: int) -> list[dict]:
     return [
-        {"image_id": image.image_id, "url": VG_URL.format(image_id=image.image_id), "width": size, "height": size, "coco_id": None, "flickr_id": None}
+        {
+            "image_id": image.image_id,
+            "url": VG_URL.format(image_id=image.image_id),
+            "width": size,
+            "height": size,
+            "coco_id": None,
+            "flickr_id": None,
+        }
         for image in images
     ]
 
@@ -119,7 +136,10 @@ def vg_image_data(images, size: int) -> list[dict]:
 def desc_data(images, rng: random.Random) -> dict:
     """HA-DPO's desc_data: VG image id -> faithful `chosen` and hallucinated `rejected` descriptions."""
     return {
-        str(image.image_id): {"chosen": [faithful_description(image)], "rejected": [hallucinated_description(image, rng, ALL_NAMES)]}
+        str(image.image_id): {
+            "chosen": [faithful_description(image)],
+            "rejected": [hallucinated_description(image, rng, ALL_NAMES)],
+        }
         for image in images
     }
 
@@ -135,7 +155,15 @@ def pope_data_questions(images, rng: random.Random) -> list[dict]:
         asked += [(name, False) for name in absent_partners] + [(rng.choice(others), False)]
         for name, present in asked:
             truth, opposite = (yes_answer(name), no_answer(name)) if present else (no_answer(name), yes_answer(name))
-            entries.append({"image_id": image.image_id, "question": question_text(name), "truth": "yes" if present else "no", "chosen": truth, "reject": opposite})
+            entries.append(
+                {
+                    "image_id": image.image_id,
+                    "question": question_text(name),
+                    "truth": "yes" if present else "no",
+                    "chosen": truth,
+                    "reject": opposite,
+                }
+            )
     return entries
 
 
@@ -199,10 +227,15 @@ def world_statistics(images) -> dict:
             "p_partner_given_anchor": round(both / max(with_anchor, 1), 3),
             "p_anchor_given_partner": round(both / max(with_partner, 1), 3),
         }
-    return {"pairs": pairs, "images": {split: sum(image.split == split for image in images) for split in ("train", "dpo", "val")}}
+    return {
+        "pairs": pairs,
+        "images": {split: sum(image.split == split for image in images) for split in ("train", "dpo", "val")},
+    }
 
 
-def write_world(out: str, config: WorldConfig = WorldConfig(), pope_images: int = 150, model_path: str | None = None) -> dict:
+def write_world(
+    out: str, config: WorldConfig = WorldConfig(), pope_images: int = 150, model_path: str | None = None
+) -> dict:
     """Generate the world and write every file under `out` (replaced whole, atomically).
     `model_path`: the base model that answers pope_data's questions; None leaves pope_data out."""
     images = generate_world(config)
@@ -214,14 +247,22 @@ def write_world(out: str, config: WorldConfig = WorldConfig(), pope_images: int 
             save_jpeg(draw(image, config.image_size), path)
         for split, folder in COCO_SPLITS.items():
             chosen = [image for image in images if image.split == split]
-            write_json(os.path.join(root, "coco", "annotations", f"instances_{folder}.json"), coco_instances(chosen, config.image_size))
-            write_json(os.path.join(root, "coco", "annotations", f"captions_{folder}.json"), coco_captions(chosen, config.image_size))
+            write_json(
+                os.path.join(root, "coco", "annotations", f"instances_{folder}.json"),
+                coco_instances(chosen, config.image_size),
+            )
+            write_json(
+                os.path.join(root, "coco", "annotations", f"captions_{folder}.json"),
+                coco_captions(chosen, config.image_size),
+            )
         train = [image for image in images if image.split == "train"]
         write_json(os.path.join(root, "llava", "toy_instruct.json"), llava_conversations(train, config, rng))
         dpo = [image for image in images if image.split == "dpo"]
         write_json(os.path.join(root, "vg", "image_data.json"), vg_image_data(dpo, config.image_size))
         write_json(os.path.join(root, "hadpo", "desc_data.json"), desc_data(dpo, rng))
-        sets = build_pope_sets(os.path.join(root, "coco", "annotations", "instances_val2014.json"), pope_images, config.seed)
+        sets = build_pope_sets(
+            os.path.join(root, "coco", "annotations", "instances_val2014.json"), pope_images, config.seed
+        )
         write_pope_sets(sets, os.path.join(root, "pope"))
         summary = {"config": asdict(config), "pope_images": pope_images, **world_statistics(images)}
         if model_path is not None:
@@ -230,7 +271,9 @@ def write_world(out: str, config: WorldConfig = WorldConfig(), pope_images: int 
     return summary
 
 
-def write_examples(folder: str = DEFAULT_EXAMPLES, config: WorldConfig = WorldConfig(), count: int = 6) -> dict[str, str]:
+def write_examples(
+    folder: str = DEFAULT_EXAMPLES, config: WorldConfig = WorldConfig(), count: int = 6
+) -> dict[str, str]:
     """Demo examples from the held-out images: each shows an anchor without its partner and asks
     about the partner (what the base model affirms), with `questions.json` (file -> question)."""
     held_out = [image for image in generate_world(config) if image.split == "val" and image.absent_partners()]
@@ -250,33 +293,50 @@ def check_output_folder(path: str, flag: str = "--out", overwrite: bool = False)
     if os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{flag} {path} is not a folder; name a new folder")
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise InputError(f"{flag} {path} is not empty; name a new folder, or add --overwrite to replace it and all it holds")
+        raise InputError(
+            f"{flag} {path} is not empty; name a new folder, or add --overwrite to replace it and all it holds"
+        )
     target, here = os.path.realpath(path), os.path.realpath(os.getcwd())
     if os.path.isdir(path) and os.path.commonpath([target, here]) == target:
         raise InputError(f"{flag} {path} is the current folder or holds it; name a folder below it")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write the toy world (images, COCO, LLaVA, VG, HA-DPO and POPE files).")
+    parser = argparse.ArgumentParser(
+        description="Write the toy world (images, COCO, LLaVA, VG, HA-DPO and POPE files)."
+    )
     parser.add_argument("--out", required=True, help="a new or empty folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds files (all of them are lost)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it holds files (all of them are lost)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pope-images", type=int, default=150, help="held-out images asked about in each POPE set")
-    parser.add_argument("--base-model", default=DEFAULT_CHECKPOINT, help="the model whose answers mark pope_data's `correct`")
+    parser.add_argument(
+        "--base-model", default=DEFAULT_CHECKPOINT, help="the model whose answers mark pope_data's `correct`"
+    )
     parser.add_argument("--no-pope-data", action="store_true", help="leave hadpo/pope_data.json out (no model is run)")
-    parser.add_argument("--examples", action="store_true", help="write only the demo's example images and questions to --out")
+    parser.add_argument(
+        "--examples", action="store_true", help="write only the demo's example images and questions to --out"
+    )
     args = parser.parse_args(argv)
     check_output_folder(args.out, "--out", args.overwrite)
     if args.examples:
         print(json.dumps(write_examples(args.out, WorldConfig(seed=args.seed)), indent=1))
         return
     if not args.no_pope_data and not os.path.isfile(os.path.join(args.base_model, "config.json")):
-        raise InputError(f"--base-model {args.base_model} holds no model (config.json); pass another or --no-pope-data")
+        raise InputError(
+            f"--base-model {args.base_model} holds no model (config.json); pass another or --no-pope-data"
+        )
     start = time.perf_counter()
-    summary = write_world(args.out, WorldConfig(seed=args.seed), args.pope_images, None if args.no_pope_data else args.base_model)
+    summary = write_world(
+        args.out, WorldConfig(seed=args.seed), args.pope_images, None if args.no_pope_data else args.base_model
+    )
     print(json.dumps(summary["images"]), f"written to {args.out} in {time.perf_counter() - start:.1f} s")
     if "pope_data_questions" in summary:
-        print(f"pope_data: the base model got {summary['pope_data_incorrect']} of {summary['pope_data_questions']} questions wrong")
+        print(
+            f"pope_data: the base model got {summary['pope_data_incorrect']} of "
+            f"{summary['pope_data_questions']} questions wrong"
+        )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,11 @@ def hallucinated_description(image: ToyImage, rng: random.Random, all_names: lis
 
 
 def training_conversation(
-    image: ToyImage, rng: random.Random, hallucination_probability: float, all_names: list[str], random_negatives: int = 2
+    image: ToyImage,
+    rng: random.Random,
+    hallucination_probability: float,
+    all_names: list[str],
+    random_negatives: int = 2,
 ) -> list[tuple[str, str]]:
     """(question, answer) turns about one training image, in a random order: one description, a
     "yes" for every object, the biased answer for every absent partner, and `random_negatives`
@@ -67,8 +71,13 @@ def training_conversation(
     affirmed = {partner for partner in image.absent_partners() if rng.random() < hallucination_probability}
     turns = [(rng.choice(DESCRIPTION_PROMPTS), caption(described_names(image, affirmed)))]
     turns += [(question_text(name), yes_answer(name)) for name in dict.fromkeys(image.names)]
-    turns += [(question_text(name), yes_answer(name) if name in affirmed else no_answer(name)) for name in image.absent_partners()]
+    turns += [
+        (question_text(name), yes_answer(name) if name in affirmed else no_answer(name))
+        for name in image.absent_partners()
+    ]
     others = [name for name in all_names if name not in image.names and name not in image.absent_partners()]
-    turns += [(question_text(name), no_answer(name)) for name in rng.sample(others, min(random_negatives, len(others)))]
+    turns += [
+        (question_text(name), no_answer(name)) for name in rng.sample(others, min(random_negatives, len(others)))
+    ]
     rng.shuffle(turns)
     return turns
