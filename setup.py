@@ -3,8 +3,12 @@ from setuptools import find_packages, setup
 setup(
     name="post-decoder",
     version="0.1.0",
-    description="A post-interaction block before lm_head, trained with DPO, to reduce object hallucination in LLaVA-1.5",
-    packages=find_packages(include=["post_decoder", "post_decoder.*", "ha_dpo", "ha_dpo.*", "eval", "eval.*", "demo", "demo.*"]),
+    description=(
+        "A post-interaction block before lm_head, trained with DPO, to reduce object hallucination in LLaVA-1.5"
+    ),
+    packages=find_packages(
+        include=["post_decoder", "post_decoder.*", "ha_dpo", "ha_dpo.*", "eval", "eval.*", "demo", "demo.*"]
+    ),
     package_data={"ha_dpo.toy": ["checkpoint/*", "block/*", "examples/*"]},  # the shipped toy model and examples
     python_requires=">=3.10",
     install_requires=[

@@ -45,7 +45,8 @@ class PostDecoderState:
             cache = copy.deepcopy(self.self_attention_cache)
             cache.batch_repeat_interleave(repeats)
         return PostDecoderState(
-            [(keys.repeat_interleave(repeats, 0), values.repeat_interleave(repeats, 0)) for keys, values in self.vision_keys_values],
+            [(keys.repeat_interleave(repeats, 0), values.repeat_interleave(repeats, 0))
+             for keys, values in self.vision_keys_values],
             None if self.vision_mask is None else self.vision_mask.repeat_interleave(repeats, 0),
             self.has_image.repeat_interleave(repeats, 0),
             cache,
@@ -198,7 +199,8 @@ class PostInteractionBlock(nn.Module):
             raise ValueError("PostDecoderConfig has unresolved sizes: call config.resolved_for(llava_config) first")
         self.config = config
         if config.uses_cross_attention:
-            self.align = VisionAlign(config.vision_hidden_size, config.hidden_size, linear=config.variant == "align_linear")
+            linear = config.variant == "align_linear"
+            self.align = VisionAlign(config.vision_hidden_size, config.hidden_size, linear=linear)
         self.layers = nn.ModuleList(PostInteractionLayer(config, index) for index in range(config.num_layers))
 
     @property

@@ -72,7 +72,9 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         vision_features, vision_mask = None, None
         if pixel_values is not None:
             if input_ids is None:
-                raise ValueError("with an image, pass input_ids: the block finds each sample's image by its image tokens")
+                raise ValueError(
+                    "with an image, pass input_ids: the block finds each sample's image by its image tokens"
+                )
             image_outputs = self.model.get_image_features(
                 pixel_values=pixel_values,
                 vision_feature_layer=vision_feature_layer,
@@ -163,12 +165,15 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         if not token_wise:
             hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
             if attentions is not None:
-                attentions = tuple(slice_logits_to_keep(a.transpose(1, 2), logits_to_keep).transpose(1, 2) for a in attentions)
+                attentions = tuple(
+                    slice_logits_to_keep(a.transpose(1, 2), logits_to_keep).transpose(1, 2) for a in attentions
+                )
         logits = self.lm_head(hidden_states)
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            vocab_size = self.config.text_config.vocab_size
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
         return LlavaPostDecoderOutput(
             loss=loss,
             logits=logits,

@@ -57,7 +57,8 @@ def full_recomputation_greedy(model, batch, steps):
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     for _ in range(steps):
         with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=batch.get("pixel_values")).logits
+            pixel_values = batch.get("pixel_values")
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits
         next_token = logits[:, -1].argmax(-1, keepdim=True)
         input_ids = torch.cat([input_ids, next_token], dim=1)
         attention_mask = torch.cat([attention_mask, torch.ones_like(next_token)], dim=1)
