@@ -10,7 +10,8 @@ only know the old name. Pass and read the cache through these two names, never a
 
 Two more helpers arrived after the floor, 5.17 (the GPU machine's release): `SubConfigSpec` (5.20; None
 before, when a composite config lists its sub-configs in a plain `sub_configs` dict) and
-`slice_logits_to_keep` (5.21; before, each model sliced inline, as the fallback below does).
+`slice_logits_to_keep` (5.21; before, each model sliced inline, as the fallback below does). And 5.24
+renamed `TrainingArguments.gradient_checkpointing`: see `activation_checkpointing_field`.
 """
 
 from dataclasses import fields
@@ -39,3 +40,12 @@ except ImportError:  # transformers < 5.21
         """The last `logits_to_keep` positions (0: all), or the positions a 1-D tensor lists."""
         positions = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return hidden_states[:, positions]
+
+
+def activation_checkpointing_field() -> str:
+    """`TrainingArguments`' name for activation (gradient) checkpointing: `activation_checkpointing` from
+    transformers 5.24 (the old name then warns), `gradient_checkpointing` before."""
+    from transformers import TrainingArguments  # here, not at the top: the model alone does not need the trainer
+
+    names = {field.name for field in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"

@@ -87,3 +87,16 @@ def test_the_old_name_is_caught_where_it_is_deprecated(plain_llava, llava_tokeni
     with deprecation_messages() as messages:
         cached_forward_and_generate(model, batch, "past_key_values")
     assert any("past_key_values" in message for message in messages)
+
+
+def test_the_checkpointing_field_is_trainings_own_and_not_deprecated(tmp_path):
+    from transformers import TrainingArguments
+
+    from post_decoder.compat import activation_checkpointing_field
+
+    name = activation_checkpointing_field()
+    renamed = Version(transformers.__version__) >= Version("5.24.0.dev0")
+    assert name == ("activation_checkpointing" if renamed else "gradient_checkpointing")
+    with deprecation_messages() as messages:
+        arguments = TrainingArguments(output_dir=str(tmp_path), report_to=[], **{name: True})
+    assert messages == [] and getattr(arguments, name) is True
