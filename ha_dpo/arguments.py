@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from post_decoder import VARIANTS
+from post_decoder.compat import activation_checkpointing_field
 from post_decoder.conversation import CONV_MODES, DEFAULT_CONV_MODE
 from post_decoder.errors import InputError
 
@@ -174,9 +175,11 @@ def check_arguments(
             refusals.append(
                 "--tune_mm_mlp_adapter True: the projector is part of the shared frozen backbone; use --lora_enable"
             )
-        if training_args.gradient_checkpointing or training_args.activation_checkpointing:
+        checkpointing = activation_checkpointing_field()  # gradient_checkpointing before transformers 5.24
+        if training_args.gradient_checkpointing or getattr(training_args, checkpointing):
             notes.append("--gradient_checkpointing: not needed, the frozen backbone runs without keeping activations")
-            training_args.gradient_checkpointing = training_args.activation_checkpointing = False
+            training_args.gradient_checkpointing = False
+            setattr(training_args, checkpointing, False)
         for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_bias", "mm_projector_lr"):
             if getattr(model_args, name) != ModelArguments.__dataclass_fields__[name].default:
                 refusals.append(f"--{name} is for --lora_enable True runs")

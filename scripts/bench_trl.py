@@ -22,6 +22,7 @@ from transformers import (
 from trl import DPOConfig, DPOTrainer
 
 from ha_dpo.full_sequence_logps import concatenated_pairs
+from post_decoder.compat import activation_checkpointing_field
 
 
 def plain_llava(model) -> LlavaForConditionalGeneration:
@@ -104,7 +105,7 @@ def trl_trainer(model, tokenizer, image_processor, batch: dict, steps: int, outp
         weight_decay=0.01,  # torch's AdamW default, which the other methods use
         max_grad_norm=0.0,
         optim="adamw_torch",
-        activation_checkpointing=False,  # TRL turns it on by default
+        **{activation_checkpointing_field(): False},  # TRL turns it on by default
         bf16=model.dtype == torch.bfloat16,
         use_cpu=not cuda,
         per_device_train_batch_size=pairs,

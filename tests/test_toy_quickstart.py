@@ -12,6 +12,7 @@ from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT
 from ha_dpo.toy.quickstart import main, pope
 from post_decoder.block import PostInteractionBlock
 from post_decoder.builder import load_pretrained_model
+from post_decoder.errors import InputError
 from post_decoder.conversation import question_prompt, tokenize_with_image
 from post_decoder.image_processing import preprocess_images
 
@@ -87,5 +88,5 @@ def test_the_committed_block_is_a_quickstart_block(quickstart, tmp_path):
 
 def test_quickstart_refuses_a_folder_in_use(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(InputError, match="not empty"):
         main(["--out", str(tmp_path)])

@@ -26,6 +26,8 @@ import torch
 from eval.pope_eval_post import main as pope_eval_main
 from eval.pope_report import format_table, plot_chart
 from post_decoder import VARIANTS
+from post_decoder.atomic_files import atomic_file
+from post_decoder.errors import InputError, run_command
 
 from ..train_dpo_post import main as train_dpo_main
 from . import DEFAULT_CHECKPOINT
@@ -104,7 +106,7 @@ class Steps:
 def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None, pope_images: int = 150,
         base_model: str = DEFAULT_CHECKPOINT) -> dict:  # fmt: skip
     if os.path.isdir(out) and os.listdir(out):
-        raise SystemExit(f"--out {out} is not empty: give a new folder")
+        raise InputError(f"--out {out} is not empty: give a new folder")
     os.makedirs(out, exist_ok=True)
     steps, metrics, trained = Steps(4), {}, os.path.join(out, "stage1")
     with steps.step("toy world"):
@@ -118,9 +120,8 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     summary = comparison(metrics)
     plot_chart({RUN_NAMES[run]: by_set for run, by_set in metrics.items()}, os.path.join(out, "pope_comparison.png"))
     markdown = os.path.join(out, "results.md")
-    with open(markdown + ".tmp", "w") as handle:
+    with atomic_file(markdown) as temporary, open(temporary, "w") as handle:
         handle.write(f"# Toy-world quickstart (seed {seed}, block {variant})\n\n```\n{summary}\n```\n")
-    os.replace(markdown + ".tmp", markdown)
     results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images, "base_model": base_model,
                "seconds": steps.seconds, "metrics": metrics}  # fmt: skip
     write_json(os.path.join(out, "results.json"), results)
@@ -144,4 +145,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)
