@@ -1,81 +1,17 @@
-"""DPO of the post-interaction block (and/or lm_head, or HA-DPO's LoRA baseline) on HA-DPO pairs.
-
-    deepspeed ha_dpo/train_dpo_post.py --deepspeed scripts/zero2.json \\
-        --model_name_or_path liuhaotian/llava-v1.5-7b --vg_path data/VG \\
-        --desc_data_path data/hadpo/llava-v1.5/desc_data.json --pope_data_path data/hadpo/llava-v1.5/pope_data.json \\
-        --tune_post_decoder True --bf16 True --output_dir runs/stage1 --per_device_train_batch_size 4 \\
-        --learning_rate 2e-4 --beta 0.1 --num_train_epochs 1
-
-Also runs under `python` and `torchrun`. `--help` lists every flag. Bad input (a flag, a file, an
-output folder) stops with one line and exit code 2; `--debug` shows the traceback instead.
-"""
+"""`deepspeed ha_dpo/train_dpo_post.py ...` (DPO of the block on HA-DPO pairs) as HA-DPO and LLaVA start training:
+a thin entry that runs `ha_dpo.cli.train_dpo_post`, where the command and its flags are documented.
+Installed, the same command is `post-decoder-train-dpo`."""
 
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a file (`deepspeed ha_dpo/train_dpo_post.py`): make the project importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file: the project root replaces this folder on the path, so that
+    # ha_dpo's sub-packages (cli, data, trainer, ...) cannot shadow top-level modules of the same names
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [os.path.dirname(HERE), *(path for path in sys.path if os.path.abspath(path) != HERE)]
 
-from transformers import set_seed
-
-from ha_dpo.arguments import ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments
-from ha_dpo.collators import PreferenceCollator
-from ha_dpo.hadpo_data import read_hadpo_pairs
-from ha_dpo.preference_data import PreferenceDataset
-from ha_dpo.skips import SkipCounter
-from ha_dpo.trainer import PreferenceTrainer
-from ha_dpo.training_model import load_for_training, preference_model
-from ha_dpo.training_run import parse, train_and_save
-from post_decoder.errors import InputError, run_command
-
-
-def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
-    """HA-DPO's pairs (its mix, or every pair), tokenized and checked; bad samples counted in `skips`."""
-    if data_args.vg_path is None:
-        raise InputError(
-            "--vg_path is required: the Visual Genome folder with image_data.json, VG_100K/ and VG_100K_2/"
-        )
-    skips = SkipCounter("HA-DPO pairs", strict=data_args.strict)
-    samples = read_hadpo_pairs(
-        data_args.vg_path,
-        data_args.desc_data_path,
-        data_args.pope_data_path,
-        sample_strategy="all" if data_args.all_pairs else "offline",
-        seed=training_args.seed,
-        skips=skips,
-        pope_correct_pairs=data_args.pope_correct_pairs,
-    )
-    dataset = PreferenceDataset(
-        samples,
-        tokenizer,
-        model_config.image_token_id,
-        model_config.image_seq_length,
-        training_args.model_max_length,
-        skips=skips,
-        conv_mode=data_args.conv_mode,
-    )
-    return dataset, PreferenceCollator(tokenizer, image_processor), skips
-
-
-def main(argv=None):
-    model_args, data_args, training_args, notes = parse(
-        (ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments), argv
-    )
-    set_seed(training_args.seed)  # before the block is created: its initialisation is part of the run
-    tokenizer, model, image_processor = load_for_training(model_args, training_args)
-    dataset, collator, skips = preference_data(data_args, training_args, tokenizer, image_processor, model.config)
-    trainer = PreferenceTrainer(
-        model=preference_model(model_args, model, tokenizer),
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=collator,
-        processing_class=tokenizer,
-        beta=training_args.beta,
-        loss_type=training_args.loss_type,
-        gamma=training_args.gamma,
-    )
-    return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
-
+from ha_dpo.cli.train_dpo_post import main  # noqa: E402
+from post_decoder.errors import run_command  # noqa: E402
 
 if __name__ == "__main__":
     run_command(main)

@@ -1,66 +1,17 @@
-"""Supervised fine-tuning of the post-interaction block (and/or lm_head) on LLaVA instruction data,
-the backbone frozen: the original work's second training path.
-
-    deepspeed ha_dpo/train_llava_post.py --deepspeed scripts/zero2.json \\
-        --model_name_or_path liuhaotian/llava-v1.5-7b --data_path data/llava_v1_5_mix665k.json \\
-        --image_folder data --tune_post_decoder True --bf16 True --output_dir runs/sft \\
-        --per_device_train_batch_size 16 --learning_rate 2e-5 --num_train_epochs 1
-
-`--keep_text_only False` drops the samples without an image (kept by default: the block passes
-them through); either way they are counted. `--help` lists every flag. Bad input stops with one
-line and exit code 2; `--debug` shows the traceback instead.
-"""
+"""`deepspeed ha_dpo/train_llava_post.py ...` (SFT of the block on LLaVA data) as HA-DPO and LLaVA start training:
+a thin entry that runs `ha_dpo.cli.train_llava_post`, where the command and its flags are documented.
+Installed, the same command is `post-decoder-train-sft`."""
 
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a file: make the project importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file: the project root replaces this folder on the path, so that
+    # ha_dpo's sub-packages (cli, data, trainer, ...) cannot shadow top-level modules of the same names
+    HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [os.path.dirname(HERE), *(path for path in sys.path if os.path.abspath(path) != HERE)]
 
-from transformers import set_seed
-
-from ha_dpo.arguments import ModelArguments, PostDecoderTrainingArguments, SupervisedDataArguments
-from ha_dpo.collators import SupervisedCollator
-from ha_dpo.llava_data import SupervisedDataset, read_llava_samples
-from ha_dpo.skips import SkipCounter
-from ha_dpo.trainer import SupervisedModel, TrainableOnlyTrainer
-from ha_dpo.training_model import load_for_training, train_block_and_head_only
-from ha_dpo.training_run import parse, train_and_save
-from post_decoder.errors import InputError, run_command
-
-
-def main(argv=None):
-    model_args, data_args, training_args, notes = parse(
-        (ModelArguments, SupervisedDataArguments, PostDecoderTrainingArguments), argv
-    )
-    if model_args.lora_enable:
-        raise InputError("--lora_enable: this script trains the block and/or lm_head; LoRA SFT is LLaVA's own script")
-    set_seed(training_args.seed)
-    tokenizer, model, image_processor = load_for_training(model_args, training_args)
-    skips = SkipCounter("LLaVA instruction samples", strict=data_args.strict)
-    samples = read_llava_samples(
-        data_args.data_path, data_args.image_folder, keep_text_only=data_args.keep_text_only, skips=skips
-    )
-    config = model.config
-    dataset = SupervisedDataset(
-        samples,
-        tokenizer,
-        config.image_token_id,
-        config.image_seq_length,
-        training_args.model_max_length,
-        skips=skips,
-        conv_mode=data_args.conv_mode,
-    )
-    train_block_and_head_only(model_args, model)
-    trainer = TrainableOnlyTrainer(
-        model=SupervisedModel(model),
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=SupervisedCollator(tokenizer, image_processor),
-        processing_class=tokenizer,
-    )
-    return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
-
+from ha_dpo.cli.train_llava_post import main  # noqa: E402
+from post_decoder.errors import run_command  # noqa: E402
 
 if __name__ == "__main__":
     run_command(main)

@@ -33,11 +33,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
-
 from bench_models import build_model
-from ha_dpo.dpo_loss import PairLogps, preference_loss
-from ha_dpo.full_sequence_logps import full_sequence_logps
-from ha_dpo.preference_model import SharedBackbonePreferenceModel
+
+from ha_dpo.objective.dpo_loss import PairLogps, preference_loss
+from ha_dpo.objective.full_sequence_logps import full_sequence_logps
+from ha_dpo.objective.preference_model import SharedBackbonePreferenceModel
 from post_decoder.conversation import question_prompt, tokenize_with_image
 
 METHODS = ("ours", "usual", "trl")

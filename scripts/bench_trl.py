@@ -21,7 +21,7 @@ from transformers import (
 )
 from trl import DPOConfig, DPOTrainer
 
-from ha_dpo.full_sequence_logps import concatenated_pairs
+from ha_dpo.objective.full_sequence_logps import concatenated_pairs
 from post_decoder.compat import activation_checkpointing_field
 
 

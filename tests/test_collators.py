@@ -3,16 +3,16 @@ import json
 import pytest
 import torch
 
-from ha_dpo.collators import PreferenceCollator, SupervisedCollator
-from ha_dpo.hadpo_data import read_hadpo_pairs
-from ha_dpo.llava_data import SupervisedDataset, read_llava_samples
-from ha_dpo.pair_logps import ReferenceHead, shared_pair_logps
-from ha_dpo.preference_data import PreferenceDataset
-from ha_dpo.skips import SkipCounter
+from ha_dpo.data.collators import PreferenceCollator, SupervisedCollator
+from ha_dpo.data.hadpo_data import read_hadpo_pairs
+from ha_dpo.data.llava_data import SupervisedDataset, read_llava_samples
+from ha_dpo.data.preference_data import PreferenceDataset
+from ha_dpo.data.skips import SkipCounter
+from ha_dpo.objective.pair_logps import ReferenceHead, shared_pair_logps
 from post_decoder.image_processing import load_image_processor, preprocess_images
 from post_decoder.tiny import clip_preprocessor_config
-from tests.conftest import add_noise, with_block
-from tests.data_files import write_hadpo, write_llava
+from tests.helpers import add_noise, with_block
+from tests.helpers.data_files import write_hadpo, write_llava
 
 BATCH_KEYS = {
     "prompt_input_ids",

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ha_dpo.dpo_loss import PairLogps, preference_loss
+from ha_dpo.objective.dpo_loss import PairLogps, preference_loss
 
 
 def ha_dpo_reference(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):

@@ -5,13 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ha_dpo.hadpo_data import read_hadpo_pairs
-from ha_dpo.preference_data import PreferenceDataset, PreferenceSample
-from ha_dpo.skips import SkipCounter
+from ha_dpo.data.hadpo_data import read_hadpo_pairs
+from ha_dpo.data.preference_data import PreferenceDataset, PreferenceSample
+from ha_dpo.data.skips import SkipCounter
 from post_decoder.conversation import CONV_MODES, add_llava_tokens, question_prompt, tokenize_with_image
 from post_decoder.errors import InputError
-from tests.conftest import shared_file
-from tests.data_files import write_hadpo, write_json, write_visual_genome
+from tests.helpers import shared_file
+from tests.helpers.data_files import write_hadpo, write_json, write_visual_genome
 
 # HA-DPO's four description prompts, written out here independently of the module under test
 PROMPTS = [

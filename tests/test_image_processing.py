@@ -7,7 +7,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from post_decoder.errors import InputError
 from post_decoder.image_processing import load_image_processor, open_image, preprocess_images, to_rgb
 from post_decoder.tiny import clip_preprocessor_config
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_mode_i_values_outside_16_bits_are_clipped_not_wrapped():
 
 
 def test_a_truncated_jpeg_is_refused_when_decoded_though_pil_verifies_it(tmp_path):
-    from ha_dpo.images import image_problem
+    from ha_dpo.data.images import image_problem
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
     path = tmp_path / "truncated.jpg"

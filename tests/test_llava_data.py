@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from ha_dpo.llava_data import SupervisedDataset, SupervisedSample, conversation_ids, read_llava_samples
-from ha_dpo.skips import SkipCounter
+from ha_dpo.data.llava_data import SupervisedDataset, SupervisedSample, conversation_ids, read_llava_samples
+from ha_dpo.data.skips import SkipCounter
 from post_decoder.conversation import (
     ASSISTANT,
     CONV_MODES,
@@ -14,8 +14,8 @@ from post_decoder.conversation import (
     tokenize_with_image,
 )
 from post_decoder.errors import InputError
-from tests.conftest import shared_file
-from tests.data_files import write_llava
+from tests.helpers import shared_file
+from tests.helpers.data_files import write_llava
 
 IMAGE_SEQ_LENGTH = 16  # the tiny model's: (32 / 8) ** 2
 
@@ -196,7 +196,7 @@ def supervised_item(turns, tokenizer, image_seq_length=1, tmp_image=None):
 
 @pytest.fixture
 def image_file(tmp_path):
-    from tests.data_files import write_image
+    from tests.helpers.data_files import write_image
 
     write_image(tmp_path / "image.png", "RGB", (8, 8))
     return str(tmp_path / "image.png")

@@ -4,42 +4,11 @@ import math
 import pytest
 import torch
 
-from ha_dpo.dpo_loss import preference_loss
-from ha_dpo.pair_logps import ReferenceHead, shared_pair_logps
+from ha_dpo.objective.dpo_loss import preference_loss
+from ha_dpo.objective.pair_logps import ReferenceHead, shared_pair_logps
 from post_decoder import VARIANTS
-from post_decoder.conversation import question_prompt, tokenize_with_image
-from tests.conftest import add_noise, pad_rows, with_block
-
-PAIRS = [
-    ("Is there a dog in the image?", "Yes, there is a dog.", "No."),
-    (
-        "Describe the image in detail.",
-        "The image shows a red circle next to a blue square.",
-        "There are two cups on a table.",
-    ),
-]
-
-
-def tokenized_pairs(model, tokenizer):
-    config = model.config
-    prompts, chosen, rejected = [], [], []
-    for question, good, bad in PAIRS:
-        prompts.append(
-            tokenize_with_image(question_prompt(question), tokenizer, config.image_token_id, config.image_seq_length)
-        )
-        chosen.append(tokenizer(good).input_ids[1:] + [tokenizer.eos_token_id])
-        rejected.append(tokenizer(bad).input_ids[1:] + [tokenizer.eos_token_id])
-    return prompts, chosen, rejected
-
-
-def make_batch(model, tokenizer, pixel_values):
-    prompts, chosen, rejected = tokenized_pairs(model, tokenizer)
-    pad = tokenizer.pad_token_id
-    batch = {"pixel_values": pixel_values}
-    batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(prompts, "left", pad)
-    batch["chosen_input_ids"], batch["chosen_attention_mask"] = pad_rows(chosen, "right", pad)
-    batch["rejected_input_ids"], batch["rejected_attention_mask"] = pad_rows(rejected, "right", pad)
-    return batch
+from tests.helpers import add_noise, pad_rows, with_block
+from tests.helpers.pairs import make_batch, tokenized_pairs
 
 
 def full_sequence_logps(model, tokenizer, pixel_values, answers_index):
@@ -134,7 +103,7 @@ def full_sequence_logits_and_labels(model, tokenizer, pixel_values):
 
 
 def test_logits_metrics_are_ha_dpos_on_both_log_prob_paths(plain_llava, llava_tokenizer):
-    from ha_dpo.full_sequence_logps import full_sequence_logps as lora_path_logps
+    from ha_dpo.objective.full_sequence_logps import full_sequence_logps as lora_path_logps
 
     model = with_block(plain_llava, "post_interaction", perturb=0.1, seed=3)
     reference = ReferenceHead.snapshot(model, copy_lm_head=False)
@@ -162,7 +131,7 @@ class FixedLogits(torch.nn.Module):
 
 
 def test_full_sequence_logits_metric_averages_the_answer_tokens_own_positions():
-    from ha_dpo.full_sequence_logps import full_sequence_logps as lora_path_logps
+    from ha_dpo.objective.full_sequence_logps import full_sequence_logps as lora_path_logps
 
     batch = {  # one pair: a 2-token prompt, a 3-token chosen and a 1-token rejected answer
         "prompt_input_ids": torch.tensor([[5, 6]]),
@@ -181,8 +150,8 @@ def test_full_sequence_logits_metric_averages_the_answer_tokens_own_positions():
 @pytest.mark.parametrize("path", ["shared", "full_sequence"])
 def test_chosen_tokens_counts_the_chosen_answer_on_both_paths(plain_llava, llava_tokenizer, path):
     pytest.importorskip("peft")
-    from ha_dpo.arguments import ModelArguments
-    from ha_dpo.training_model import preference_model
+    from ha_dpo.cli.arguments import ModelArguments
+    from ha_dpo.trainer.training_model import preference_model
 
     model = with_block(plain_llava, "post_interaction", perturb=0.1)
     _, chosen, rejected = tokenized_pairs(model, llava_tokenizer)

@@ -36,7 +36,7 @@ from post_decoder.conversation import (
 from post_decoder.errors import InputError
 from post_decoder.tiny import train_tiny_tokenizer
 from post_decoder.tokenizer import LlavaLlamaTokenizer, load_tokenizer
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 LLAVA_IMAGE_INDEX = -200  # LLaVA's IMAGE_TOKEN_INDEX, written in place of each image in the expected ids
 IMAGE_ID, PAD_ID = 32000, 32001
@@ -504,7 +504,7 @@ def test_every_official_pope_prompt_in_both_modes(llava_hf, reference):
 
 
 def test_dpo_pairs_tokenize_as_ha_dpo_trained_on(slow, llava_hf):
-    from ha_dpo.preference_data import prompt_and_answer_ids
+    from ha_dpo.data.preference_data import prompt_and_answer_ids
 
     for question, answer, prompt_tail, answer_ids in HADPO_PAIRS:
         for tokenizer in (slow, llava_hf):

@@ -19,9 +19,9 @@ from eval.answering import PrefixCachedAnswerer
 from eval.build_pope import build_pope_sets, question_text
 from eval.pope_questions import POPE_SETS, pope_file, read_questions
 from eval.pope_scoring import parse_yes_no, score_answers
-from ha_dpo.hadpo_data import read_hadpo_pairs
-from ha_dpo.llava_data import read_llava_samples
-from ha_dpo.skips import SkipCounter
+from ha_dpo.data.hadpo_data import read_hadpo_pairs
+from ha_dpo.data.llava_data import read_llava_samples
+from ha_dpo.data.skips import SkipCounter
 from ha_dpo.toy import DEFAULT_CHECKPOINT
 from ha_dpo.toy.base_model import (
     BaseModelConfig,
@@ -334,7 +334,7 @@ DEFAULT_PIXELS_SHA256_PREFIX = "19fad68e0a19779e"  # the 6000 training images, J
 
 def test_the_first_base_model_training_steps_give_the_measured_losses(default_world, tmp_path):
     """The training of scripts/make_toy_base.py cut to 4 steps per stage, on the same inputs."""
-    from ha_dpo.llava_data import read_llava_samples
+    from ha_dpo.data.llava_data import read_llava_samples
 
     train = [image for image in default_world if image.split == "train"]
     llava = tmp_path / "toy_instruct.json"

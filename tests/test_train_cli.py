@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ha_dpo.checkpoints import TRAINABLE_WEIGHTS
+from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.builder import load_pretrained_model
 from post_decoder.tiny import save_llava_hf
-from tests.data_files import write_hadpo, write_llava
+from tests.helpers.data_files import write_hadpo, write_llava
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "ha_dpo", "train_dpo_post.py")
@@ -216,7 +216,7 @@ def test_supervised_fine_tuning_of_the_block_on_llava_data(base_and_data, tmp_pa
 
 def train_in_process(argv, capsys, script="train_dpo_post.py"):
     """The CLI's entry point as `python ha_dpo/<script>` runs it; returns (exit code or None, stdout, stderr)."""
-    from ha_dpo import train_dpo_post, train_llava_post
+    from ha_dpo.cli import train_dpo_post, train_llava_post
     from post_decoder.errors import run_command
 
     main = {"train_dpo_post.py": train_dpo_post.main, "train_llava_post.py": train_llava_post.main}[script]
@@ -290,7 +290,7 @@ def test_a_non_empty_output_dir_needs_overwrite_or_resume(base_and_data, tmp_pat
 
 
 def test_no_pairs_left_after_skipping_reaches_the_user_as_one_line(base_and_data, tmp_path, capsys):
-    from tests.data_files import pope
+    from tests.helpers.data_files import pope
 
     only_missing_images = {"5": {"chosen": ["Gone."], "rejected": ["x"]}}  # VG image 5 is absent
     vg_path, desc_data, pope_data = write_hadpo(tmp_path / "hadpo", only_missing_images, [pope(5, False)])
@@ -301,7 +301,7 @@ def test_no_pairs_left_after_skipping_reaches_the_user_as_one_line(base_and_data
 
 
 def test_debug_shows_the_traceback_instead(base_and_data, tmp_path, capsys):
-    from ha_dpo import train_dpo_post
+    from ha_dpo.cli import train_dpo_post
     from post_decoder.errors import InputError, run_command
 
     target = tmp_path / "results.txt"
@@ -321,7 +321,7 @@ class StopAfterDataset(Exception):
 def test_conv_mode_picks_the_prompt_template_of_the_samples(
     base_and_data, tmp_path, capsys, monkeypatch, script, dataset_name
 ):
-    from ha_dpo import train_dpo_post, train_llava_post
+    from ha_dpo.cli import train_dpo_post, train_llava_post
 
     module = {"train_dpo_post.py": train_dpo_post, "train_llava_post.py": train_llava_post}[script]
     real, built = getattr(module, dataset_name), []

@@ -4,20 +4,20 @@ import os
 import pytest
 import torch
 
-from ha_dpo import trainer as trainer_module
-from ha_dpo.arguments import ModelArguments, PreferenceTrainingArguments, check_arguments, rename_old_flags
-from ha_dpo.checkpoints import (
+from ha_dpo.cli.arguments import ModelArguments, PreferenceTrainingArguments, check_arguments, rename_old_flags
+from ha_dpo.trainer import trainer as trainer_module
+from ha_dpo.trainer.checkpoints import (
     NON_LORA_TRAINABLES,
     TRAINABLE_WEIGHTS,
     gather_trainable_state,
     load_trainable_checkpoint,
     write_trainable_checkpoint,
 )
-from ha_dpo.trainer import PreferenceTrainer
-from ha_dpo.training_model import preference_model
+from ha_dpo.trainer.trainer import PreferenceTrainer
+from ha_dpo.trainer.training_model import preference_model
 from post_decoder.errors import InputError
-from tests.conftest import pad_rows, with_block
-from tests.test_pair_logps import make_batch, tokenized_pairs
+from tests.helpers import pad_rows, with_block
+from tests.helpers.pairs import make_batch, tokenized_pairs
 
 
 class PairsDataset(torch.utils.data.Dataset):
@@ -220,7 +220,7 @@ def files_of(folder):
 def crash_at_safetensors_write(monkeypatch, call):
     """Make the `call`-th safetensors write of a save leave a torn file and raise: the save stops halfway
     (the trained tensors are written, the block's own file is torn)."""
-    from ha_dpo import checkpoints as checkpoints_module
+    from ha_dpo.trainer import checkpoints as checkpoints_module
 
     real, calls = checkpoints_module.save_file, []
 
@@ -333,7 +333,7 @@ def test_stage2_reference_keeps_its_own_copy_of_the_initial_lm_head(plain_llava,
     assert not torch.equal(wrapper.policy.lm_head.weight, initial.lm_head.weight)  # the policy's head moved
     assert torch.equal(wrapper.reference.lm_head.weight, initial.lm_head.weight)  # the reference's did not
 
-    from ha_dpo.pair_logps import ReferenceHead, shared_pair_logps
+    from ha_dpo.objective.pair_logps import ReferenceHead, shared_pair_logps
 
     pixel_values = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     batch = make_batch(model, llava_tokenizer, pixel_values)

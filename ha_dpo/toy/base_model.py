@@ -30,8 +30,8 @@ from post_decoder.image_processing import load_image_processor, open_image, prep
 from post_decoder.saving import save_model_folder
 from post_decoder.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
 
-from ..llava_data import IGNORE_INDEX, SupervisedDataset, read_llava_samples
-from ..skips import SkipCounter
+from ..data.llava_data import IGNORE_INDEX, SupervisedDataset, read_llava_samples
+from ..data.skips import SkipCounter
 
 
 @dataclass(frozen=True)

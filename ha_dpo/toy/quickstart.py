@@ -29,7 +29,7 @@ from post_decoder import VARIANTS
 from post_decoder.atomic_files import atomic_file
 from post_decoder.errors import InputError, run_command
 
-from ..train_dpo_post import main as train_dpo_main
+from ..cli.train_dpo_post import main as train_dpo_main
 from . import DEFAULT_CHECKPOINT
 from .files import write_json, write_world
 from .world import WorldConfig

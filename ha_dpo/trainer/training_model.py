@@ -11,7 +11,7 @@ from post_decoder import PostDecoderConfig
 from post_decoder.builder import load_pretrained_model
 from post_decoder.errors import InputError
 
-from .preference_model import LoraPreferenceModel, SharedBackbonePreferenceModel
+from ..objective.preference_model import LoraPreferenceModel, SharedBackbonePreferenceModel
 
 # LoRA on the LLM's linear layers, never on the vision tower, projector or lm_head (as HA-DPO/LLaVA).
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"

@@ -17,6 +17,8 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..cli.reporting import CURVES_FILE, plot_training_curves, why_no_curves
+from ..objective.dpo_loss import preference_loss
 from .checkpoints import (
     TRAINER_STATE,
     gather_trainable_state,
@@ -24,8 +26,6 @@ from .checkpoints import (
     publish_result,
     write_trainable_checkpoint,
 )
-from .dpo_loss import preference_loss
-from .reporting import CURVES_FILE, plot_training_curves, why_no_curves
 
 # Fixed names (every rank must agree on them): checkpoints and the final result are written here,
 # then renamed into the run folder.

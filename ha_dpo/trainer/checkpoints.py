@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from post_decoder.atomic_files import atomic_file
 from post_decoder.saving import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, check_state_fits
 
-from .reporting import CURVES_FILE
+from ..cli.reporting import CURVES_FILE
 
 TRAINABLE_WEIGHTS = "trainable_weights.safetensors"
 NON_LORA_TRAINABLES = "non_lora_trainables.bin"

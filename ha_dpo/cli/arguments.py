@@ -14,7 +14,7 @@ from post_decoder.compat import activation_checkpointing_field
 from post_decoder.conversation import CONV_MODES, DEFAULT_CONV_MODE
 from post_decoder.errors import InputError
 
-from .dpo_loss import LOSS_TYPES
+from ..objective.dpo_loss import LOSS_TYPES
 
 CONV_MODE_HELP = (
     "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template; HA-DPO trained "

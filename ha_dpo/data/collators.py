@@ -1,4 +1,4 @@
-"""Batches for the trainers: preference pairs in the format `ha_dpo.pair_logps.shared_pair_logps`
+"""Batches for the trainers: preference pairs in the format `ha_dpo.objective.pair_logps.shared_pair_logps`
 reads, and supervised samples for the model's forward with `labels`.
 
 Images go through LLaVA's `pad` preprocessing. `pixel_values` holds the images of the samples

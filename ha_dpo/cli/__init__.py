@@ -1,0 +1,1 @@
+"""The command line: the training scripts, their arguments, what runs around the Trainer, reports."""
