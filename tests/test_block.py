@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from post_decoder import VARIANTS, PostDecoderConfig, PostInteractionBlock
-from tests.conftest import add_noise
+from tests.helpers import add_noise
 
 
 def tiny_block(variant, **fields):
@@ -40,14 +40,14 @@ def test_cross_attention_sees_the_image_and_ignores_masked_vision_positions():
     mask = torch.tensor([[True, True, True, True, False, False]])
     reference, _ = block(hidden, block.encode_vision(vision, mask, 1))
     with_probs, probs = block(hidden, block.encode_vision(vision, mask, 1), output_attentions=True)
-    assert torch.allclose(with_probs, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(with_probs, reference, rtol=1e-4, atol=1e-4)
     assert probs[0].shape == (1, 4, 3, 6)
-    assert torch.allclose(probs[0].sum(-1), torch.ones(1, 4, 3))
+    torch.testing.assert_close(probs[0].sum(-1), torch.ones(1, 4, 3), atol=1e-8, rtol=1e-5)
     assert torch.all(probs[0][..., 4:] == 0)
     changed_padding = vision.clone()
     changed_padding[:, 4:] = 100.0
     same, _ = block(hidden, block.encode_vision(changed_padding, mask, 1))
-    assert torch.allclose(same, reference, atol=1e-6)
+    torch.testing.assert_close(same, reference, atol=1e-6, rtol=1e-5)
     other_image, _ = block(hidden, block.encode_vision(torch.randn(1, 6, 24), mask, 1))
     assert not torch.allclose(other_image, reference)
 

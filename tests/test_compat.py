@@ -13,7 +13,7 @@ from packaging.version import Version
 from transformers.models.llama.modeling_llama import LlamaModel
 
 from post_decoder.compat import CACHE_KWARG, output_cache
-from tests.conftest import image_batch, with_block
+from tests.helpers import image_batch, with_block
 
 
 def test_the_cache_keyword_is_the_one_this_transformers_names():

@@ -7,7 +7,7 @@ from post_decoder.conversation import (
     question_prompt,
     tokenize_with_image,
 )
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 LLAVA_IMAGE_PLACEHOLDER = -200  # LLaVA's IMAGE_TOKEN_INDEX
 

@@ -22,7 +22,7 @@ from post_decoder.original_llava import load_original_llava
 from post_decoder.original_llava import main as convert_main
 from post_decoder.saving import load_sharded_state_dict
 from post_decoder.tiny import make_tiny_llava, save_llava_hf, save_original_llava
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 EMBEDDINGS, HEAD = "model.language_model.embed_tokens.weight", "lm_head.weight"
 

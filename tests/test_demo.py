@@ -29,7 +29,7 @@ from post_decoder.conversation import Conversation, tokenize_with_image
 from post_decoder.image_processing import load_image_processor, preprocess_images
 from post_decoder.saving import save_model_folder
 from post_decoder.tiny import clip_preprocessor_config, save_llava_hf
-from tests.conftest import with_block
+from tests.helpers import with_block
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MAX_NEW_TOKENS = 8
@@ -254,14 +254,14 @@ def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, lla
     answer = [5, 17, 42]
     attention = answer_attention(loaded, prompt, answer, pixels)
     assert attention.shape == (3, 4, 4)  # 32 px images, 8 px patches, CLS dropped
-    assert np.allclose(attention.sum(axis=(1, 2)), 1, atol=1e-5)
+    np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1, atol=1e-5, rtol=1e-5)
     # The first row is the position that predicts the first answer token: the prompt's last one.
     with torch.no_grad():
         output = loaded.model(
             input_ids=torch.tensor([prompt]), pixel_values=pixels, output_post_decoder_attentions=True
         )
     last = torch.stack(output.post_decoder_attentions).mean(dim=(0, 2))[0, -1]
-    assert np.allclose(attention[0].reshape(-1), last.numpy(), atol=1e-6)
+    np.testing.assert_allclose(attention[0].reshape(-1), last.numpy(), atol=1e-6, rtol=1e-5)
 
     seen = seen_image(pixels, loaded.image_processor)
     assert seen.size == (336, 336)

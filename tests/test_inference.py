@@ -12,7 +12,7 @@ from post_decoder.errors import InputError
 from post_decoder.image_processing import load_image_processor, preprocess_images
 from post_decoder.inference import answer, answer_batch
 from post_decoder.tiny import clip_preprocessor_config
-from tests.conftest import eos_banned, with_block
+from tests.helpers import eos_banned, with_block
 
 NEW_TOKENS = 6
 

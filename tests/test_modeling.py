@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from post_decoder import VARIANTS
-from tests.conftest import eos_banned, image_batch, with_block
+from tests.helpers import eos_banned, image_batch, with_block
 
 QUESTIONS = ["Is there a dog in the image?", "Describe the image in detail.", "Is there a cup?"]
 
@@ -44,12 +44,12 @@ def test_loss_and_logits_to_keep_follow_llava(plain_llava, llava_tokenizer, vari
         full = model(**batch, labels=labels)
         last = model(**batch, logits_to_keep=1)
     assert full.logits.shape[1] == batch["input_ids"].shape[1]
-    assert torch.allclose(last.logits[:, -1], full.logits[:, -1], atol=1e-5)
+    torch.testing.assert_close(last.logits[:, -1], full.logits[:, -1], atol=1e-5, rtol=1e-5)
     vocab = full.logits.shape[-1]
     expected_loss = torch.nn.functional.cross_entropy(
         full.logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1), ignore_index=-100
     )
-    assert torch.allclose(full.loss, expected_loss, atol=1e-5)
+    torch.testing.assert_close(full.loss, expected_loss, atol=1e-5, rtol=1e-5)
 
 
 def full_recomputation_greedy(model, batch, steps):
@@ -119,7 +119,7 @@ def test_block_attention_maps_cover_the_image(plain_llava, llava_tokenizer):
     (probs,) = output.post_decoder_attentions
     image_tokens = model.config.image_seq_length
     assert probs.shape == (2, model.post_decoder.config.num_attention_heads, 1, image_tokens)
-    assert torch.allclose(probs.sum(-1), torch.ones_like(probs.sum(-1)), atol=1e-5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)), atol=1e-5, rtol=1e-5)
 
 
 def test_projector_output_can_be_the_vision_source(plain_llava, llava_tokenizer):

@@ -7,7 +7,7 @@ import torch
 from ha_dpo.objective.dpo_loss import preference_loss
 from ha_dpo.objective.pair_logps import ReferenceHead, shared_pair_logps
 from post_decoder import VARIANTS
-from tests.helpers import add_noise, pad_rows, with_block
+from tests.helpers import add_noise, named, pad_rows, with_block
 from tests.helpers.pairs import make_batch, tokenized_pairs
 
 
@@ -53,7 +53,7 @@ def test_shared_backbone_logps_equal_two_separate_models_on_full_sequences(plain
         "reference_rejected": full_sequence_logps(reference_model, llava_tokenizer, pixel_values, 1),
     }
     for name, values in expected.items():
-        assert torch.allclose(getattr(logps, name), values, atol=1e-5), name
+        torch.testing.assert_close(getattr(logps, name), values, atol=1e-5, rtol=1e-5, msg=named(name))
     assert not torch.allclose(logps.policy_chosen, logps.reference_chosen, atol=1e-3)  # the heads really differ
 
 

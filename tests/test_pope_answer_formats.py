@@ -11,7 +11,7 @@ import pytest
 
 from eval import pope_eval_post
 from post_decoder.errors import InputError, run_command
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 ANSWERS = [
     "No, there is not.", "Yes.", "There is no dog", "not sure", "", "Yes, there is a dog.", "no",

@@ -9,7 +9,7 @@ from eval.answering import PrefixCachedAnswerer
 from post_decoder import VARIANTS
 from post_decoder.image_processing import load_image_processor
 from post_decoder.tiny import clip_preprocessor_config
-from tests.conftest import eos_banned, with_block
+from tests.helpers import eos_banned, with_block
 
 QUESTIONS = [
     "Is there a dog in the image?",

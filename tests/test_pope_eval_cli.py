@@ -12,14 +12,14 @@ from eval.answering import PrefixCachedAnswerer
 from eval.pope_report import main as report_main
 from eval.pope_scoring import score_answers
 from post_decoder.errors import InputError
-from tests.pope_workspace import cli_args, read_lines, workspace_fixture  # noqa: F401 (a fixture)
+from tests.helpers.pope_workspace import cli_args, read_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_a_full_run_answers_every_question_and_scores_them(workspace, tmp_path):
+def test_a_full_run_answers_every_question_and_scores_them(pope_workspace, tmp_path):
     answers = tmp_path / "answers.jsonl"
-    metrics = pope_eval_post.main(cli_args(workspace, answers))
+    metrics = pope_eval_post.main(cli_args(pope_workspace, answers))
     records = read_lines(answers)
     assert len(records) == 24 and not os.path.exists(f"{answers}.part0")
     assert {record["set"] for record in records} == {"random", "popular", "adversarial"}
@@ -31,15 +31,15 @@ def test_a_full_run_answers_every_question_and_scores_them(workspace, tmp_path):
     with open(tmp_path / "answers_metrics.json") as handle:
         written = json.load(handle)
     assert written == metrics and sorted(written) == ["adversarial", "popular", "random"]
-    questions = [json.loads(line) for line in open(workspace / "pope" / "coco_pope_popular.json")]
+    questions = [json.loads(line) for line in open(pope_workspace / "pope" / "coco_pope_popular.json")]
     expected = score_answers(questions, {r["question_id"]: r["answer"] for r in records if r["set"] == "popular"})
     assert written["popular"] == expected.as_dict()
     assert os.path.getsize(tmp_path / "answers_metrics.png") > 1000
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(workspace, tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_where_it_stopped(pope_workspace, tmp_path, monkeypatch):
     complete = tmp_path / "complete.jsonl"
-    pope_eval_post.main(cli_args(workspace, complete))
+    pope_eval_post.main(cli_args(pope_workspace, complete))
     lines = open(complete).read().splitlines(keepends=True)
     interrupted = tmp_path / "interrupted.jsonl"
     shutil.copy(f"{complete}.settings.json", f"{interrupted}.settings.json")  # the same model and settings
@@ -52,28 +52,28 @@ def test_an_interrupted_run_resumes_where_it_stopped(workspace, tmp_path, monkey
     monkeypatch.setattr(
         PrefixCachedAnswerer, "answer", lambda self, image, texts: asked.append(texts) or original(self, image, texts)
     )
-    pope_eval_post.main(cli_args(workspace, interrupted, "--resume"))
+    pope_eval_post.main(cli_args(pope_workspace, interrupted, "--resume"))
     assert sorted(map(json.dumps, read_lines(interrupted))) == sorted(map(json.dumps, read_lines(complete)))
     pending = {(json.loads(line)["image"], json.loads(line)["prompt"]) for line in lines[8:]}
     assert sum(map(len, asked)) == len(pending)  # each distinct pending question once; nothing answered twice
 
 
-def test_existing_answers_are_never_overwritten_without_resume(workspace, tmp_path):
+def test_existing_answers_are_never_overwritten_without_resume(pope_workspace, tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text('{"set": "random", "question_id": 1, "answer": "Yes"}\n')
     with pytest.raises(InputError, match=r"answers.jsonl \(or its parts\) exists: pass --resume"):
-        pope_eval_post.main(cli_args(workspace, answers))
+        pope_eval_post.main(cli_args(pope_workspace, answers))
     assert answers.read_text() == '{"set": "random", "question_id": 1, "answer": "Yes"}\n'
 
 
-def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
+def test_a_missing_image_is_named_or_counted(pope_workspace, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     for name in ("img0.png", "img1.png", "img3.png"):
-        (images / name).write_bytes((workspace / "images" / name).read_bytes())
-    args = cli_args(workspace, tmp_path / "a.jsonl")
+        (images / name).write_bytes((pope_workspace / "images" / name).read_bytes())
+    args = cli_args(pope_workspace, tmp_path / "a.jsonl")
     args[args.index("--coco_path") + 1] = str(images)
-    question_file = workspace / "pope" / "coco_pope_random.json"
+    question_file = pope_workspace / "pope" / "coco_pope_random.json"
     expected = (
         f"image {images / 'img2.png'} is missing (question_id 5 of {question_file} asks about it); pass --skip-missing"
     )
@@ -85,16 +85,16 @@ def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
     assert all(m["tp"] + m["fp"] + m["tn"] + m["fn"] == 6 for m in metrics.values())
 
 
-def test_score_only_and_compare(workspace, tmp_path, capsys):
+def test_score_only_and_compare(pope_workspace, tmp_path, capsys):
     answers = tmp_path / "answers.jsonl"
-    first = pope_eval_post.main(cli_args(workspace, answers))
+    first = pope_eval_post.main(cli_args(pope_workspace, answers))
     again = pope_eval_post.main(
         [
             "--score-only",
             "--answers-file",
             str(answers),
             "--pope_path",
-            str(workspace / "pope"),
+            str(pope_workspace / "pope"),
             "--set",
             "all",
             "--metrics-file",
@@ -116,9 +116,9 @@ def test_score_only_and_compare(workspace, tmp_path, capsys):
     assert os.path.getsize(tmp_path / "c.png") > 1000
 
 
-def test_torchrun_on_two_processes_writes_the_same_answers_as_one(workspace, tmp_path):
+def test_torchrun_on_two_processes_writes_the_same_answers_as_one(pope_workspace, tmp_path):
     one = tmp_path / "one.jsonl"
-    pope_eval_post.main(cli_args(workspace, one))
+    pope_eval_post.main(cli_args(pope_workspace, one))
     two = tmp_path / "two.jsonl"
     command = [
         sys.executable,
@@ -129,7 +129,7 @@ def test_torchrun_on_two_processes_writes_the_same_answers_as_one(workspace, tmp
         "--master_port",
         "29533",
         os.path.join(ROOT, "eval", "pope_eval_post.py"),
-        *cli_args(workspace, two),
+        *cli_args(pope_workspace, two),
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -10,20 +10,15 @@ import pytest
 from eval import pope_eval_post
 from eval.answer_provenance import weights_fingerprint
 from post_decoder.errors import InputError
-from tests.conftest import add_noise, with_block
-from tests.pope_workspace import (
-    cli_args,
-    read_lines,
-    save_model,
-    workspace_fixture,  # noqa: F401 (a fixture)
-)
+from tests.helpers import add_noise, with_block
+from tests.helpers.pope_workspace import cli_args, read_lines, save_model
 
 
 @pytest.fixture(scope="module")
-def complete(workspace, tmp_path_factory):
+def complete(pope_workspace, tmp_path_factory):
     """A whole run's answers file (and its settings), to cut into interrupted ones."""
     answers = tmp_path_factory.mktemp("complete") / "answers.jsonl"
-    pope_eval_post.main(cli_args(workspace, answers))
+    pope_eval_post.main(cli_args(pope_workspace, answers))
     return answers
 
 
@@ -36,11 +31,11 @@ def interrupted_copy(complete, folder, kept=8):
     return answers
 
 
-def test_the_settings_file_says_what_wrote_the_answers(workspace, complete):
+def test_the_settings_file_says_what_wrote_the_answers(pope_workspace, complete):
     recorded = json.loads(open(f"{complete}.settings.json").read())
     assert recorded["conv_mode"] == "vicuna_v1" and recorded["prompt_suffix"] == "" and recorded["max_new_tokens"] == 4
     assert recorded["dtype"] == "float32" and recorded["decoding"] == "greedy"
-    assert recorded["model_path"] == str(workspace / "model") and len(recorded["weights"]) == 16
+    assert recorded["model_path"] == str(pope_workspace / "model") and len(recorded["weights"]) == 16
 
 
 @pytest.mark.parametrize(
@@ -54,19 +49,19 @@ def test_the_settings_file_says_what_wrote_the_answers(workspace, complete):
         (["--max-new-tokens", "5"], "max_new_tokens 4 there, 5 now"),
     ],
 )
-def test_resume_with_other_prompt_settings_is_refused(workspace, complete, tmp_path, change, message):
+def test_resume_with_other_prompt_settings_is_refused(pope_workspace, complete, tmp_path, change, message):
     answers = interrupted_copy(complete, tmp_path)
     before = answers.with_name("answers.jsonl.part0").read_text()
     with pytest.raises(InputError, match="answers.jsonl holds answers written with other settings") as error:
-        pope_eval_post.main(cli_args(workspace, answers, "--resume") + change)
+        pope_eval_post.main(cli_args(pope_workspace, answers, "--resume") + change)
     assert message in str(error.value) and "\n" not in str(error.value)
     assert answers.with_name("answers.jsonl.part0").read_text() == before  # nothing touched
 
 
-def test_resume_with_another_model_is_refused(plain_llava, llava_tokenizer, workspace, complete, tmp_path):
+def test_resume_with_another_model_is_refused(plain_llava, llava_tokenizer, pope_workspace, complete, tmp_path):
     other = save_model(plain_llava, llava_tokenizer, tmp_path, "other_model", seed=1)
     answers = interrupted_copy(complete, tmp_path)
-    args = cli_args(workspace, answers, "--resume")
+    args = cli_args(pope_workspace, answers, "--resume")
     args[args.index("--model-path") + 1] = str(other)
     with pytest.raises(
         InputError,
@@ -75,11 +70,11 @@ def test_resume_with_another_model_is_refused(plain_llava, llava_tokenizer, work
         pope_eval_post.main(args)
 
 
-def test_resume_with_the_same_weights_moved_continues(workspace, complete, tmp_path):
+def test_resume_with_the_same_weights_moved_continues(pope_workspace, complete, tmp_path):
     moved = tmp_path / "moved_model"
-    shutil.copytree(workspace / "model", moved)
+    shutil.copytree(pope_workspace / "model", moved)
     answers = interrupted_copy(complete, tmp_path)
-    args = cli_args(workspace, answers, "--resume", "--batch-size", "2")  # the batch size does not change answers
+    args = cli_args(pope_workspace, answers, "--resume", "--batch-size", "2")  # the batch size does not change answers
     args[args.index("--model-path") + 1] = str(moved)
     pope_eval_post.main(args)
     answered = {(line["set"], line["question_id"]): line["answer"] for line in read_lines(answers)}
@@ -87,37 +82,37 @@ def test_resume_with_the_same_weights_moved_continues(workspace, complete, tmp_p
     assert {line["model_id"] for line in read_lines(answers)[8:]} == {str(moved)}
 
 
-def test_answers_without_a_settings_record_are_not_resumed(workspace, complete, tmp_path):
+def test_answers_without_a_settings_record_are_not_resumed(pope_workspace, complete, tmp_path):
     answers = interrupted_copy(complete, tmp_path)
     os.remove(f"{answers}.settings.json")
     with pytest.raises(InputError, match=r"answers.jsonl: there is no record of what wrote these answers"):
-        pope_eval_post.main(cli_args(workspace, answers, "--resume"))
+        pope_eval_post.main(cli_args(pope_workspace, answers, "--resume"))
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])  # found before loading the model / while answering
-def test_a_run_stopped_on_its_first_question_leaves_no_part_and_reruns(workspace, tmp_path, problem):
+def test_a_run_stopped_on_its_first_question_leaves_no_part_and_reruns(pope_workspace, tmp_path, problem):
     images = tmp_path / "images"
-    shutil.copytree(workspace / "images", images)
+    shutil.copytree(pope_workspace / "images", images)
     first = images / "img0.png"  # the first image asked about
     if problem == "missing":
         os.remove(first)
     else:
         first.write_bytes(b"not a png")
     answers = tmp_path / "answers.jsonl"
-    args = cli_args(workspace, answers)
+    args = cli_args(pope_workspace, answers)
     args[args.index("--coco_path") + 1] = str(images)
     with pytest.raises(InputError, match="img0.png (is missing|cannot be read)"):
         pope_eval_post.main(args)
     assert not [name for name in os.listdir(tmp_path) if ".part" in name or name == "answers.jsonl"]
-    shutil.copy(workspace / "images" / "img0.png", first)
+    shutil.copy(pope_workspace / "images" / "img0.png", first)
     assert len(pope_eval_post.main(args)) == 3  # no "exists: pass --resume"
 
 
-def test_an_empty_part_file_left_by_an_old_run_counts_as_absent(workspace, tmp_path):
+def test_an_empty_part_file_left_by_an_old_run_counts_as_absent(pope_workspace, tmp_path):
     answers = tmp_path / "answers.jsonl"
     (tmp_path / "answers.jsonl.part0").write_text("")
     (tmp_path / "answers.jsonl.part1").write_text("")
-    pope_eval_post.main(cli_args(workspace, answers))
+    pope_eval_post.main(cli_args(pope_workspace, answers))
     assert len(read_lines(answers)) == 24 and sorted(os.listdir(tmp_path)) == [
         "answers.jsonl", "answers.jsonl.settings.json", "answers_metrics.json", "answers_metrics.png"
     ]  # fmt: skip

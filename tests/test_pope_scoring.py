@@ -5,7 +5,7 @@ import pytest
 
 from eval.pope_questions import pope_file, read_questions
 from eval.pope_scoring import parse_yes_no, score_answers
-from tests.conftest import shared_file
+from tests.helpers import shared_file
 
 AWKWARD_ANSWERS = [
     "No, there is not.",

@@ -16,7 +16,7 @@ from post_decoder.builder import load_pretrained_model
 from post_decoder.saving import load_sharded_state_dict
 from post_decoder.stage_weights import StageWeightsError, merge, replace_bin
 from post_decoder.tiny import save_llava_hf, save_original_llava
-from tests.conftest import add_noise, image_batch, with_block
+from tests.helpers import add_noise, image_batch, with_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 replace_bin_main = runpy.run_path(os.path.join(ROOT, "scripts", "replace_bin.py"))["main"]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.builder import load_pretrained_model
 from post_decoder.tiny import save_llava_hf
+from tests.helpers import named
 from tests.helpers.data_files import write_hadpo, write_llava
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +183,7 @@ def test_two_process_deepspeed_zero2_on_the_cpu_matches_one_process(base_and_dat
     one, two = load_file(single / TRAINABLE_WEIGHTS), load_file(distributed / TRAINABLE_WEIGHTS)
     assert set(one) == set(two)
     for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5), name
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-5, msg=named(name))
     assert any(not torch.equal(tensor, torch.zeros_like(tensor)) for name, tensor in two.items() if "o_proj" in name)
 
 

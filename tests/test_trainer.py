@@ -16,7 +16,7 @@ from ha_dpo.trainer.checkpoints import (
 from ha_dpo.trainer.trainer import PreferenceTrainer
 from ha_dpo.trainer.training_model import preference_model
 from post_decoder.errors import InputError
-from tests.helpers import pad_rows, with_block
+from tests.helpers import named, pad_rows, with_block
 from tests.helpers.pairs import make_batch, tokenized_pairs
 
 
@@ -129,7 +129,9 @@ def test_resume_from_a_checkpoint_continues_to_the_same_result(plain_llava, llav
         resume_from_checkpoint=str(tmp_path / "interrupted" / "checkpoint-2")
     )
     for name, tensor in straight.post_decoder.state_dict().items():
-        assert torch.allclose(tensor, resumed.post_decoder.state_dict()[name], atol=1e-6), name
+        torch.testing.assert_close(
+            tensor, resumed.post_decoder.state_dict()[name], atol=1e-6, rtol=1e-5, msg=named(name)
+        )
     assert straight.post_decoder.layers[0].cross_attn.o_proj.weight.abs().sum() > 0  # it really trained
 
 
@@ -168,8 +170,8 @@ def test_lora_baseline_starts_at_the_shared_paths_log_probs(plain_llava, llava_t
     )
     lora = preference_model(ModelArguments("unused", lora_enable=True), model, llava_tokenizer)
     logps = lora(**batch)
-    assert torch.allclose(logps.policy_chosen, shared.policy_chosen, atol=1e-5)
-    assert torch.allclose(logps.reference_rejected, shared.reference_rejected, atol=1e-5)
+    torch.testing.assert_close(logps.policy_chosen, shared.policy_chosen, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logps.reference_rejected, shared.reference_rejected, atol=1e-5, rtol=1e-5)
     trained = lora.trainable_names()
     assert trained and all("lora_" in name and "language_model" in name for name in trained)
 
@@ -340,5 +342,6 @@ def test_stage2_reference_keeps_its_own_copy_of_the_initial_lm_head(plain_llava,
     with torch.no_grad():
         logps = wrapper(**batch)
         start = shared_pair_logps(initial, ReferenceHead.snapshot(initial, copy_lm_head=True), batch)
-    assert torch.allclose(logps.reference_chosen, start.policy_chosen, atol=1e-5)  # the reference is the start
+    # the reference is the start
+    torch.testing.assert_close(logps.reference_chosen, start.policy_chosen, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logps.policy_chosen, start.policy_chosen, atol=1e-3)

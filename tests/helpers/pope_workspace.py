@@ -1,16 +1,16 @@
 """A small POPE world for the evaluator's tests: a saved tiny model with a block, 4 images, and
-three small POPE sets sharing them (the shape of the official COCO sets)."""
+three small POPE sets sharing them (the shape of the official COCO sets), and the evaluator's
+command line on it."""
 
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from post_decoder.image_processing import load_image_processor
 from post_decoder.saving import save_model_folder
 from post_decoder.tiny import clip_preprocessor_config
-from tests.conftest import with_block
+from tests.helpers import with_block
 
 OBJECTS = ["dog", "cat", "apple", "car"]
 
@@ -26,10 +26,9 @@ def save_model(plain_llava, llava_tokenizer, root, name, seed=0):
     return root / name
 
 
-@pytest.fixture(scope="module", name="workspace")
-def workspace_fixture(plain_llava, llava_tokenizer, tmp_path_factory):
-    """A saved tiny model with a block, 4 images, and three small POPE sets sharing them."""
-    root = tmp_path_factory.mktemp("pope_cli")
+def build_pope_workspace(plain_llava, llava_tokenizer, root):
+    """A saved tiny model with a block, 4 images, and three small POPE sets sharing them, in `root`
+    (conftest's `pope_workspace` fixture)."""
     save_model(plain_llava, llava_tokenizer, root, "model")
     (root / "images").mkdir()
     rng = np.random.default_rng(0)
