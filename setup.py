@@ -32,7 +32,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "post-decoder-convert-llava=post_decoder.original_llava:main",
+            "post-decoder-convert-llava=post_decoder.families.llava.original:main",
             "post-decoder-demo=demo.app:main",
         ]
     },

@@ -15,15 +15,15 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch
 from PIL import Image
 
 from demo.loading import load_models
 from demo.page import build_page
 from demo.uploads import DEFAULT_MAX_IMAGE_PIXELS
 from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
+from post_decoder.block.files import POST_DECODER_CONFIG
+from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
-from post_decoder.saving import POST_DECODER_CONFIG
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The toy world's base model, the quickstart's block trained on it, and held-out example images.
@@ -31,7 +31,6 @@ TOY_CHECKPOINT, TOY_BLOCK, TOY_EXAMPLES = DEFAULT_CHECKPOINT, DEFAULT_BLOCK, DEF
 SHARED_IMAGES = os.path.join(REPO_ROOT, "..", "shared", "data", "images")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EXAMPLE_QUESTIONS = ("Describe the image in detail.", "Is there a person in the image?")
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 TOY_LABELS = ("toy base model + trained block", "toy base model")  # (trained, base) as the page names them
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # organisation/name: what from_pretrained may fetch from the Hub
 

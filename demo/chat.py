@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from post_decoder.conversation import Conversation, tokenize_with_image
-from post_decoder.image_processing import preprocess_images
+from post_decoder.family import family_for
 
 from .loading import LoadedModel
 
@@ -39,12 +38,12 @@ class Prompt:
 
 
 def conversation_ids(loaded: LoadedModel, turns: list[tuple[str, str]], question: str) -> list[int]:
-    conversation = Conversation()
+    family = family_for(loaded.model)
+    conversation = family.conversation()
     for index, (asked, answered) in enumerate(turns):
         conversation.add_user(asked, with_image=index == 0).add_assistant(answered)
     conversation.add_user(question, with_image=not turns).add_assistant(None)
-    config = loaded.model.config
-    return tokenize_with_image(conversation.prompt(), loaded.tokenizer, config.image_token_id, config.image_seq_length)
+    return family.tokenize_prompt(conversation.prompt(), loaded.tokenizer, loaded.model.config)
 
 
 def fit_prompt(loaded: LoadedModel, turns: list[tuple[str, str]], question: str, max_new_tokens: int) -> Prompt:
@@ -89,10 +88,6 @@ def _cut_question(loaded: LoadedModel, question: str, limit: int):
         if len(ids) <= limit or keep == 0:
             return cut, ids, len(tokens), keep
         keep = max(0, keep - (len(ids) - limit))
-
-
-def pixel_values(loaded: LoadedModel, image) -> torch.Tensor:
-    return preprocess_images([image], loaded.image_processor).to(loaded.model.device, loaded.model.dtype)
 
 
 @dataclass

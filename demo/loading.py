@@ -6,22 +6,20 @@ it is the same model with the block bypassed: a model object without a block who
 training changed `lm_head` (stage 2), that base is not the original model, and the page says so.
 """
 
-import copy
 import os
 from dataclasses import dataclass
 
 import torch
-from accelerate import init_empty_weights
 
 from post_decoder.builder import load_pretrained_model
-from post_decoder.modeling_llava import LlavaPostDecoderForConditionalGeneration
+from post_decoder.family import family_for
 
 
 @dataclass
 class LoadedModel:
     label: str  # what the page calls it: says where it came from
     tokenizer: object
-    model: LlavaPostDecoderForConditionalGeneration
+    model: torch.nn.Module  # a family's model class (`post_decoder.family`)
     image_processor: object
     context_len: int
     bypassed: bool = False  # the trained model with its block bypassed
@@ -54,16 +52,7 @@ def load_model(
 
 def block_bypassed(trained: LoadedModel) -> LoadedModel:
     """The trained model without its block: its backbone and `lm_head` modules, shared."""
-    config = copy.deepcopy(trained.model.config)
-    config.post_decoder_config = None
-    with init_empty_weights():  # nothing is allocated: both parts are replaced by the trained model's below
-        base = LlavaPostDecoderForConditionalGeneration(config)
-    parts = {name for name, _ in base.named_children()}
-    if parts != {"model", "lm_head"}:
-        raise RuntimeError(f"cannot bypass the block: expected the parts model and lm_head, found {sorted(parts)}")
-    base.model = trained.model.model
-    base.lm_head = trained.model.lm_head
-    base.generation_config = trained.model.generation_config
+    base = family_for(trained.model).block_bypassed(trained.model)
     label = f"{trained.label}, block bypassed"
     return LoadedModel(
         label, trained.tokenizer, base.eval(), trained.image_processor, trained.context_len, bypassed=True

@@ -10,7 +10,9 @@ import math
 import gradio as gr
 from PIL import Image
 
-from .chat import Decoding, Job, PromptTooLong, conversation_ids, fit_prompt, pixel_values, stream_answers
+from post_decoder.images import pixel_values
+
+from .chat import Decoding, Job, PromptTooLong, conversation_ids, fit_prompt, stream_answers
 from .heatmap import answer_attention, overlay, seen_image, token_choices, token_map
 from .loading import LoadedModel
 from .uploads import DEFAULT_MAX_IMAGE_PIXELS, UploadRefused, open_upload
@@ -101,7 +103,7 @@ class Page:
             except PromptTooLong as error:
                 raise gr.Error(str(error)) from error
             notes += [f"{side}: {note}" for note in prompt.notes]
-            jobs[side] = Job(loaded, prompt, pixel_values(loaded, image))
+            jobs[side] = Job(loaded, prompt, pixel_values(loaded.model, loaded.image_processor, [image]))
 
         def chats(texts):
             return {

@@ -11,7 +11,7 @@ import os
 
 from PIL import Image, UnidentifiedImageError
 
-from post_decoder.image_processing import to_rgb
+from post_decoder.images import to_rgb
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 

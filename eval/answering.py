@@ -13,9 +13,9 @@ import copy
 import torch
 
 from post_decoder.compat import CACHE_KWARG, output_cache
-from post_decoder.conversation import DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
 from post_decoder.errors import InputError
-from post_decoder.image_processing import preprocess_images
+from post_decoder.family import family_for
+from post_decoder.images import pixel_values
 
 LLAVA_MAX_NEW_TOKENS = 128  # LLaVA's model_vqa_loader.py default
 
@@ -29,31 +29,33 @@ class PrefixCachedAnswerer:
         max_new_tokens: int = LLAVA_MAX_NEW_TOKENS,
         batch_size: int = 32,
         prompt_suffix: str = "",
-        conv_mode: str = DEFAULT_CONV_MODE,
+        conv_mode: str | None = None,
     ):
         for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
-        Conversation.for_mode(conv_mode)  # an unknown mode is refused here, before any image is read
+        self.family = family_for(model)
+        self.family.conversation(conv_mode)  # an unknown mode is refused here, before any image is read
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.prompt_suffix = prompt_suffix
-        self.conv_mode = conv_mode
+        self.conv_mode = conv_mode or self.family.default_conv_mode
 
-    def prompt_ids(self, question: str) -> list[int]:
-        config = self.model.config
-        prompt = question_prompt(question, suffix=self.prompt_suffix, conv_mode=self.conv_mode)
-        return tokenize_with_image(prompt, self.tokenizer, config.image_token_id, config.image_seq_length)
+    def prompt_ids(self, question: str, image=None) -> list[int]:
+        """`image`: the question's image, for a family whose image-token count depends on it (None: not at hand)."""
+        prompt = self.family.question_prompt(question, suffix=self.prompt_suffix, conv_mode=self.conv_mode)
+        images = None if image is None else [image]
+        return self.family.tokenize_prompt(prompt, self.tokenizer, self.model.config, images=images)
 
     def pixel_values(self, image) -> torch.Tensor:
-        return preprocess_images([image], self.image_processor).to(self.model.device, self.model.dtype)
+        return pixel_values(self.model, self.image_processor, [image])
 
     @torch.no_grad()
     def answer(self, image, questions: list[str]) -> list[str]:
-        sequences = [self.prompt_ids(question) for question in questions]
+        sequences = [self.prompt_ids(question, image) for question in questions]
         prefix_length = _shared_prefix_length(sequences)
         prefix = torch.tensor([sequences[0][:prefix_length]], device=self.model.device)
         prefix_output = self.model(
@@ -69,18 +71,19 @@ class PrefixCachedAnswerer:
         count, prefix_length = len(suffixes), prefix.shape[1]
         longest = max(map(len, suffixes))
         pad = self.tokenizer.pad_token_id
-        rows, masks, positions = [], [], []
+        rows, masks = [], []
         for suffix in suffixes:
             padding = longest - len(suffix)
             rows.append([pad] * padding + suffix)
             masks.append([0] * padding + [1] * len(suffix))
-            positions.append([prefix_length] * padding + list(range(prefix_length, prefix_length + len(suffix))))
         device = prefix.device
         input_ids = torch.cat([prefix.expand(count, -1), torch.tensor(rows, device=device)], dim=1)
         prefix_mask = torch.ones(count, prefix_length, dtype=torch.long, device=device)
-        attention_mask = torch.cat([prefix_mask, torch.tensor(masks, device=device)], dim=1)
-        prefix_positions = torch.arange(prefix_length, device=device).expand(count, -1)
-        position_ids = torch.cat([prefix_positions, torch.tensor(positions, device=device)], dim=1)
+        suffix_mask = torch.tensor(masks, device=device)
+        attention_mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        # A suffix's padding takes its first token's position: each row continues the prefix as if alone.
+        positions = self.family.position_ids(prefix_mask), self.family.position_ids(suffix_mask, prefix_mask)
+        position_ids = torch.cat(positions, dim=1)
         cache = copy.deepcopy(output_cache(prefix_output))
         cache.batch_repeat_interleave(count)
         extra = {}

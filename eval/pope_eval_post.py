@@ -37,12 +37,12 @@ from eval.pope_questions import POPE_SETS, SET_ALIASES, pope_file, read_question
 from eval.pope_report import format_table, mean_f1, plot_chart, write_metrics
 from eval.pope_scoring import score_answers
 from post_decoder.builder import load_pretrained_model
-from post_decoder.conversation import CONV_MODES, DEFAULT_CONV_MODE
+from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
-from post_decoder.image_processing import open_image
+from post_decoder.family import conv_modes, default_conv_mode
+from post_decoder.images import open_image
 
 LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 SET_CHOICES = ("random", "popular", "adv", "adversarial", "all")
 
 
@@ -64,8 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--chart", help="PNG bar chart (default: next to --metrics-file)")
     parser.add_argument(
         "--conv-mode",
-        choices=tuple(CONV_MODES),
-        default=DEFAULT_CONV_MODE,
+        choices=tuple(conv_modes()),
+        default=default_conv_mode(),
         help="LLaVA's template: vicuna_v1 (LLaVA's own POPE script) or llava_v1 (HA-DPO's)",
     )
     parser.add_argument("--prompt-suffix", default="", help=f"HA-DPO's protocol: empty; LLaVA's: {LLAVA_SUFFIX!r}")

@@ -1,7 +1,8 @@
-"""`load_pretrained_model`: open any LLaVA-1.5 checkpoint, with or without a post-decoder block,
+"""`load_pretrained_model`: open a checkpoint of any registered family, with or without a post-decoder block,
 the way LLaVA's `llava.model.builder` does, returning `(tokenizer, model, image_processor, context_len)`.
 
-Accepted `model_path`s (local folders or hub ids, e.g. `llava-hf/llava-1.5-7b-hf`):
+The family is the one that claims the checkpoint's config.json (`post_decoder.family`). For LLaVA-1.5,
+accepted `model_path`s (local folders or hub ids, e.g. `llava-hf/llava-1.5-7b-hf`):
   - llava-hf folders (`LlavaForConditionalGeneration`, either key layout);
   - original LLaVA-1.5 folders (`LlavaLlamaForCausalLM`, `liuhaotian/llava-v1.5-7b`), converted in memory,
     with their block when scripts/replace_bin.py added one (`post_decoder_config` in config.json);
@@ -9,29 +10,25 @@ Accepted `model_path`s (local folders or hub ids, e.g. `llava-hf/llava-1.5-7b-hf
   - a folder holding only a block (`post_decoder_config.json` + `post_decoder.safetensors`),
     with the base it was trained on as `model_base` (`--model-base` on the command line).
 
-The tokenizer comes from `post_decoder.tokenizer.load_tokenizer`: LLaVA's own (slow, SentencePiece) token ids
+LLaVA's tokenizer comes from `families/llava/tokenizer.load_tokenizer`: LLaVA's own (slow, SentencePiece) token ids
 whenever the folder ships `tokenizer.model`. A problem with the folders named is an `InputError` that names them.
 """
 
 import json
 
 import torch
-from transformers import LlavaConfig
 from transformers.utils import cached_file
 
-from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
-from .errors import InputError
-from .image_processing import load_image_processor
-from .modeling_llava import LlavaPostDecoderForConditionalGeneration
-from .original_llava import is_original_llava_config, load_original_llava
-from .saving import (
+from .block import PostDecoderConfig
+from .block.files import (
     POST_DECODER_CONFIG,
     is_post_decoder_folder,
-    listing,
     load_post_decoder_weights,
     read_post_decoder_config,
 )
-from .tokenizer import load_tokenizer
+from .dtypes import default_dtype
+from .errors import InputError
+from .family import family_for_checkpoint
 
 DEFAULT_CONTEXT_LENGTH = 2048  # LLaVA's builder returns this when the config names no max_sequence_length
 
@@ -57,7 +54,7 @@ def load_pretrained_model(
     if load_8bit or load_4bit:
         raise NotImplementedError("8-bit and 4-bit loading are not supported yet; load in float16 or bfloat16")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.float16 if str(device).startswith("cuda") else torch.float32)
+    dtype = dtype or default_dtype(device)
 
     # Refuse conflicting requests before any weights are read.
     if is_post_decoder_folder(model_path):
@@ -87,7 +84,8 @@ def load_pretrained_model(
             f"{model_path} already holds a block; pass post_decoder=None to keep it, or name a folder without one"
         )
 
-    tokenizer, model, image_processor = _load_full(full_path, raw_config, dtype, device_map)
+    family = family_for_checkpoint(raw_config, full_path)
+    tokenizer, model, image_processor = family.load(full_path, raw_config, dtype, device_map)
     if block_config is not None:
         model.attach_post_decoder(block_config)
         load_post_decoder_weights(model.post_decoder, model_path)
@@ -112,34 +110,3 @@ def _read_config(model_path: str) -> dict:
             return json.load(handle)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path} is not valid JSON ({error}): fetch or copy the checkpoint again") from None
-
-
-def _load_full(model_path: str, raw_config: dict, dtype: torch.dtype, device_map):
-    if is_original_llava_config(raw_config):
-        model, tokenizer, image_processor = load_original_llava(
-            model_path, LlavaPostDecoderForConditionalGeneration, dtype
-        )
-        return tokenizer, model, image_processor
-
-    if raw_config.get("model_type") == LlavaPostDecoderConfig.model_type:
-        config = LlavaPostDecoderConfig.from_pretrained(model_path)
-    elif raw_config.get("model_type") == "llava":
-        config = LlavaPostDecoderConfig.from_llava_config(LlavaConfig.from_pretrained(model_path))
-    else:
-        raise InputError(
-            f"{model_path} is not a LLaVA-1.5 checkpoint: config.json has model_type "
-            f"{raw_config.get('model_type')!r} and architectures {raw_config.get('architectures')}"
-        )
-    model, info = LlavaPostDecoderForConditionalGeneration.from_pretrained(
-        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
-    )
-    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
-    if missing or unexpected or info["mismatched_keys"]:
-        raise InputError(
-            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
-        )
-    tokenizer = load_tokenizer(model_path)  # LLaVA's SentencePiece ids when the folder ships tokenizer.model
-    return tokenizer, model, load_image_processor(model_path)

@@ -1,10 +1,9 @@
 """A checkpoint folder's weight files, read key by key and rewritten without ever corrupting them.
 
 Formats: safetensors or `.bin` (read with `weights_only=True`), one file or shards with their
-index. Key layouts: ours / transformers 5 (`model.language_model.*`), the hub's llava-hf
-(`language_model.model.*`) and original LLaVA-1.5 (`model.layers.*`, `model.mm_projector.*`).
-Keys are shown under our model's names (`LlavaPostDecoderForConditionalGeneration.state_dict()`)
-and written back under the checkpoint's own; a block's keys are `post_decoder.*` in every layout.
+index. Key layouts are the family's (`family.key_layout`; LLaVA's three are in
+`families/llava/key_layouts.py`). Keys are shown under our model's names (its `state_dict()`) and
+written back under the checkpoint's own; a block's keys are `post_decoder.*` in every layout.
 
 Rewriting only touches the files that change: either into a new folder (a copy of the old one's
 model files: not the results of runs that describe the old model), or in place, each file replaced
@@ -36,15 +35,20 @@ from transformers.utils import (
 
 from .atomic_files import atomic_directory, atomic_file
 from .errors import InputError
-from .original_llava import _converted_key, is_original_llava_config
-from .saving import MissingCheckpointFile, check_new_folder, read_safetensors_header, read_weight_file
+from .family import family_for_checkpoint
+from .saving import (
+    SINGLE_WEIGHT_FILES,
+    WEIGHT_INDEXES,
+    MissingCheckpointFile,
+    check_new_folder,
+    read_safetensors_header,
+    read_weight_file,
+    shard_names,
+)
 
 CONFIG = "config.json"
 BACKUP_SUFFIX = ".bak"
-_INDEXES = {"model.safetensors.index.json": ".safetensors", "pytorch_model.bin.index.json": ".bin"}
-_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_HEAD = "lm_head.weight"
 # Besides its weights, what a model folder is made of. Anything else in a checkpoint's folder (POPE
 # results, training summaries, logs, *.bak) describes that model, not one written from it.
 MODEL_FOLDER_FILES = (
@@ -63,14 +67,6 @@ MODEL_FOLDER_FILES = (
     "merges.txt",
 )
 
-ORIGINAL, LLAVA_HF_HUB, LLAVA_HF = "original LLaVA-1.5", "llava-hf (hub keys)", "llava-hf (transformers 5 keys)"
-# The hub's llava-hf names -> ours (transformers 5 renames them the same way when it loads).
-_HUB_PREFIXES = (
-    ("language_model.lm_head.", "lm_head."),
-    ("language_model.model.", "model.language_model."),
-    ("vision_tower.", "model.vision_tower."),
-    ("multi_modal_projector.", "model.multi_modal_projector."),
-)
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -119,14 +115,15 @@ class CheckpointFolder:
                 self.weight_map[key] = name
         if self.index_name:
             self._check_index(files)
-        self.layout = self._detect_layout()
+        self.family = family_for_checkpoint(self.config, self.folder)
+        self.layout = self.family.key_layout(self.config, list(self._specs), self.folder)
         self._to_checkpoint: dict[str, str] = {}
         for key in self._specs:
-            ours = self._our_name(key)
+            ours = self.layout.to_ours(key)
             if ours in self._to_checkpoint:
                 raise InputError(f"{self.folder}: {self._to_checkpoint[ours]} and {key} are both {ours} in our names")
             self._to_checkpoint[ours] = key
-        head_file = self.weight_map.get(self._to_checkpoint.get(_HEAD, ""))
+        head_file = self.weight_map.get(self._to_checkpoint.get(self.family.head_key, ""))
         self.new_keys_file = named or head_file or sorted(files)[-1]
 
     @property
@@ -143,9 +140,9 @@ class CheckpointFolder:
 
     def stored_dtype(self) -> torch.dtype:
         """The dtype the checkpoint stores its weights in: its head's, else its most common float."""
-        specs = self.specs()
-        if _HEAD in specs:
-            return specs[_HEAD].dtype
+        specs, head = self.specs(), self.family.head_key
+        if head in specs:
+            return specs[head].dtype
         floats = [spec.dtype for spec in specs.values() if spec.dtype.is_floating_point]
         return max(set(floats), key=floats.count)
 
@@ -199,15 +196,15 @@ class CheckpointFolder:
 
     def _find_files(self, named: str | None) -> tuple[str | None, list[str]]:
         """(index name or None, weight file names) of the checkpoint."""
-        if named in _INDEXES:
+        if named in WEIGHT_INDEXES:
             return named, self._index_files(named)
         if named is not None and not named.endswith(_WEIGHT_SUFFIXES):
             raise InputError(
                 f"{os.path.join(self.folder, named)} is neither a weight file (.safetensors, .bin) nor an index"
             )
-        indexes = [name for name in _INDEXES if os.path.isfile(os.path.join(self.folder, name))]
+        indexes = [name for name in WEIGHT_INDEXES if os.path.isfile(os.path.join(self.folder, name))]
         if named is not None:
-            indexes = [name for name in indexes if named.endswith(_INDEXES[name])]
+            indexes = [name for name in indexes if named.endswith(WEIGHT_INDEXES[name])]
         if indexes:
             files = self._index_files(indexes[0])
             if named is not None and named not in files:
@@ -215,16 +212,15 @@ class CheckpointFolder:
             return indexes[0], files
         if named is not None:
             return None, [named]
-        singles = [name for name in _SINGLE_FILES if os.path.isfile(os.path.join(self.folder, name))]
+        singles = [name for name in SINGLE_WEIGHT_FILES if os.path.isfile(os.path.join(self.folder, name))]
         if not singles:
             raise MissingCheckpointFile(
-                f"no weights in {self.folder}: expected one of {', '.join([*_INDEXES, *_SINGLE_FILES])}"
+                f"no weights in {self.folder}: expected one of {', '.join([*WEIGHT_INDEXES, *SINGLE_WEIGHT_FILES])}"
             )
         return None, singles[:1]
 
     def _index_files(self, index_name: str) -> list[str]:
-        with open(os.path.join(self.folder, index_name)) as handle:
-            files = sorted(set(json.load(handle)["weight_map"].values()))
+        files = shard_names(os.path.join(self.folder, index_name))
         absent = [name for name in files if not os.path.isfile(os.path.join(self.folder, name))]
         if absent:
             raise MissingCheckpointFile(
@@ -243,26 +239,6 @@ class CheckpointFolder:
                     f"{key} (index: {indexed[key]}, found in: {self.weight_map.get(key)})" for key in wrong[:5]
                 )
             )
-
-    def _detect_layout(self) -> str:
-        if is_original_llava_config(self.config):
-            return ORIGINAL
-        if any(key.startswith("language_model.") for key in self._specs):
-            return LLAVA_HF_HUB
-        if any(key.startswith("model.language_model.") for key in self._specs):
-            return LLAVA_HF
-        raise InputError(
-            f"{self.folder} is not a LLaVA-1.5 checkpoint: no language_model.* or model.language_model.* keys"
-        )
-
-    def _our_name(self, key: str) -> str:
-        if self.layout == ORIGINAL:
-            return _converted_key(key)
-        if self.layout == LLAVA_HF_HUB:
-            for theirs, ours in _HUB_PREFIXES:
-                if key.startswith(theirs):
-                    return ours + key[len(theirs) :]
-        return key
 
 
 def _read_specs(path: str) -> dict[str, TensorSpec]:

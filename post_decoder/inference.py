@@ -6,9 +6,10 @@
     tokenizer, model, image_processor, _ = load_pretrained_model("runs/stage1/merged")
     print(answer(model, tokenizer, image_processor, "photo.jpg", "Is there a dog in the image?"))
 
-The prompt is LLaVA-1.5's single-turn template (`conv_mode`, see `post_decoder.conversation`), the
-image goes through LLaVA-1.5's `pad` preprocessing, and the answer is `model.generate`'s: greedy
-with at most 128 new tokens unless `generation_kwargs` say otherwise (LLaVA's defaults).
+The prompt is the model's family's single-turn template (`conv_mode`; LLaVA-1.5's are in
+`post_decoder/families/llava/conversation.py`), the image goes through the family's preprocessing
+(LLaVA-1.5's `pad`), and the answer is `model.generate`'s: greedy with at most 128 new tokens unless
+`generation_kwargs` say otherwise (LLaVA's defaults).
 `answer_batch` asks many questions at once, left-padded in batches, with the same answers.
 """
 
@@ -17,15 +18,15 @@ import os
 import torch
 from PIL import Image
 
-from .conversation import DEFAULT_CONV_MODE, question_prompt, tokenize_with_image
 from .errors import InputError
-from .image_processing import open_image, preprocess_images
+from .family import family_for
+from .images import open_image, pixel_values
 
 DEFAULT_GENERATION = {"do_sample": False, "max_new_tokens": 128}  # LLaVA's evaluation: temperature 0, 128 tokens
 
 
 def answer(
-    model, tokenizer, image_processor, image, question: str, conv_mode: str = DEFAULT_CONV_MODE, **generation_kwargs
+    model, tokenizer, image_processor, image, question: str, conv_mode: str | None = None, **generation_kwargs
 ) -> str:
     """The model's answer to `question` about `image` (a PIL image, a path, or None for a text-only
     question). `generation_kwargs` go to `model.generate`, e.g. `max_new_tokens=16` or
@@ -42,7 +43,7 @@ def answer_batch(
     images: list,
     questions: list[str],
     batch_size: int = 8,
-    conv_mode: str = DEFAULT_CONV_MODE,
+    conv_mode: str | None = None,
     **generation_kwargs,
 ) -> list[str]:
     """One answer per (image, question) pair, generated `batch_size` pairs at a time (left-padded;
@@ -83,17 +84,12 @@ def _pad_token_id(tokenizer) -> int:
 
 
 def _prompt_ids(
-    model, tokenizer, question, with_image: bool, conv_mode: str, max_new_tokens: int, index: int
+    model, tokenizer, question, with_image: bool, conv_mode: str | None, max_new_tokens: int, index: int
 ) -> list[int]:
     if not isinstance(question, str) or not question.strip():
         raise InputError(f"question {index} is empty ({question!r}): pass the text to ask")
-    config = model.config
-    ids = tokenize_with_image(
-        question_prompt(question, with_image=with_image, conv_mode=conv_mode),
-        tokenizer,
-        config.image_token_id,
-        config.image_seq_length,
-    )
+    config, family = model.config, family_for(model)
+    ids = family.tokenize_prompt(family.question_prompt(question, with_image, conv_mode=conv_mode), tokenizer, config)
     context = config.text_config.max_position_embeddings
     if len(ids) + max_new_tokens > context:
         raise InputError(
@@ -135,6 +131,6 @@ def _generate(model, tokenizer, image_processor, prompts: list[list[int]], image
     }
     with_image = [image for image in images if image is not None]
     if with_image:  # one row of pixel values per image, in order: the model matches them to the image tokens
-        inputs["pixel_values"] = preprocess_images(with_image, image_processor).to(model.device, model.dtype)
+        inputs["pixel_values"] = pixel_values(model, image_processor, with_image)
     output = model.generate(**inputs, **settings)
     return [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]

@@ -14,18 +14,16 @@ from contextlib import contextmanager
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers.utils import cached_file
 
 from .atomic_files import atomic_directory
-from .block import PostInteractionBlock
-from .configuration import PostDecoderConfig
 from .errors import InputError
 
-POST_DECODER_CONFIG = "post_decoder_config.json"
-POST_DECODER_WEIGHTS = "post_decoder.safetensors"
-_SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+# A checkpoint's weights: one of these indexes (with the suffix of its shards), else one of these files.
+WEIGHT_INDEXES = {"model.safetensors.index.json": ".safetensors", "pytorch_model.bin.index.json": ".bin"}
+SINGLE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+PEFT_PREFIX = "base_model.model."  # names saved under PEFT; LLaVA's builder strips it too
 
 
 class MissingCheckpointFile(InputError, FileNotFoundError):
@@ -35,25 +33,29 @@ class MissingCheckpointFile(InputError, FileNotFoundError):
 def load_sharded_state_dict(model_path: str) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint (folder or hub id): safetensors or `.bin`, one file or shards
     with an index. `.bin` files are read with `weights_only=True`."""
-    for index_name in _SHARD_INDEXES:
+    for index_name in WEIGHT_INDEXES:
         index_path = cached_file(model_path, index_name, _raise_exceptions_for_missing_entries=False)
         if index_path:
-            with open(index_path) as handle:
-                shards = sorted(set(json.load(handle)["weight_map"].values()))
             state = {}
-            for shard in shards:
+            for shard in shard_names(index_path):
                 shard_path = cached_file(model_path, shard, _raise_exceptions_for_missing_entries=False)
                 if not shard_path:
                     raise MissingCheckpointFile(f"{index_path} names the shard {shard}, which is not there")
                 state.update(read_weight_file(shard_path))
             return state
-    for name in _SINGLE_FILES:
+    for name in SINGLE_WEIGHT_FILES:
         path = cached_file(model_path, name, _raise_exceptions_for_missing_entries=False)
         if path:
             return read_weight_file(path)
     raise MissingCheckpointFile(
-        f"no weights in {model_path}: expected one of {', '.join(_SHARD_INDEXES + _SINGLE_FILES)}"
+        f"no weights in {model_path}: expected one of {', '.join([*WEIGHT_INDEXES, *SINGLE_WEIGHT_FILES])}"
     )
+
+
+def shard_names(index_path: str) -> list[str]:
+    """The weight files an index (`*.index.json`) names, sorted, each once."""
+    with open(index_path) as handle:
+        return sorted(set(json.load(handle)["weight_map"].values()))
 
 
 def read_weight_file(path: str) -> dict[str, torch.Tensor]:
@@ -106,6 +108,10 @@ def read_safetensors_header(path: str) -> tuple[dict[str, tuple[tuple[int, ...],
         return specs, handle.metadata()
 
 
+def without_peft_prefix(name: str) -> str:
+    return name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
+
+
 def check_new_folder(path: str, flag: str, empty_is_new: bool = False):
     """`path` (given as `flag`) must be a folder that can be made: not a file, not an existing folder
     (unless empty and `empty_is_new`), not below a file."""
@@ -135,33 +141,6 @@ def save_model_folder(model, tokenizer, image_processor, directory: str):
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         image_processor.save_pretrained(staging)
-
-
-def save_post_decoder(block: PostInteractionBlock, directory: str):
-    """The block alone: `post_decoder_config.json` + `post_decoder.safetensors` (open it with
-    `load_pretrained_model(directory, model_base=BASE)`)."""
-    with atomic_directory(directory) as staging:
-        block.config.to_json_file(os.path.join(staging, POST_DECODER_CONFIG))
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in block.state_dict().items()}
-        save_file(state, os.path.join(staging, POST_DECODER_WEIGHTS), metadata={"format": "pt"})
-
-
-def is_post_decoder_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, POST_DECODER_CONFIG)) and not os.path.isfile(
-        os.path.join(path, "config.json")
-    )
-
-
-def read_post_decoder_config(directory: str) -> PostDecoderConfig:
-    return PostDecoderConfig.from_json_file(os.path.join(directory, POST_DECODER_CONFIG))
-
-
-def load_post_decoder_weights(block: PostInteractionBlock, directory: str):
-    """Load saved block weights, strictly: missing, unexpected or mis-shaped tensors are an error."""
-    path = os.path.join(directory, POST_DECODER_WEIGHTS)
-    if not os.path.isfile(path):
-        raise MissingCheckpointFile(f"no block weights: {path} is missing")
-    load_state_strictly(block, read_weight_file(path), f"post-decoder weights {path}")
 
 
 def check_state_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], problem: str):

@@ -26,28 +26,24 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LlavaConfig
 
-from .block import PostInteractionBlock
+from .block import PostDecoderConfig, PostInteractionBlock
+from .block.files import BLOCK_PREFIX, POST_DECODER_CONFIG
 from .builder import load_pretrained_model
-from .checkpoint_files import ORIGINAL, CheckpointFolder, TensorSpec
-from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
+from .checkpoint_files import CheckpointFolder, TensorSpec
 from .errors import InputError
-from .modeling_llava import LlavaPostDecoderForConditionalGeneration
-from .original_llava import llava_config_from_original
+from .family import family_for
 from .saving import (
-    POST_DECODER_CONFIG,
+    PEFT_PREFIX,
     MissingCheckpointFile,
     check_new_folder,
     listing,
     read_weight_file,
     save_model_folder,
+    without_peft_prefix,
 )
 
 TRAINED_FILES = ("trainable_weights.safetensors", "non_lora_trainables.bin")
-PEFT_PREFIX = "base_model.model."  # names saved under PEFT; LLaVA's builder strips it too
-BLOCK_PREFIX = "post_decoder."
-HEAD = "lm_head.weight"
 _BLOCK_SHAPE_FIELDS = (
     "variant",
     "vision_source",
@@ -91,6 +87,7 @@ class MergePlan:
     added: list[str]
     replaced: list[str]
     block_config: PostDecoderConfig | None  # the added block's resolved config
+    head: str  # the head's tensor (the family's `head_key`)
 
 
 @dataclass
@@ -112,8 +109,8 @@ class MergeReport:
         blocks = [name for name in plan.replaced if name.startswith(BLOCK_PREFIX)]
         if blocks:
             lines.append(f"  replaced the block: {len(blocks)} tensors")
-        lines.append(f"  {'replaced' if rules.replaces_head else 'kept'} {HEAD}")
-        others = [name for name in plan.replaced if not name.startswith(BLOCK_PREFIX) and name != HEAD]
+        lines.append(f"  {'replaced' if rules.replaces_head else 'kept'} {plan.head}")
+        others = [name for name in plan.replaced if not name.startswith(BLOCK_PREFIX) and name != plan.head]
         if others:
             lines.append(
                 f"  replaced {len(others)} other trained tensors: "
@@ -145,7 +142,7 @@ def read_trained_weights(path: str, block_config_path: str | None = None) -> Tra
     raw = read_weight_file(path)
     state = {}
     for name, tensor in raw.items():
-        ours = name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
+        ours = without_peft_prefix(name)
         if ours in state:
             raise InputError(f"{path} holds {ours} twice (with and without the {PEFT_PREFIX!r} prefix)")
         state[ours] = tensor
@@ -175,15 +172,17 @@ def plan_merge(
     trained: TrainedWeights,
     target: dict[str, TensorSpec],
     target_block_config: PostDecoderConfig | None,
-    llava_config,
+    backbone_config,
     where: str,
+    head: str,
     cast_dtype: bool = False,
     added_dtype: torch.dtype | None = None,
 ) -> MergePlan:
     """The tensors to store, after every check; raises StageWeightsError listing every problem.
 
     target: the checkpoint's (or loaded model's) tensors under our names; target_block_config: its block's.
-    llava_config: a callable returning the checkpoint's LlavaConfig (read only when a block is added).
+    backbone_config: a callable returning the checkpoint's backbone config (read only when a block is added).
+    head: the head's tensor name (`family.head_key`).
     added_dtype: the dtype an added block must have (None: it keeps the trained dtype).
     cast_dtype: cast a trained tensor to its destination's dtype instead of refusing a difference.
     """
@@ -211,7 +210,7 @@ def plan_merge(
                 "stage 2 replaces a block"
             )
         if block and trained.block_config is not None and not target_block:
-            block_config = trained.block_config.resolved_for(llava_config())
+            block_config = trained.block_config.resolved_for(backbone_config())
             shapes = _block_shapes(block_config)
             missing += [
                 f"{name} (the block of {trained.block_config_path} has it)"
@@ -242,11 +241,11 @@ def plan_merge(
                         f"the trained block ({trained.block_config_path}) is not the checkpoint's: {difference}"
                     )
 
-    if rules.replaces_head and HEAD not in trained.state:
-        errors.append(f"stage {stage} replaces {HEAD}, but the trained weights hold none")
-    if not rules.replaces_head and HEAD in trained.state:
+    if rules.replaces_head and head not in trained.state:
+        errors.append(f"stage {stage} replaces {head}, but the trained weights hold none")
+    if not rules.replaces_head and head in trained.state:
         errors.append(
-            f"stage {stage} keeps the checkpoint's head, but the trained weights hold {HEAD}: "
+            f"stage {stage} keeps the checkpoint's head, but the trained weights hold {head}: "
             "--tune_stage 0 adds the block and replaces the head"
         )
 
@@ -265,9 +264,9 @@ def plan_merge(
             mis_typed.append(f"{name}: trained {_dtype_name(tensor.dtype)} vs {_dtype_name(dtype)} in {file}")
         else:
             updates[name] = tensor.to(dtype) if dtype is not None else tensor
-    if any(line.startswith(HEAD) for line in mis_shaped):
+    if any(line.startswith(head) for line in mis_shaped):
         errors.append(
-            f"{HEAD} has another vocabulary size than the checkpoint's: on an original LLaVA-1.5 checkpoint, a head "
+            f"{head} has another vocabulary size than the checkpoint's: on an original LLaVA-1.5 checkpoint, a head "
             "trained on the converted model has <image> and <pad> added: merge it with --merge, which writes the "
             "converted folder (else the weights were trained on another base)"
         )
@@ -288,7 +287,7 @@ def plan_merge(
         )
     added = sorted(name for name in updates if name not in target)
     replaced = sorted(name for name in updates if name in target)
-    return MergePlan(updates, added, replaced, block_config)
+    return MergePlan(updates, added, replaced, block_config, head)
 
 
 def _block_shapes(block_config: PostDecoderConfig) -> dict[str, tuple[int, ...]]:
@@ -338,8 +337,9 @@ def replace_bin(
         trained,
         target,
         target_block_config,
-        lambda: _llava_config(checkpoint),
+        lambda: checkpoint.family.backbone_config(checkpoint.config, checkpoint.folder),
         checkpoint.description,
+        checkpoint.family.head_key,
         cast_dtype,
         added_dtype=checkpoint.stored_dtype() if cast_dtype else None,
     )
@@ -367,24 +367,11 @@ def _checkpoint_block_config(checkpoint: CheckpointFolder, target: dict[str, Ten
     return PostDecoderConfig.from_dict(values) if values else None
 
 
-def _llava_config(checkpoint: CheckpointFolder) -> LlavaConfig:
-    if checkpoint.layout == ORIGINAL:
-        return llava_config_from_original(checkpoint.config)
-    if checkpoint.config.get("model_type") == LlavaPostDecoderConfig.model_type:
-        return LlavaPostDecoderConfig.from_pretrained(checkpoint.folder)
-    return LlavaConfig.from_pretrained(checkpoint.folder)
-
-
 def _config_with_block(checkpoint: CheckpointFolder, block_config: PostDecoderConfig) -> dict:
-    """config.json with the block's config; llava-hf folders become our model type so that
-    transformers and load_pretrained_model build the block (original folders keep theirs)."""
+    """config.json with the block's config (its own fields only), as the checkpoint's family writes it."""
     values = block_config.to_dict()
-    config = dict(checkpoint.config)
-    config["post_decoder_config"] = {key: values[key] for key in ("model_type", *PostDecoderConfig.__annotations__)}
-    if checkpoint.layout != ORIGINAL:
-        config["model_type"] = LlavaPostDecoderConfig.model_type
-        config["architectures"] = [LlavaPostDecoderForConditionalGeneration.__name__]
-    return config
+    block_values = {key: values[key] for key in ("model_type", *PostDecoderConfig.__annotations__)}
+    return checkpoint.family.config_with_block(checkpoint.config, block_values)
 
 
 # --- merge: a complete folder that load_pretrained_model opens ---
@@ -417,6 +404,7 @@ def merge(
         current_block,
         lambda: model.config,
         checkpoint.folder,
+        family_for(model).head_key,
         cast_dtype=cast_dtype or dtype is not None,
         added_dtype=out_dtype,
     )

@@ -8,10 +8,10 @@ import tempfile
 import torch
 from transformers import AutoTokenizer, LlavaConfig
 
-from post_decoder import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
-from post_decoder.conversation import add_llava_tokens
-from post_decoder.image_processing import load_image_processor
-from post_decoder.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
+from post_decoder.families.llava import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
+from post_decoder.families.llava.conversation import add_llava_tokens
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
 
 
 def build_model(shape: str, device: str, dtype: torch.dtype, with_block: bool):

@@ -24,7 +24,8 @@ from PIL import Image
 
 from eval.answering import PrefixCachedAnswerer
 from eval.pope_eval_post import load_question_sets, pending_by_image
-from post_decoder.conversation import CONV_MODES
+from post_decoder.dtypes import DTYPES, default_dtype
+from post_decoder.family import conv_modes, default_conv_mode
 
 
 def generated_questions(num_images: int) -> dict[str, list[dict]]:
@@ -46,21 +47,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=("tiny", "7b"), default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp16 on GPU")
     parser.add_argument("--pope_path", help="folder of the official coco_pope_*.json (else generated questions)")
     parser.add_argument("--num-images", type=int, default=500, help="for generated questions")
     parser.add_argument("--max-images", type=int, default=None, help="cut the run to this many images")
     parser.add_argument("--baseline-questions", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--conv-mode", choices=tuple(CONV_MODES), default="vicuna_v1", help="the prompt's template")
+    parser.add_argument("--conv-mode", choices=conv_modes(), default=default_conv_mode(), help="the prompt's template")
     parser.add_argument("--no-block", action="store_true", help="benchmark the plain LLaVA")
     args = parser.parse_args()
-    dtype = (
-        getattr(torch, args.dtype)
-        if args.dtype
-        else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    )
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
 
     model, tokenizer, processor = build_model(args.shape, args.device, dtype, not args.no_block)
     sets = load_question_sets(args.pope_path, "all") if args.pope_path else generated_questions(args.num_images)

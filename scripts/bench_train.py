@@ -1,7 +1,7 @@
 """Benchmark: one DPO training step, ours against the usual recipe and TRL's DPOTrainer. Same model, same pairs.
 
-    python scripts/bench_train.py --shape tiny                          # this CPU
-    python scripts/bench_train.py --shape 7b --device cuda --pairs 4    # LLaVA-1.5-7B shape, random bf16 weights
+    python scripts/bench_train.py --shape tiny                                           # this CPU
+    python scripts/bench_train.py --shape 7b --device cuda --pairs 4 --dtype bfloat16    # LLaVA-1.5-7B shape
 
 Stages: 1 trains the block, 2 the block and lm_head, `head` lm_head alone (no block).
 - ours: the frozen backbone runs once per pair (no grad), the prompt once for both answers (its
@@ -38,7 +38,8 @@ from bench_models import build_model
 from ha_dpo.objective.dpo_loss import PairLogps, preference_loss
 from ha_dpo.objective.full_sequence_logps import full_sequence_logps
 from ha_dpo.objective.preference_model import SharedBackbonePreferenceModel
-from post_decoder.conversation import question_prompt, tokenize_with_image
+from post_decoder.dtypes import DTYPES, default_dtype
+from post_decoder.family import family_for
 
 METHODS = ("ours", "usual", "trl")
 STAGES = ("1", "2", "head")
@@ -47,11 +48,9 @@ NOT_APPLICABLE = {"trl": "n/a at this stage: TRL runs base_model + lm_head itsel
 
 def pairs_batch(model, tokenizer, pairs: int, answer_tokens: int, device) -> dict:
     """`pairs` prompts (the LLaVA template, the image tokens, a POPE-like question) with random answers."""
-    config = model.config
-    prompt = tokenize_with_image(
-        question_prompt("Describe the image in detail. What objects are there, and where are they?"),
-        tokenizer, config.image_token_id, config.image_seq_length,
-    )
+    config, family = model.config, family_for(model)
+    question = "Describe the image in detail. What objects are there, and where are they?"
+    prompt = family.tokenize_prompt(family.question_prompt(question), tokenizer, config)
     generator = torch.Generator().manual_seed(0)
     text_vocab = config.image_token_id
 
@@ -115,7 +114,7 @@ def step_function(method: str, model, tokenizer, stage: str):
 
 def run_one(args) -> dict:
     """Time `args.steps` steps of one method after `args.warmup` warm-up steps, in this process."""
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the same weights and pairs in every method's process
@@ -153,7 +152,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=("tiny", "7b"), default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="backbone dtype (default: bf16 on GPU)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="backbone dtype (default: fp16 on GPU)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs per micro-batch")
     parser.add_argument("--answer-tokens", type=int, default=None, help="per answer (default 100 at 7b, 24 at tiny)")
     parser.add_argument("--stage", choices=STAGES, default="1", help="1: block; 2: block + lm_head; head: lm_head alone (no block)")

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import post_decoder  # noqa: F401  (registers the Auto classes)
-from post_decoder.conversation import add_llava_tokens
-from post_decoder.tiny import make_tiny_llava, train_tiny_tokenizer
+from post_decoder.families.llava.conversation import add_llava_tokens
+from post_decoder.families.llava.tiny import make_tiny_llava, train_tiny_tokenizer
 from tests.helpers.pope_workspace import build_pope_workspace
 
 

@@ -9,8 +9,9 @@ from ha_dpo.data.llava_data import SupervisedDataset, read_llava_samples
 from ha_dpo.data.preference_data import PreferenceDataset
 from ha_dpo.data.skips import SkipCounter
 from ha_dpo.objective.pair_logps import ReferenceHead, shared_pair_logps
-from post_decoder.image_processing import load_image_processor, preprocess_images
-from post_decoder.tiny import clip_preprocessor_config
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config
+from post_decoder.images import preprocess_images
 from tests.helpers import add_noise, with_block
 from tests.helpers.data_files import write_hadpo, write_llava
 

@@ -1,6 +1,6 @@
 import pytest
 
-from post_decoder.conversation import (
+from post_decoder.families.llava.conversation import (
     SYSTEM_PROMPT,
     Conversation,
     add_llava_tokens,
@@ -55,7 +55,7 @@ def llava_tokenizer_image_token(prompt, encode, bos_id):
 def test_ids_equal_llava_split_on_image_logic_with_the_real_tokenizer(question):
     import sentencepiece as spm
 
-    from post_decoder.tokenizer import load_tokenizer
+    from post_decoder.families.llava.tokenizer import load_tokenizer
 
     folder = shared_file("tokenizers", "llama2")
     tokenizer = add_llava_tokens(load_tokenizer(folder))
@@ -75,7 +75,7 @@ def test_ids_equal_llava_split_on_image_logic_with_the_real_tokenizer(question):
 
 
 def test_a_turn_that_is_only_the_image_keeps_the_space_before_assistant():
-    from post_decoder.tokenizer import load_tokenizer
+    from post_decoder.families.llava.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(shared_file("tokenizers", "llama2"))
     conversation = Conversation()

@@ -17,11 +17,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from post_decoder import LlavaPostDecoderForConditionalGeneration
-from post_decoder.original_llava import load_original_llava
-from post_decoder.original_llava import main as convert_main
+from post_decoder.families.llava import LlavaPostDecoderForConditionalGeneration
+from post_decoder.families.llava.original import load_original_llava
+from post_decoder.families.llava.original import main as convert_main
+from post_decoder.families.llava.tiny import make_tiny_llava, save_llava_hf, save_original_llava
 from post_decoder.saving import load_sharded_state_dict
-from post_decoder.tiny import make_tiny_llava, save_llava_hf, save_original_llava
 from tests.helpers import shared_file
 
 EMBEDDINGS, HEAD = "model.language_model.embed_tokens.weight", "lm_head.weight"

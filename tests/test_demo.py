@@ -25,10 +25,11 @@ from demo.loading import block_bypassed, load_model, load_models
 from demo.page import Page
 from demo.uploads import UploadRefused, open_upload
 from post_decoder.builder import load_pretrained_model
-from post_decoder.conversation import Conversation, tokenize_with_image
-from post_decoder.image_processing import load_image_processor, preprocess_images
+from post_decoder.families.llava.conversation import Conversation, tokenize_with_image
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config, save_llava_hf
+from post_decoder.images import preprocess_images
 from post_decoder.saving import save_model_folder
-from post_decoder.tiny import clip_preprocessor_config, save_llava_hf
 from tests.helpers import with_block
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -8,8 +8,8 @@ from PIL import Image
 from ha_dpo.data.hadpo_data import read_hadpo_pairs
 from ha_dpo.data.preference_data import PreferenceDataset, PreferenceSample
 from ha_dpo.data.skips import SkipCounter
-from post_decoder.conversation import CONV_MODES, add_llava_tokens, question_prompt, tokenize_with_image
 from post_decoder.errors import InputError
+from post_decoder.families.llava.conversation import CONV_MODES, add_llava_tokens, question_prompt, tokenize_with_image
 from tests.helpers import shared_file
 from tests.helpers.data_files import write_hadpo, write_json, write_visual_genome
 

@@ -5,8 +5,9 @@ from PIL import Image
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from post_decoder.errors import InputError
-from post_decoder.image_processing import load_image_processor, open_image, preprocess_images, to_rgb
-from post_decoder.tiny import clip_preprocessor_config
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config
+from post_decoder.images import open_image, preprocess_images, to_rgb
 from tests.helpers import shared_file
 
 
@@ -68,7 +69,7 @@ def test_other_image_modes_become_rgb(processor, mode, tmp_path):
 
 def test_transparent_pixels_become_white_not_black():
     transparent = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    from post_decoder.image_processing import to_rgb
+    from post_decoder.images import to_rgb
 
     assert to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from post_decoder.conversation import question_prompt, tokenize_with_image
 from post_decoder.errors import InputError
-from post_decoder.image_processing import load_image_processor, preprocess_images
+from post_decoder.families.llava.conversation import question_prompt, tokenize_with_image
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config
+from post_decoder.images import preprocess_images
 from post_decoder.inference import answer, answer_batch
-from post_decoder.tiny import clip_preprocessor_config
 from tests.helpers import eos_banned, with_block
 
 NEW_TOKENS = 6

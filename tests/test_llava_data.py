@@ -5,7 +5,8 @@ import pytest
 
 from ha_dpo.data.llava_data import SupervisedDataset, SupervisedSample, conversation_ids, read_llava_samples
 from ha_dpo.data.skips import SkipCounter
-from post_decoder.conversation import (
+from post_decoder.errors import InputError
+from post_decoder.families.llava.conversation import (
     ASSISTANT,
     CONV_MODES,
     USER,
@@ -13,7 +14,6 @@ from post_decoder.conversation import (
     add_llava_tokens,
     tokenize_with_image,
 )
-from post_decoder.errors import InputError
 from tests.helpers import shared_file
 from tests.helpers.data_files import write_llava
 

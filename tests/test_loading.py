@@ -6,11 +6,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
-from post_decoder import LlavaPostDecoderForConditionalGeneration, PostDecoderConfig
+from post_decoder import PostDecoderConfig
+from post_decoder.block.files import save_post_decoder
 from post_decoder.builder import load_pretrained_model
-from post_decoder.original_llava import main as convert_main
-from post_decoder.saving import save_model_folder, save_post_decoder
-from post_decoder.tiny import save_llava_hf, save_original_llava
+from post_decoder.families.llava import LlavaPostDecoderForConditionalGeneration
+from post_decoder.families.llava.original import main as convert_main
+from post_decoder.families.llava.tiny import save_llava_hf, save_original_llava
+from post_decoder.saving import save_model_folder
 from tests.helpers import image_batch, with_block
 
 QUESTIONS = ["Is there a dog in the image?", "Describe the image in detail."]
@@ -81,7 +83,7 @@ def test_attaching_a_block_at_load_keeps_the_logits(plain_llava, llava_tokenizer
 
 def test_saved_model_with_a_trained_block_round_trips_exactly(plain_llava, llava_tokenizer, tmp_path):
     model = with_block(plain_llava, "post_interaction", perturb=0.2, num_layers=2)
-    from post_decoder.image_processing import load_image_processor
+    from post_decoder.families.llava.image_processing import load_image_processor
 
     folder = str(tmp_path / "saved")
     processor_folder = save_llava_hf(plain_llava, llava_tokenizer, str(tmp_path / "hf"))

@@ -163,7 +163,7 @@ def test_generation_encodes_the_image_for_the_block_once(plain_llava, llava_toke
 
 
 def test_images_are_grouped_by_the_samples_whose_tokens_they_fill():
-    from post_decoder.backbone import pack_images_per_sample
+    from post_decoder.family import pack_images_per_sample
 
     features = torch.arange(3 * 2 * 1, dtype=torch.float32).view(3, 2, 1)  # 3 images of 2 tokens
     packed, mask = pack_images_per_sample(features, torch.tensor([4, 0, 2]))

@@ -33,7 +33,7 @@ def full_sequence_logps(model, tokenizer, pixel_values, answers_index):
 def test_shared_backbone_logps_equal_two_separate_models_on_full_sequences(plain_llava, llava_tokenizer, variant):
     model = copy.deepcopy(plain_llava) if variant is None else with_block(plain_llava, variant, perturb=0.1, seed=3)
     if variant is None:
-        from post_decoder import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
+        from post_decoder.families.llava import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
 
         model = LlavaPostDecoderForConditionalGeneration(LlavaPostDecoderConfig.from_llava_config(plain_llava.config))
         model.load_state_dict(plain_llava.state_dict())

@@ -7,8 +7,8 @@ from PIL import Image
 
 from eval.answering import PrefixCachedAnswerer
 from post_decoder import VARIANTS
-from post_decoder.image_processing import load_image_processor
-from post_decoder.tiny import clip_preprocessor_config
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config
 from tests.helpers import eos_banned, with_block
 
 QUESTIONS = [
@@ -111,8 +111,8 @@ def test_rows_stop_at_their_eos_and_the_batch_when_all_have(plain_llava, llava_t
 
 
 def test_the_conversation_mode_reaches_the_prompt(plain_llava, llava_tokenizer, processor):
-    from post_decoder.conversation import question_prompt, tokenize_with_image
     from post_decoder.errors import InputError
+    from post_decoder.families.llava.conversation import question_prompt, tokenize_with_image
 
     config = plain_llava.config
     ids = {}

@@ -13,9 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from post_decoder import checkpoint_files
 from post_decoder.builder import load_pretrained_model
+from post_decoder.families.llava.tiny import save_llava_hf, save_original_llava
 from post_decoder.saving import load_sharded_state_dict
 from post_decoder.stage_weights import StageWeightsError, merge, replace_bin
-from post_decoder.tiny import save_llava_hf, save_original_llava
 from tests.helpers import add_noise, image_batch, with_block
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,7 +24,8 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from post_decoder.conversation import (
+from post_decoder.errors import InputError
+from post_decoder.families.llava.conversation import (
     CONV_MODES,
     IMAGE_TOKEN,
     USER,
@@ -33,9 +34,8 @@ from post_decoder.conversation import (
     question_prompt,
     tokenize_with_image,
 )
-from post_decoder.errors import InputError
-from post_decoder.tiny import train_tiny_tokenizer
-from post_decoder.tokenizer import LlavaLlamaTokenizer, load_tokenizer
+from post_decoder.families.llava.tiny import train_tiny_tokenizer
+from post_decoder.families.llava.tokenizer import LlavaLlamaTokenizer, load_tokenizer
 from tests.helpers import shared_file
 
 LLAVA_IMAGE_INDEX = -200  # LLaVA's IMAGE_TOKEN_INDEX, written in place of each image in the expected ids
@@ -574,7 +574,7 @@ def test_a_folder_without_a_tokenizer_is_named(tmp_path):
 
 def test_load_pretrained_model_gives_sentencepiece_ids_for_a_llava_hf_folder(plain_llava, llama_style_dir, tmp_path):
     from post_decoder.builder import load_pretrained_model
-    from post_decoder.tiny import save_llava_hf
+    from post_decoder.families.llava.tiny import save_llava_hf
 
     folder = save_llava_hf(plain_llava, add_llava_tokens(load_tokenizer(llama_style_dir)), str(tmp_path / "llava-hf"))
     tokenizer, model, _, _ = load_pretrained_model(folder)
@@ -592,7 +592,7 @@ def test_load_pretrained_model_gives_sentencepiece_ids_for_an_original_llava_fol
 ):
     """Needs post_decoder/original_llava.py to read its tokenizer with `load_tokenizer` too."""
     from post_decoder.builder import load_pretrained_model
-    from post_decoder.tiny import save_original_llava
+    from post_decoder.families.llava.tiny import save_original_llava
 
     folder = save_original_llava(plain_llava, text_vocab_size, llama_style_dir, str(tmp_path / "original"), True)
     tokenizer, model, _, _ = load_pretrained_model(folder)
@@ -604,8 +604,8 @@ def test_load_pretrained_model_gives_sentencepiece_ids_for_an_original_llava_fol
 
 
 def test_a_block_folder_without_its_base_names_the_argument_and_the_flag(tmp_path):
+    from post_decoder.block.files import POST_DECODER_CONFIG
     from post_decoder.builder import load_pretrained_model
-    from post_decoder.saving import POST_DECODER_CONFIG
 
     (tmp_path / POST_DECODER_CONFIG).write_text("{}")
     with pytest.raises(InputError, match=r"pass the base it was trained on as model_base= \(--model-base on the"):

@@ -13,8 +13,8 @@ from ha_dpo.toy.quickstart import main, pope
 from post_decoder.block import PostInteractionBlock
 from post_decoder.builder import load_pretrained_model
 from post_decoder.errors import InputError
-from post_decoder.conversation import question_prompt, tokenize_with_image
-from post_decoder.image_processing import preprocess_images
+from post_decoder.families.llava.conversation import question_prompt, tokenize_with_image
+from post_decoder.images import preprocess_images
 
 POPE_IMAGES = 60
 

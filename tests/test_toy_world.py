@@ -48,7 +48,7 @@ from ha_dpo.toy.text import training_conversation
 from ha_dpo.toy.world import PAIRS, WorldConfig, draw, generate_world
 from post_decoder.builder import load_pretrained_model
 from post_decoder.errors import run_command
-from post_decoder.image_processing import open_image, preprocess_images
+from post_decoder.images import open_image, preprocess_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = WorldConfig(seed=3, splits={"train": 24, "dpo": 6, "val": 30})

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.builder import load_pretrained_model
-from post_decoder.tiny import save_llava_hf
+from post_decoder.families.llava.tiny import save_llava_hf
 from tests.helpers import named
 from tests.helpers.data_files import write_hadpo, write_llava
 

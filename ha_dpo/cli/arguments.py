@@ -11,8 +11,8 @@ from transformers import TrainingArguments
 
 from post_decoder import VARIANTS
 from post_decoder.compat import activation_checkpointing_field
-from post_decoder.conversation import CONV_MODES, DEFAULT_CONV_MODE
 from post_decoder.errors import InputError
+from post_decoder.family import conv_modes, default_conv_mode
 
 from ..objective.dpo_loss import LOSS_TYPES
 
@@ -77,7 +77,7 @@ class PreferenceDataArguments:
     strict: bool = field(default=False, metadata={"help": "stop at the first bad sample instead of skipping it"})
     image_aspect_ratio: str = field(default="pad", metadata={"help": "LLaVA-1.5's 'pad' only"})
     lazy_preprocess: bool = field(default=True, metadata={"help": "images are always read lazily"})
-    conv_mode: str = field(default=DEFAULT_CONV_MODE, metadata={"help": CONV_MODE_HELP, "choices": list(CONV_MODES)})
+    conv_mode: str = field(default=default_conv_mode(), metadata={"help": CONV_MODE_HELP, "choices": conv_modes()})
 
 
 @dataclass
@@ -94,7 +94,7 @@ class SupervisedDataArguments:
         default=True, metadata={"help": "LLaVA's flag; samples say themselves whether they have an image"}
     )
     conv_mode: str = field(
-        default=DEFAULT_CONV_MODE, metadata={"help": SFT_CONV_MODE_HELP, "choices": list(CONV_MODES)}
+        default=default_conv_mode(), metadata={"help": SFT_CONV_MODE_HELP, "choices": conv_modes()}
     )
 
 

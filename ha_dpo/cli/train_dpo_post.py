@@ -21,6 +21,7 @@ from ha_dpo.data.skips import SkipCounter
 from ha_dpo.trainer.trainer import PreferenceTrainer
 from ha_dpo.trainer.training_model import load_for_training, preference_model
 from post_decoder.errors import InputError, run_command
+from post_decoder.family import family_for
 
 
 def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
@@ -39,11 +40,12 @@ def preference_data(data_args, training_args, tokenizer, image_processor, model_
         skips=skips,
         pope_correct_pairs=data_args.pope_correct_pairs,
     )
+    family = family_for(model_config)
     dataset = PreferenceDataset(
         samples,
         tokenizer,
-        model_config.image_token_id,
-        model_config.image_seq_length,
+        family.image_token_id(model_config),
+        family.image_token_count(model_config),
         training_args.model_max_length,
         skips=skips,
         conv_mode=data_args.conv_mode,

@@ -21,6 +21,7 @@ from ha_dpo.data.skips import SkipCounter
 from ha_dpo.trainer.trainer import SupervisedModel, TrainableOnlyTrainer
 from ha_dpo.trainer.training_model import load_for_training, train_block_and_head_only
 from post_decoder.errors import InputError, run_command
+from post_decoder.family import family_for
 
 
 def main(argv=None):
@@ -35,12 +36,12 @@ def main(argv=None):
     samples = read_llava_samples(
         data_args.data_path, data_args.image_folder, keep_text_only=data_args.keep_text_only, skips=skips
     )
-    config = model.config
+    config, family = model.config, family_for(model)
     dataset = SupervisedDataset(
         samples,
         tokenizer,
-        config.image_token_id,
-        config.image_seq_length,
+        family.image_token_id(config),
+        family.image_token_count(config),
         training_args.model_max_length,
         skips=skips,
         conv_mode=data_args.conv_mode,

@@ -7,7 +7,7 @@ that have one, in order: the model matches images to samples by their image toke
 
 import torch
 
-from post_decoder.image_processing import preprocess_images
+from post_decoder.images import preprocess_images
 
 from .llava_data import IGNORE_INDEX
 
@@ -33,7 +33,7 @@ def _pad_token_id(tokenizer) -> int:
     if tokenizer.pad_token_id is None:
         raise ValueError(
             "the tokenizer has no pad token"
-            " (LLaVA-1.5 checkpoints add <pad>; see post_decoder.conversation.add_llava_tokens)"
+            " (LLaVA-1.5 checkpoints add <pad>; see post_decoder.families.llava.conversation.add_llava_tokens)"
         )
     return tokenizer.pad_token_id
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from post_decoder.errors import InputError
-from post_decoder.image_processing import open_image
+from post_decoder.images import open_image
 
 
 def image_problem(path: str) -> tuple[str, str] | None:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from post_decoder.conversation import (
+from post_decoder.errors import InputError
+from post_decoder.families.llava.conversation import (  # LLaVA's own data format, in LLaVA's template
     ANSWER_END,
     ASSISTANT,
     DEFAULT_CONV_MODE,
@@ -29,7 +30,6 @@ from post_decoder.conversation import (
     Conversation,
     tokenize_with_image,
 )
-from post_decoder.errors import InputError
 
 from .images import load_image, with_readable_images
 from .json_files import read_json

@@ -1,8 +1,9 @@
 """Preference pairs (image, question, chosen, rejected) tokenized for DPO: the prompt once, each
 answer with the ids LLaVA-1.5 gives it inside the whole conversation.
 
-The prompt is `question_prompt(question, conv_mode=...)` (ends with "ASSISTANT:"; `conv_mode` picks
-LLaVA's system prompt: `vicuna_v1`, LLaVA-1.5's own, or `llava_v1`). An answer's ids are those of
+The prompt is the template's `question_prompt(question, conv_mode=...)` (the family whose template
+`conv_mode` names; LLaVA-1.5's end with "ASSISTANT:" and `conv_mode` picks the system prompt:
+`vicuna_v1`, LLaVA-1.5's own, or `llava_v1`). An answer's ids are those of
 the whole conversation, `prompt + " " + answer + "</s>"`, after the prompt's ids: where LLaVA's
 preprocess_v1 starts an answer's labels. For ordinary text that equals
 `tokenizer(answer, add_special_tokens=False).input_ids + [eos]`; for an answer that begins with
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from post_decoder.conversation import DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
+from post_decoder.family import family_for_conv_mode
 
 from .images import load_image, with_readable_images
 from .skips import SkipCounter
@@ -34,17 +35,18 @@ class PreferenceSample:
 
 
 def prompt_and_answer_ids(
-    question: str, answer: str, with_image: bool, tokenizer, image_token_id: int, conv_mode: str = DEFAULT_CONV_MODE
+    question: str, answer: str, with_image: bool, tokenizer, image_token_id: int, conv_mode: str | None = None
 ) -> tuple[list[int], list[int]] | None:
     """(prompt ids, answer ids) with one image token per image, or None when the whole
     conversation's ids do not begin with the prompt's (no clean place to cut)."""
     if with_image:
         question = question.strip()  # LLaVA's preprocess_multimodal strips the turn holding the image
-    prompt_text = question_prompt(question, with_image=with_image, conv_mode=conv_mode)
-    prompt = tokenize_with_image(prompt_text, tokenizer, image_token_id, 1)
-    conversation = Conversation.for_mode(conv_mode).add_user(question, with_image=with_image)
+    template = family_for_conv_mode(conv_mode)
+    prompt_text = template.question_prompt(question, with_image=with_image, conv_mode=conv_mode)
+    prompt = template.tokenize_with_image(prompt_text, tokenizer, image_token_id, 1)
+    conversation = template.conversation(conv_mode).add_user(question, with_image=with_image)
     conversation = conversation.add_assistant(answer).prompt()
-    whole = tokenize_with_image(conversation, tokenizer, image_token_id, 1)
+    whole = template.tokenize_with_image(conversation, tokenizer, image_token_id, 1)
     if whole[: len(prompt)] != prompt:
         return None
     return prompt, whole[len(prompt) :]
@@ -71,9 +73,9 @@ class PreferenceDataset(Dataset):
         model_max_length: int,
         skips: SkipCounter | None = None,
         check_images: bool = True,
-        conv_mode: str = DEFAULT_CONV_MODE,
+        conv_mode: str | None = None,
     ):
-        Conversation.for_mode(conv_mode)  # an unknown mode stops here, before any work
+        family_for_conv_mode(conv_mode)  # an unknown mode stops here, before any work
         self.image_token_id = image_token_id
         self.image_seq_length = image_seq_length
         self.model_max_length = model_max_length

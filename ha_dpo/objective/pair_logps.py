@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from post_decoder.compat import CACHE_KWARG
+from post_decoder.family import family_for
 
 from .dpo_loss import PairLogps
 
@@ -32,10 +33,6 @@ class ReferenceHead(nn.Module):
     def snapshot(cls, model, copy_lm_head: bool) -> "ReferenceHead":
         block = copy.deepcopy(model.post_decoder) if model.post_decoder is not None else None
         return cls(block, copy.deepcopy(model.lm_head) if copy_lm_head else None)
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _interleave(chosen: torch.Tensor, rejected: torch.Tensor, pad_value) -> torch.Tensor:
@@ -74,13 +71,13 @@ def shared_pair_logps(model, reference: ReferenceHead, batch: dict) -> PairLogps
     """batch: `prompt_input_ids`/`prompt_attention_mask` [B, P] (left-padded), `pixel_values`,
     `chosen_input_ids`/`chosen_attention_mask` [B, C] and `rejected_*` [B, R] (right-padded;
     answers end with `</s>`)."""
-    prompt_mask = batch["prompt_attention_mask"]
+    prompt_mask, family = batch["prompt_attention_mask"], family_for(model)
     with torch.no_grad():  # the backbone is frozen: no graph through it
         prompt = model.backbone_forward(
             input_ids=batch["prompt_input_ids"],
             pixel_values=batch.get("pixel_values"),
             attention_mask=prompt_mask,
-            position_ids=_positions(prompt_mask),
+            position_ids=family.position_ids(prompt_mask),
             use_cache=True,
         )
         answers = _interleave(batch["chosen_input_ids"], batch["rejected_input_ids"], pad_value=0)
@@ -89,11 +86,11 @@ def shared_pair_logps(model, reference: ReferenceHead, batch: dict) -> PairLogps
         cache.batch_repeat_interleave(2)
         prompt_mask_2 = prompt_mask.repeat_interleave(2, 0)
         sequence_mask = torch.cat([prompt_mask_2, answer_mask], dim=1)
-        real_prompt_length = prompt_mask_2.sum(-1, keepdim=True)
         continued = model.backbone_forward(
             input_ids=answers,
             attention_mask=sequence_mask,
-            position_ids=real_prompt_length + torch.arange(answers.shape[1], device=answers.device),
+            # Every answer position numbered on from the prompt's end (its right padding too: nothing reads it).
+            position_ids=family.position_ids(torch.ones_like(answers), past_attention_mask=prompt_mask_2),
             use_cache=True,
             **{CACHE_KWARG: cache},
         )

@@ -25,10 +25,12 @@ from pycocotools.coco import COCO
 from transformers import LlavaForConditionalGeneration, get_cosine_schedule_with_warmup
 
 from post_decoder.atomic_files import atomic_file
-from post_decoder.conversation import IMAGE_TOKEN, Conversation, add_llava_tokens
-from post_decoder.image_processing import load_image_processor, open_image, preprocess_images
+from post_decoder.families.llava.conversation import IMAGE_TOKEN, Conversation, add_llava_tokens
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
+from post_decoder.family import family_for
+from post_decoder.images import open_image, preprocess_images
 from post_decoder.saving import save_model_folder
-from post_decoder.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
 
 from ..data.llava_data import IGNORE_INDEX, SupervisedDataset, read_llava_samples
 from ..data.skips import SkipCounter
@@ -229,9 +231,9 @@ def training_rows(
     samples, tokenizer, model, pixels: torch.Tensor, skips
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(input ids, labels, pixel values) per conversation, in order."""
-    dataset = SupervisedDataset(
-        samples, tokenizer, model.config.image_token_id, model.config.image_seq_length, 2048, skips, check_images=False
-    )
+    config, family = model.config, family_for(model)
+    image_token_id, image_tokens = family.image_token_id(config), family.image_token_count(config)
+    dataset = SupervisedDataset(samples, tokenizer, image_token_id, image_tokens, 2048, skips, check_images=False)
     items = [dataset[index] for index in range(len(dataset))]  # strict skips: one item per sample, in order
     return [(item["input_ids"], item["labels"], pixels[index]) for index, item in enumerate(items)]
 

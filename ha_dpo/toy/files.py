@@ -175,7 +175,7 @@ def label_with_model(entries: list[dict], image_paths: dict[int, str], model_pat
     from eval.answering import PrefixCachedAnswerer
     from eval.pope_scoring import parse_yes_no
     from post_decoder.builder import load_pretrained_model
-    from post_decoder.image_processing import open_image
+    from post_decoder.images import open_image
 
     tokenizer, model, image_processor, _ = load_pretrained_model(model_path, device="cpu", dtype=torch.float32)
     answerer = PrefixCachedAnswerer(model, tokenizer, image_processor, max_new_tokens=16)

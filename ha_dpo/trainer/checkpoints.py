@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from post_decoder.atomic_files import atomic_file
-from post_decoder.saving import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, check_state_fits
+from post_decoder.block.files import POST_DECODER_CONFIG, POST_DECODER_WEIGHTS, block_state, write_block_files
+from post_decoder.saving import check_state_fits, without_peft_prefix
 
 from ..cli.reporting import CURVES_FILE
 
@@ -41,7 +42,6 @@ RESULT_FILES = (
     TRAINER_STATE,
     CURVES_FILE,
 )
-PEFT_PREFIX = "base_model.model."
 
 
 def gather_trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -60,16 +60,13 @@ def write_trainable_checkpoint(directory: str, state: dict[str, torch.Tensor], p
     os.makedirs(directory, exist_ok=True)
     state = {name: tensor.contiguous() for name, tensor in state.items()}
     _atomic(directory, TRAINABLE_WEIGHTS, lambda path: save_file(state, path, metadata={"format": "pt"}))
-    non_lora = {_without_peft_prefix(name): tensor for name, tensor in state.items() if "lora_" not in name}
+    non_lora = {without_peft_prefix(name): tensor for name, tensor in state.items() if "lora_" not in name}
     _atomic(directory, NON_LORA_TRAINABLES, lambda path: torch.save(non_lora, path))
 
-    block_state = {
-        name[len("post_decoder.") :]: tensor for name, tensor in non_lora.items() if name.startswith("post_decoder.")
-    }
-    if block_state:  # a trained block: also saved alone (an untrained one is the base's, unchanged)
+    block = block_state(non_lora)
+    if block:  # a trained block: also saved alone (an untrained one is the base's, unchanged)
         model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-        _atomic(directory, POST_DECODER_CONFIG, model.post_decoder.config.to_json_file)
-        _atomic(directory, POST_DECODER_WEIGHTS, lambda path: save_file(block_state, path, metadata={"format": "pt"}))
+        write_block_files(model.post_decoder.config, block, directory)
     if hasattr(policy, "peft_config"):
         # PEFT picks the adapter tensors out of the state it is given (no second gather).
         staging = tempfile.mkdtemp(prefix=".adapter.tmp-", dir=directory)
@@ -107,10 +104,6 @@ def publish_result(staging: str, directory: str):
         if name not in names and os.path.isfile(os.path.join(directory, name)):
             os.remove(os.path.join(directory, name))
     os.rmdir(staging)
-
-
-def _without_peft_prefix(name: str) -> str:
-    return name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
 
 
 def _atomic(directory: str, name: str, write):

@@ -10,12 +10,9 @@ import torch
 from post_decoder import PostDecoderConfig
 from post_decoder.builder import load_pretrained_model
 from post_decoder.errors import InputError
+from post_decoder.family import family_for
 
 from ..objective.preference_model import LoraPreferenceModel, SharedBackbonePreferenceModel
-
-# LoRA on the LLM's linear layers, never on the vision tower, projector or lm_head (as HA-DPO/LLaVA).
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
 
 def training_dtype(training_args) -> torch.dtype:
     return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
@@ -66,16 +63,18 @@ def train_block_and_head_only(model_args, model):
 def _with_lora(model_args, model):
     from peft import LoraConfig, get_peft_model
 
+    family = family_for(model)
     config = LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         bias=model_args.lora_bias,
-        target_modules=LORA_TARGETS,
+        target_modules=family.lora_targets,
     )
     peft_model = get_peft_model(model, config)
     if model_args.tune_mm_mlp_adapter:
-        peft_model.get_base_model().model.multi_modal_projector.requires_grad_(True)
+        for name in family.modules_trained_with_lora:
+            peft_model.get_base_model().get_submodule(name).requires_grad_(True)
     return peft_model
 
 

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from post_decoder import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration, PostDecoderConfig
-from post_decoder.conversation import question_prompt, tokenize_with_image
+from post_decoder import PostDecoderConfig
+from post_decoder.families.llava import LlavaPostDecoderConfig, LlavaPostDecoderForConditionalGeneration
+from post_decoder.families.llava.conversation import question_prompt, tokenize_with_image
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 

@@ -1,6 +1,6 @@
 """Two preference pairs (a POPE-style question and a description), tokenized as the trainer sees them."""
 
-from post_decoder.conversation import question_prompt, tokenize_with_image
+from post_decoder.families.llava.conversation import question_prompt, tokenize_with_image
 from tests.helpers import pad_rows
 
 PAIRS = [

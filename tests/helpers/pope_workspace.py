@@ -7,9 +7,9 @@ import json
 import numpy as np
 from PIL import Image
 
-from post_decoder.image_processing import load_image_processor
+from post_decoder.families.llava.image_processing import load_image_processor
+from post_decoder.families.llava.tiny import clip_preprocessor_config
 from post_decoder.saving import save_model_folder
-from post_decoder.tiny import clip_preprocessor_config
 from tests.helpers import with_block
 
 OBJECTS = ["dog", "cat", "apple", "car"]

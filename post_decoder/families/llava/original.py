@@ -11,7 +11,7 @@ so a conversion is reproducible; the official script draws from the global gener
 A `post_decoder_config` in config.json (written by scripts/replace_bin.py) means the weights hold a
 block (`post_decoder.*`): it is built before the strict load, so it loads with the rest.
 
-    python -m post_decoder.original_llava --model-path liuhaotian/llava-v1.5-7b --out llava-v1.5-7b-converted
+    python -m post_decoder.families.llava.original --model-path liuhaotian/llava-v1.5-7b --out llava-v1.5-7b-converted
 """
 
 import argparse
@@ -25,11 +25,13 @@ from torch.distributions import MultivariateNormal
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
 from transformers.utils import cached_file
 
-from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
+from ...block import PostDecoderConfig
+from ...errors import InputError, run_command
+from ...saving import check_new_folder, listing, load_sharded_state_dict, load_state_strictly
+from .configuration import LlavaPostDecoderConfig, is_original_llava_config
 from .conversation import add_llava_tokens
-from .errors import InputError, run_command
 from .image_processing import load_image_processor
-from .saving import check_new_folder, listing, load_sharded_state_dict, load_state_strictly
+from .key_layouts import LAYOUTS, ORIGINAL
 from .tokenizer import load_tokenizer
 
 # Keys of an original config.json that describe LLaVA's multimodal parts, not the Llama LLM.
@@ -50,18 +52,10 @@ _LLAVA_ONLY_KEYS = {
     "mm_vision_tower",
     "post_decoder_config",
 }
-_PROJECTOR_RENAMES = {
-    "model.mm_projector.0.": "model.multi_modal_projector.linear_1.",
-    "model.mm_projector.2.": "model.multi_modal_projector.linear_2.",
-}
 CONVERSION_SEED = 0
 ADDED_ROW_COVARIANCE_SCALE = 1e-5  # the official script's: new rows sit close to the embeddings' mean
 _PAD_ROWS_TO = 64
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-def is_original_llava_config(config: dict) -> bool:
-    return "LlavaLlamaForCausalLM" in (config.get("architectures") or []) or "mm_vision_tower" in config
 
 
 def llava_config_from_original(config: dict) -> LlavaConfig:
@@ -95,18 +89,6 @@ def llava_config_from_original(config: dict) -> LlavaConfig:
 def _require(config: dict, key: str, allowed: tuple):
     if config.get(key, allowed[0]) not in allowed:
         raise InputError(f"original LLaVA checkpoint has {key}={config[key]!r}; supported: {allowed}")
-
-
-def _converted_key(name: str) -> str:
-    for original, ours in _PROJECTOR_RENAMES.items():
-        if name.startswith(original):
-            return ours + name[len(original) :]
-    tower_prefix = "model.vision_tower.vision_tower.vision_model."
-    if name.startswith(tower_prefix):  # a checkpoint that also trained the tower
-        return "model.vision_tower." + name[len(tower_prefix) :]
-    if name.startswith("model."):
-        return "model.language_model." + name[len("model.") :]
-    return name
 
 
 def read_original_config(model_path: str) -> dict:
@@ -158,7 +140,7 @@ def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch
     config.text_config.vocab_size = text_vocab  # resized below, after the weights are in
 
     state = {
-        _converted_key(name): tensor
+        LAYOUTS[ORIGINAL].to_ours(name): tensor
         for name, tensor in load_sharded_state_dict(model_path).items()
         if not name.endswith("rotary_emb.inv_freq")  # a buffer that old Llama code saved; recomputed at init
     }
@@ -207,6 +189,7 @@ def add_image_and_pad_rows(model, text_vocab: int):
 
 
 def main(argv=None):
+    # The name its errors have always carried (the command was post_decoder.original_llava before the families).
     return run_command(_convert, argv, "post_decoder.original_llava")
 
 
@@ -218,8 +201,8 @@ def _convert(argv):
     args = parser.parse_args(argv)
     check_new_folder(args.out, "--out", empty_is_new=True)
     read_original_config(args.model_path)  # before the long part: say now if it is not one to convert
-    from .modeling_llava import LlavaPostDecoderForConditionalGeneration
-    from .saving import save_model_folder
+    from ...saving import save_model_folder
+    from .modeling import LlavaPostDecoderForConditionalGeneration
 
     model, tokenizer, image_processor = load_original_llava(
         args.model_path, LlavaPostDecoderForConditionalGeneration, getattr(torch, args.dtype)

@@ -1,4 +1,5 @@
-"""Tiny LLaVA-shaped models for tests and the toy world, saved in the real checkpoint formats.
+"""Tiny LLaVA-shaped models for tests, benchmarks and the toy world, saved in the real checkpoint formats
+(never imported by the product itself).
 
 Nothing here downloads: the vision tower is a tiny CLIP, the LLM a tiny Llama, and the tokenizer
 a small SentencePiece model trained on the spot (the same kind of tokenizer as Llama 2's).
@@ -23,6 +24,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .conversation import SYSTEM_PROMPT
+from .key_layouts import LAYOUTS, ORIGINAL
 from .tokenizer import LlavaLlamaTokenizer
 
 _TOKENIZER_CORPUS = [
@@ -220,14 +222,14 @@ def save_original_llava(
     token), and the CLIP tower saved apart and named by `mm_vision_tower`.
 
     sentencepiece: ship the tokenizer as the real folders do (`tokenizer.model` + `tokenizer_config.json`, which
-    `post_decoder.tokenizer.load_tokenizer` reads with LLaVA's slow ids); by default a `tokenizer.json` only."""
+    `post_decoder.families.llava.tokenizer.load_tokenizer` reads with LLaVA's slow ids); by default a `tokenizer.json` only."""
     os.makedirs(directory, exist_ok=True)
     tower_directory = save_clip_tower(model, os.path.join(directory, "clip_tower"))
     state = {}
     for name, tensor in model.state_dict().items():
-        renamed = _original_name(name)
-        if renamed is None:
-            continue
+        if name.startswith("model.vision_tower."):
+            continue  # LLaVA-1.5 keeps the tower out of its checkpoint
+        renamed = LAYOUTS[ORIGINAL].to_checkpoint(name)
         if renamed in ("model.embed_tokens.weight", "lm_head.weight"):
             tensor = tensor[:text_vocab_size]
         state[renamed] = tensor.clone().contiguous()
@@ -273,19 +275,6 @@ def save_original_llava(
     tokenizer = (LlavaLlamaTokenizer if sentencepiece else AutoTokenizer).from_pretrained(tokenizer_directory)
     tokenizer.save_pretrained(directory)
     return directory
-
-
-def _original_name(name: str) -> str | None:
-    if name.startswith("model.vision_tower."):
-        return None  # LLaVA-1.5 keeps the tower out of its checkpoint
-    for ours, original in (
-        ("model.multi_modal_projector.linear_1.", "model.mm_projector.0."),
-        ("model.multi_modal_projector.linear_2.", "model.mm_projector.2."),
-        ("model.language_model.", "model."),
-    ):
-        if name.startswith(ours):
-            return original + name[len(ours) :]
-    return name
 
 
 def _write_json(path: str, content: dict):

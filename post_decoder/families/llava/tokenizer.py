@@ -17,8 +17,8 @@ from transformers import AutoTokenizer
 from transformers.tokenization_utils_sentencepiece import SPIECE_UNDERLINE, SentencePieceBackend
 from transformers.utils import cached_file
 
-from .atomic_files import atomic_file
-from .errors import InputError
+from ...atomic_files import atomic_file
+from ...errors import InputError
 
 SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

@@ -196,7 +196,7 @@ class PostInteractionBlock(nn.Module):
     def __init__(self, config: PostDecoderConfig):
         super().__init__()
         if config.hidden_size is None or config.vision_hidden_size is None:
-            raise ValueError("PostDecoderConfig has unresolved sizes: call config.resolved_for(llava_config) first")
+            raise ValueError("PostDecoderConfig has unresolved sizes: call config.resolved_for(backbone_config) first")
         self.config = config
         if config.uses_cross_attention:
             linear = config.variant == "align_linear"

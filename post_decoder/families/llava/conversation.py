@@ -6,14 +6,14 @@ evaluation and the demo.
 Token ids follow LLaVA's `tokenizer_image_token`: the prompt is split on `<image>`, each piece is
 tokenized on its own (BOS kept on the first piece only), and each `<image>` becomes the image
 token repeated once per vision feature (576 on LLaVA-1.5), as transformers' LLaVA expects. With the tokenizer of
-`post_decoder.tokenizer.load_tokenizer` the ids equal LLaVA's for any text (tests/test_tokenization_fidelity.py).
+`tokenizer.load_tokenizer` (beside this file) the ids equal LLaVA's for any text (tests/test_tokenization_fidelity.py).
 """
 
 from dataclasses import dataclass, field
 
 from transformers import AddedToken
 
-from .errors import InputError
+from ...errors import InputError
 
 SYSTEM_PROMPT = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -67,20 +67,26 @@ class Conversation:
         return text
 
 
-def question_prompt(question: str, with_image: bool = True, suffix: str = "", conv_mode: str = DEFAULT_CONV_MODE) -> str:
+def question_prompt(
+    question: str, with_image: bool = True, suffix: str = "", conv_mode: str = DEFAULT_CONV_MODE
+) -> str:
     """The single-turn prompt that POPE and the demo send: ends with "ASSISTANT:"."""
     conversation = Conversation.for_mode(conv_mode).add_user(question + suffix, with_image=with_image)
     return conversation.add_assistant(None).prompt()
 
 
-def tokenize_with_image(prompt: str, tokenizer, image_token_id: int, image_seq_length: int) -> list[int]:
-    """LLaVA's split-on-`<image>` tokenization, each `<image>` expanded to `image_seq_length` ids."""
+def tokenize_with_image(prompt: str, tokenizer, image_token_id: int, image_seq_length: int | list[int]) -> list[int]:
+    """LLaVA's split-on-`<image>` tokenization, each `<image>` expanded to `image_seq_length` ids (a list: one
+    count per `<image>`, in order)."""
     pieces = [tokenizer(piece).input_ids for piece in prompt.split(IMAGE_TOKEN)]
+    counts = [image_seq_length] * (len(pieces) - 1) if isinstance(image_seq_length, int) else image_seq_length
+    if len(counts) != len(pieces) - 1:
+        raise ValueError(f"{len(counts)} image-token counts for {len(pieces) - 1} {IMAGE_TOKEN} in the prompt")
     bos = tokenizer.bos_token_id
     starts_with_bos = bool(pieces[0]) and pieces[0][0] == bos
     ids = pieces[0][:]
-    for piece in pieces[1:]:
-        ids.extend([image_token_id] * image_seq_length)
+    for piece, count in zip(pieces[1:], counts):
+        ids.extend([image_token_id] * count)
         ids.extend(piece[1:] if starts_with_bos and piece and piece[0] == bos else piece)
     return ids
 

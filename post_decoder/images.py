@@ -1,8 +1,5 @@
-"""Images in, pixel values out: LLaVA-1.5's `pad` preprocessing without torchvision.
-
-LLaVA-1.5 pads every image to a square with the processor's mean colour, then applies CLIP's
-preprocessing (resize the short side, centre crop, rescale, normalise). llava-hf's processor
-skips the padding; we always pad, as the original models were trained.
+"""Images in, pixel values out: decoding any file PIL reads into RGB, then the family's image processor
+(`family.load` returns it; LLaVA-1.5's is in `families/llava/image_processing.py`).
 """
 
 import os
@@ -10,17 +7,11 @@ import os
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
 from .errors import InputError
 
 # What PIL raises on a file it cannot decode (a truncated JPEG raises OSError only when decoded).
 UNREADABLE_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-def load_image_processor(path: str) -> LlavaImageProcessorPil:
-    """Read a CLIP/LLaVA `preprocessor_config.json` (local folder or hub id) with padding on."""
-    return LlavaImageProcessorPil.from_pretrained(path, do_pad=True)
 
 
 def open_image(path: str) -> Image.Image:
@@ -53,7 +44,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def preprocess_images(images: list[Image.Image], processor: LlavaImageProcessorPil) -> torch.Tensor:
+def preprocess_images(images: list[Image.Image], processor) -> torch.Tensor:
     """[len(images), 3, H, W] float pixel values."""
     rgb = [to_rgb(image) for image in images]
     return processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+
+def pixel_values(model, processor, images: list[Image.Image]) -> torch.Tensor:
+    """`images`' pixel values on the model's device, in its dtype: what its forward and `generate` take."""
+    return preprocess_images(images, processor).to(model.device, model.dtype)

@@ -4,13 +4,13 @@ from dataclasses import dataclass
 
 import torch
 from transformers import LlavaForConditionalGeneration
-from transformers import initialization as init
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 
-from .backbone import BackboneOutput, pack_images_per_sample
-from .block import ZERO_INIT_ATTRIBUTE, PostDecoderState, PostInteractionBlock
-from .compat import CACHE_KWARG, output_cache, slice_logits_to_keep
-from .configuration import LlavaPostDecoderConfig, PostDecoderConfig
+from ...block import PostDecoderState
+from ...compat import CACHE_KWARG, output_cache
+from ...family import BackboneOutput, pack_images_per_sample
+from ...wrapped_model import PostDecoderMixin
+from .configuration import LlavaPostDecoderConfig
 
 
 @dataclass
@@ -22,7 +22,7 @@ class LlavaPostDecoderOutput(LlavaCausalLMOutputWithPast):
     post_decoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
-class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
+class LlavaPostDecoderForConditionalGeneration(PostDecoderMixin, LlavaForConditionalGeneration):
     """`LlavaForConditionalGeneration` whose logits are `lm_head(block(h, v))`.
 
     With `config.post_decoder_config = None` it is exactly the plain LLaVA.
@@ -30,31 +30,7 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
 
     config_class = LlavaPostDecoderConfig
 
-    def __init__(self, config: LlavaPostDecoderConfig):
-        super().__init__(config)
-        self.post_decoder = None
-        if config.post_decoder_config is not None:
-            self.post_decoder = PostInteractionBlock(config.post_decoder_config)
-        self.post_init()
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if getattr(module, ZERO_INIT_ATTRIBUTE, False):
-            init.zeros_(module.weight)
-
-    def attach_post_decoder(self, post_decoder_config: PostDecoderConfig | str) -> PostInteractionBlock:
-        """Add a new block at its identity initialisation (replacing any existing one)."""
-        if isinstance(post_decoder_config, str):
-            post_decoder_config = PostDecoderConfig(variant=post_decoder_config)
-        resolved = post_decoder_config.resolved_for(self.config)
-        block = PostInteractionBlock(resolved)
-        block.apply(self._init_weights)
-        reference = self.lm_head.weight
-        self.post_decoder = block.to(device=reference.device, dtype=reference.dtype)
-        self.config.post_decoder_config = resolved
-        return self.post_decoder
-
-    # --- the backbone interface (see backbone.py) ---
+    # --- the backbone (see post_decoder/family.py) ---
 
     def backbone_forward(
         self,
@@ -151,24 +127,9 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
         if self.post_decoder is None:
             return super().forward(**backbone_inputs, labels=labels, logits_to_keep=logits_to_keep)
         backbone = self.backbone_forward(**backbone_inputs)
-        hidden_states = backbone.hidden_states
-        if post_decoder_state is None or backbone.vision_features is not None:
-            post_decoder_state = self.post_decoder.encode_vision(
-                backbone.vision_features, backbone.vision_mask, batch_size=hidden_states.shape[0]
-            )
-        token_wise = not self.post_decoder.config.uses_self_attention
-        if token_wise:  # the block only needs the positions whose logits are kept
-            hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
-        hidden_states, attentions = self.post_decoder(
-            hidden_states, post_decoder_state, attention_mask, output_attentions=output_post_decoder_attentions
+        logits, post_decoder_state, attentions = self.block_then_head(
+            backbone, attention_mask, logits_to_keep, post_decoder_state, output_post_decoder_attentions
         )
-        if not token_wise:
-            hidden_states = slice_logits_to_keep(hidden_states, logits_to_keep)
-            if attentions is not None:
-                attentions = tuple(
-                    slice_logits_to_keep(a.transpose(1, 2), logits_to_keep).transpose(1, 2) for a in attentions
-                )
-        logits = self.lm_head(hidden_states)
 
         loss = None
         if labels is not None:
@@ -181,20 +142,3 @@ class LlavaPostDecoderForConditionalGeneration(LlavaForConditionalGeneration):
             post_decoder_state=post_decoder_state,
             post_decoder_attentions=attentions,
         )
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
-        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
-        # Carry the block's state only with a KV cache: without one the image comes back every step.
-        if getattr(outputs, "post_decoder_state", None) is not None and output_cache(outputs) is not None:
-            model_kwargs["post_decoder_state"] = outputs.post_decoder_state
-        return model_kwargs
-
-    def generate(self, *args, **kwargs):
-        if self.post_decoder is not None and self.post_decoder.config.uses_self_attention:
-            generation_config = kwargs.get("generation_config") or self.generation_config
-            if (kwargs.get("num_beams") or generation_config.num_beams or 1) > 1:
-                raise NotImplementedError(
-                    "beam search is not supported with the transformer_block variant: its self-attention cache "
-                    "is not reordered between beams; use greedy or sampling"
-                )
-        return super().generate(*args, **kwargs)

@@ -1,0 +1,61 @@
+"""LLaVA's config with an optional block, and the sizes a block on LLaVA takes."""
+
+from transformers import LlavaConfig
+
+from ...block import PostDecoderConfig
+from ...compat import SubConfigSpec
+
+
+class LlavaPostDecoderConfig(LlavaConfig):
+    """`LlavaConfig` plus an optional `post_decoder_config` (None: a plain LLaVA)."""
+
+    model_type = "llava_post_decoder"
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            **LlavaConfig.sub_configs_defaults,
+            "post_decoder_config": SubConfigSpec(PostDecoderConfig, optional=True),
+        }
+    else:  # transformers < 5.20
+        sub_configs = {**LlavaConfig.sub_configs, "post_decoder_config": PostDecoderConfig}
+
+    post_decoder_config: dict | PostDecoderConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        # Built here, not left to SubConfigSpec: before transformers 5.20 each config builds its own sub-configs.
+        if isinstance(self.post_decoder_config, dict):
+            values = {key: value for key, value in self.post_decoder_config.items() if key != "model_type"}
+            self.post_decoder_config = PostDecoderConfig(**values)
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_llava_config(
+        cls, llava_config: LlavaConfig, post_decoder_config: PostDecoderConfig | None = None
+    ) -> "LlavaPostDecoderConfig":
+        values = llava_config.to_dict()
+        values.pop("model_type", None)
+        values.pop("post_decoder_config", None)
+        if post_decoder_config is not None:
+            post_decoder_config = post_decoder_config.resolved_for(llava_config)
+        return cls(**values, post_decoder_config=post_decoder_config)
+
+
+def is_original_llava_config(config: dict) -> bool:
+    """Whether a config.json is an original LLaVA-1.5 checkpoint's (`liuhaotian/llava-v1.5-7b`), not llava-hf's."""
+    return "LlavaLlamaForCausalLM" in (config.get("architectures") or []) or "mm_vision_tower" in config
+
+
+def llava_block_sizes(llava_config: LlavaConfig, vision_source: str) -> dict[str, int]:
+    """The block's sizes on LLaVA: the LLM's width, heads and MLP width; the vision features' width is the
+    tower's selected layer(s) (`vision_tower`) or the projector's output, the LLM's width (`projector`)."""
+    text = llava_config.text_config
+    if vision_source == "projector":
+        vision_hidden = text.hidden_size
+    else:
+        layers = llava_config.vision_feature_layer
+        vision_hidden = llava_config.vision_config.hidden_size * (1 if isinstance(layers, int) else len(layers))
+    return {
+        "hidden_size": text.hidden_size,
+        "vision_hidden_size": vision_hidden,
+        "num_attention_heads": text.num_attention_heads,
+        "intermediate_size": text.intermediate_size,
+    }

@@ -1,0 +1,39 @@
+"""A full LLaVA-1.5 checkpoint in any of its formats -> (tokenizer, model, image processor)."""
+
+import torch
+from transformers import LlavaConfig
+
+from ...errors import InputError
+from ...saving import listing
+from .configuration import LlavaPostDecoderConfig, is_original_llava_config
+from .image_processing import load_image_processor
+from .modeling import LlavaPostDecoderForConditionalGeneration
+from .original import load_original_llava
+from .tokenizer import load_tokenizer
+
+
+def load_llava(model_path: str, raw_config: dict, dtype: torch.dtype, device_map=None):
+    """llava-hf folders (either key layout), our saved folders, original LLaVA-1.5 folders (converted in memory)."""
+    if is_original_llava_config(raw_config):
+        model, tokenizer, image_processor = load_original_llava(
+            model_path, LlavaPostDecoderForConditionalGeneration, dtype
+        )
+        return tokenizer, model, image_processor
+
+    if raw_config.get("model_type") == LlavaPostDecoderConfig.model_type:
+        config = LlavaPostDecoderConfig.from_pretrained(model_path)
+    else:
+        config = LlavaPostDecoderConfig.from_llava_config(LlavaConfig.from_pretrained(model_path))
+    model, info = LlavaPostDecoderForConditionalGeneration.from_pretrained(
+        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
+    )
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected or info["mismatched_keys"]:
+        raise InputError(
+            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
+            + listing("missing", missing)
+            + listing("unexpected", unexpected)
+            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
+        )
+    tokenizer = load_tokenizer(model_path)  # LLaVA's SentencePiece ids when the folder ships tokenizer.model
+    return tokenizer, model, load_image_processor(model_path)

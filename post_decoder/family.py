@@ -1,0 +1,275 @@
+"""The interface between a backbone family and everything else, and the registry that picks a family.
+
+The block, the trainer, POPE, the demo and `replace_bin` never ask which family a model is: they ask
+`family_for(model)` (or a config, a `model_type`, a checkpoint's config.json) and call its methods.
+
+A new family (Qwen2.5-VL, InstructBLIP, ...) is one sub-package, `post_decoder/families/<name>/`,
+that registers an instance of a `BackboneFamily` subclass (`register_family`) and is imported by
+`post_decoder/families/__init__.py`. Checklist, with LLaVA's answers in `families/llava/`:
+
+  [ ] configuration: the backbone's config class with an optional `post_decoder_config`
+      (None: the plain model), and `block_sizes` (text width, heads, MLP width, vision width);
+  [ ] modeling: the model class. `backbone_forward` returns a `BackboneOutput` (h before the head,
+      each sample's vision features with a mask of any length: `pack_images_per_sample`, the KV cache);
+      `forward` is `lm_head(block(h, v))`; `attach_post_decoder`; the attribute `post_decoder` (None:
+      no block), and `generation_module` names the module whose `generate` steps carry the block's
+      state (`BlockGenerationMixin`);
+  [ ] `position_ids`: positions of prompt tokens, or of tokens continuing a cached prompt (1-D RoPE
+      for LLaVA; 3-D M-RoPE for Qwen-VL);
+  [ ] the prompt: `conv_modes`, `conversation`, `question_prompt`, `tokenize_with_image`,
+      `image_token_id`, `image_token_count` (per image: Qwen-VL's count depends on the image's size);
+  [ ] loading: `claims` (a checkpoint's config.json), `load` (tokenizer, model, image processor);
+  [ ] `lora_targets` and `modules_trained_with_lora` (the projector under --tune_mm_mlp_adapter);
+  [ ] `key_layout`: the checkpoint key layouts it reads and rewrites (`KeyLayout`), `head_key`,
+      `backbone_config` and `config_with_block` for replace_bin;
+  [ ] tiny models for tests beside it (`families/<name>/tiny.py`), never imported by the product.
+"""
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache
+
+from .errors import InputError
+
+DEFAULT_FAMILY = "llava"  # the model_type whose family answers when nothing names one (a CLI's default template)
+
+
+@dataclass
+class BackboneOutput:
+    hidden_states: torch.Tensor  # [B, T, D], after the backbone's final norm
+    vision_features: torch.Tensor | None  # [B, N, Dv]; None when no image was passed in this call
+    vision_mask: torch.Tensor | None  # [B, N] bool, True where a vision position is real
+    past_key_values: Cache | None = None
+
+
+def pack_images_per_sample(
+    image_features: torch.Tensor | list[torch.Tensor], image_tokens_per_sample: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group per-image features by sample, in order, given each sample's image-token count.
+
+    image_features: [I, N, Dv] (every image N tokens, as LLaVA's), or a list of I tensors [N_i, Dv]
+    (Qwen-VL's counts vary with the image). Returns [B, L, Dv] and a mask [B, L], L the longest
+    sample's total; a sample with no image gets an all-False mask row (the block leaves it unchanged).
+    """
+    uniform = isinstance(image_features, torch.Tensor)
+    images = list(image_features)
+    if not images:
+        raise ValueError("no image features to pack: call this only when the batch has images")
+    lengths = [len(image) for image in images]
+    counts = image_tokens_per_sample.tolist()
+    per_sample, start = [], 0
+    for count in counts:  # each sample takes the next images until its token count is filled
+        end, filled = start, 0
+        while filled < count and end < len(images):
+            filled, end = filled + lengths[end], end + 1
+        if filled != count:
+            break
+        per_sample.append(range(start, end))
+        start = end
+    if len(per_sample) != len(counts) or start != len(images):
+        shapes = f"{len(images)} image(s) of {lengths[0]} tokens each" if uniform else f"images of {lengths} tokens"
+        raise ValueError(f"image tokens per sample {counts} do not match {shapes}")
+    width = images[0].shape[-1]
+    longest = max(max(counts), lengths[0] if uniform else 1)  # LLaVA's: at least one image wide, as before
+    packed = images[0].new_zeros(len(counts), longest, width)
+    mask = torch.zeros(len(counts), longest, dtype=torch.bool, device=images[0].device)
+    for sample, indices in enumerate(per_sample):
+        if len(indices):
+            features = torch.cat([images[index] for index in indices])
+            packed[sample, : len(features)] = features
+            mask[sample, : len(features)] = True
+    return packed, mask
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """One way a family's checkpoints name their tensors: prefix renames to and from our model's names
+    (`model.state_dict()`); the first row whose prefix matches wins, a name no row matches is kept."""
+
+    name: str
+    to_ours_prefixes: tuple[tuple[str, str], ...] = ()  # (checkpoint prefix, our prefix)
+
+    def to_ours(self, key: str) -> str:
+        for theirs, ours in self.to_ours_prefixes:
+            if key.startswith(theirs):
+                return ours + key[len(theirs) :]
+        return key
+
+    def to_checkpoint(self, ours_key: str) -> str:
+        for theirs, ours in self.to_ours_prefixes:
+            if ours_key.startswith(ours):
+                return theirs + ours_key[len(ours) :]
+        return ours_key
+
+
+class BackboneFamily(ABC):
+    """What a backbone family provides (see the checklist above). One instance per family, registered."""
+
+    name: str  # what messages call it, e.g. "LLaVA-1.5"
+    model_types: tuple[str, ...]  # config.json `model_type`s it reads: its own and the plain backbone's
+    config_class: type
+    model_class: type
+    conv_modes: dict[str, str]  # the prompt templates it knows, by name
+    default_conv_mode: str
+    head_key: str = "lm_head.weight"  # the head's tensor in our names (stage 0 and 2 replace it)
+
+    # --- sizes ---
+
+    @abstractmethod
+    def block_sizes(self, config, vision_source: str) -> dict[str, int]:
+        """`hidden_size`, `vision_hidden_size` (of `vision_source`'s features), `num_attention_heads`,
+        `intermediate_size` of the backbone: what a block's unset sizes become."""
+
+    # --- positions ---
+
+    def position_ids(
+        self, attention_mask: torch.Tensor, past_attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Position ids [B, T] of the tokens `attention_mask` [B, T] covers (left padding takes the first real
+        token's position), after a cached prompt whose mask is `past_attention_mask` [B, P]: 1-D RoPE's.
+        A family with other positions (Qwen-VL's 3-D M-RoPE) overrides this."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if past_attention_mask is not None:
+            positions = positions + past_attention_mask.long().sum(-1, keepdim=True)
+        return positions
+
+    # --- the prompt ---
+
+    @abstractmethod
+    def conversation(self, conv_mode: str | None = None):
+        """An empty conversation (`add_user(text, with_image)`, `add_assistant(text or None)`, `prompt()`)."""
+
+    @abstractmethod
+    def question_prompt(
+        self, question: str, with_image: bool = True, suffix: str = "", conv_mode: str | None = None
+    ) -> str:
+        """The single-turn prompt POPE and the demo send, open for the answer."""
+
+    @abstractmethod
+    def tokenize_with_image(self, prompt: str, tokenizer, image_token_id: int, image_tokens: int | list[int]):
+        """Token ids of `prompt`, each image placeholder expanded to `image_tokens` ids (a list: one count per
+        image, in order). Data code tokenizes with 1 and expands later."""
+
+    def tokenize_prompt(self, prompt: str, tokenizer, config, images: list | None = None) -> list[int]:
+        """Token ids of `prompt` as the model takes them: each image placeholder expanded to
+        `image_token_count` of its image (`images`, in order; None: not at hand)."""
+        if images is None:
+            counts = self.image_token_count(config)
+        else:
+            counts = [self.image_token_count(config, image) for image in images]
+        return self.tokenize_with_image(prompt, tokenizer, self.image_token_id(config), counts)
+
+    @abstractmethod
+    def image_token_id(self, config) -> int:
+        """The id that marks image positions in `input_ids`."""
+
+    @abstractmethod
+    def image_token_count(self, config, image=None) -> int:
+        """How many tokens `image` (a PIL image) takes in the prompt; None: the count for an image not yet
+        seen, which a family whose count varies refuses."""
+
+    # --- loading ---
+
+    def claims(self, raw_config: dict) -> bool:
+        """Whether a checkpoint with this config.json is one of this family's."""
+        return raw_config.get("model_type") in self.model_types
+
+    @abstractmethod
+    def load(self, model_path: str, raw_config: dict, dtype: torch.dtype, device_map=None):
+        """(tokenizer, model, image_processor) of a full checkpoint of this family, block included if it has one."""
+
+    # --- training ---
+
+    lora_targets: str  # PEFT's target_modules: the LLM's linear layers
+    modules_trained_with_lora: tuple[str, ...] = ()  # submodule paths trained beside the adapters, if asked
+
+    # --- checkpoint files (replace_bin) ---
+
+    @abstractmethod
+    def key_layout(self, raw_config: dict, keys: list[str], where: str) -> KeyLayout:
+        """The key layout of a checkpoint of this family (config.json, its tensors' names); an InputError
+        naming `where` for keys it cannot place."""
+
+    @abstractmethod
+    def backbone_config(self, raw_config: dict, folder: str):
+        """The backbone config (what `block_sizes` reads) of a checkpoint folder."""
+
+    @abstractmethod
+    def config_with_block(self, raw_config: dict, block_values: dict) -> dict:
+        """config.json of a checkpoint once a block (`block_values`, its config) is added to its files."""
+
+    # --- generation and the block ---
+
+    def generation_module(self, model):
+        """The module whose `generate` steps run the block (its class carries `BlockGenerationMixin`): the
+        model itself, unless the family's `generate` hands off to an inner language model (InstructBLIP)."""
+        return model
+
+    def block_bypassed(self, model):
+        """The same model without its block: a new model object whose other modules are `model`'s own
+        (shared, not copied), with `post_decoder = None` (the plain model's logits)."""
+        base = copy.copy(model)  # a shallow copy: its own module table and config, the same modules
+        base.__dict__.update(_modules=dict(model._modules), _parameters=dict(model._parameters))
+        base.config = copy.deepcopy(model.config)
+        base.config.post_decoder_config = None
+        base.post_decoder = None
+        return base
+
+
+_FAMILIES: dict[str, BackboneFamily] = {}
+
+
+def register_family(family: BackboneFamily) -> BackboneFamily:
+    """Make `family` the one for each of its `model_types` (a later registration of a type replaces it)."""
+    for model_type in family.model_types:
+        _FAMILIES[model_type] = family
+    return family
+
+
+def registered_families() -> list[BackboneFamily]:
+    return list(dict.fromkeys(_FAMILIES.values()))
+
+
+def family_for(thing) -> BackboneFamily:
+    """The family of a model, a config, a config.json's dict, or a `model_type` string."""
+    model_type = thing
+    if not isinstance(thing, str):
+        config = getattr(thing, "config", thing)
+        model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if model_type not in _FAMILIES:
+        raise InputError(f"no backbone family reads model_type {model_type!r}; known: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[model_type]
+
+
+def family_for_checkpoint(raw_config: dict, where: str) -> BackboneFamily:
+    """The family that claims a checkpoint's config.json; an InputError naming `where` if none does."""
+    for family in registered_families():
+        if family.claims(raw_config):
+            return family
+    names = " or ".join(family.name for family in registered_families())
+    raise InputError(
+        f"{where} is not a {names} checkpoint: config.json has model_type "
+        f"{raw_config.get('model_type')!r} and architectures {raw_config.get('architectures')}"
+    )
+
+
+def conv_modes() -> list[str]:
+    """Every registered family's prompt templates (a command's choices before a model is loaded)."""
+    return [mode for family in registered_families() for mode in family.conv_modes]
+
+
+def default_conv_mode() -> str:
+    return family_for(DEFAULT_FAMILY).default_conv_mode
+
+
+def family_for_conv_mode(conv_mode: str | None) -> BackboneFamily:
+    """The family whose template `conv_mode` is (None: the default family), for code that has no model."""
+    if conv_mode is None:
+        return family_for(DEFAULT_FAMILY)
+    for family in registered_families():
+        if conv_mode in family.conv_modes:
+            return family
+    raise InputError(f"unknown conversation mode {conv_mode!r}: choose one of {', '.join(conv_modes())}")
