@@ -38,7 +38,7 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # organisation/name: what from_pretrain
 def default_model_paths() -> tuple[str, str]:
     """(block, its base) when no model is given: the toy world's trained block on the toy base
     model; the base column is the same model with its block bypassed, i.e. the toy base model."""
-    for path, name in ((TOY_CHECKPOINT, "config.json"), (TOY_BLOCK, "post_decoder_config.json")):
+    for path, name in ((TOY_CHECKPOINT, "config.json"), (TOY_BLOCK, POST_DECODER_CONFIG)):
         if not os.path.isfile(os.path.join(path, name)):
             raise InputError(
                 f"no --model-path given and the toy model is incomplete ({path} has no {name}): "
