@@ -314,6 +314,7 @@ def test_no_object_left_to_ask_about_is_an_error_not_an_endless_loop(tmp_path, c
     assert "holds or was asked about every one of the 4 objects seen in the drawn images" in stderr
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_one_line_and_exits_2_without_a_traceback(tmp_path):
     (tmp_path / "truncated.json").write_text('{"images": [{"id": 1, "file_na')
     environment = {key: value for key, value in os.environ.items() if key != "POST_DECODER_DEBUG"}

@@ -12,7 +12,7 @@ from ha_dpo.objective.pair_logps import ReferenceHead, shared_pair_logps
 from post_decoder.families.llava.image_processing import load_image_processor
 from post_decoder.families.llava.tiny import clip_preprocessor_config
 from post_decoder.images import preprocess_images
-from tests.helpers import add_noise, with_block
+from tests.helpers import add_noise, named, with_block
 from tests.helpers.data_files import write_hadpo, write_llava
 
 BATCH_KEYS = {
@@ -95,8 +95,10 @@ def test_preference_batch_gives_the_same_log_probs_as_one_pair_at_a_time(
     assert not torch.allclose(together.policy_chosen, together.reference_chosen)
     for row, item in enumerate(items):
         alone = shared_pair_logps(model, reference, collate([item]))
-        torch.testing.assert_close(alone.policy_chosen[0], together.policy_chosen[row], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(alone.reference_rejected[0], together.reference_rejected[row], atol=1e-4, rtol=1e-4)
+        for name in ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"):
+            torch.testing.assert_close(
+                getattr(alone, name)[0], getattr(together, name)[row], atol=1e-4, rtol=1e-4, msg=named(name)
+            )
 
 
 def test_supervised_batch_padding_and_images_of_the_samples_that_have_one(

@@ -451,6 +451,7 @@ def test_labels_speak_to_people_and_the_console_points_to_the_share_flag(server,
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+@pytest.mark.slow
 def test_the_page_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 

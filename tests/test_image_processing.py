@@ -54,6 +54,32 @@ def test_pad_preprocessing_equals_llava_on_real_photographs(processor, photo):
     )
 
 
+def viewed_rgb(mode, image, path) -> np.ndarray:
+    """The RGB pixels a viewer shows of `image` (saved at `path`), worked out here without open_image:
+    grey repeated, the palette looked up, alpha over white, 16 bits by their high byte, and a CMYK JPEG
+    as Pillow decodes it (the JPEG changed the pixels)."""
+    if mode == "CMYK":
+        with Image.open(path) as saved:
+            return np.asarray(saved.convert("RGB"))
+    pixels = np.asarray(image).astype(np.float64)
+    if mode == "P":  # the palette's colours, and its alpha (PNG's tRNS) where the file has one
+        with Image.open(path) as saved:
+            transparency = saved.info.get("transparency", b"")
+        palette = np.array(image.getpalette(), dtype=np.float64).reshape(-1, 3)
+        alpha = np.full(len(palette), 255.0)
+        if isinstance(transparency, int):
+            alpha[transparency] = 0
+        else:
+            alpha[: len(transparency)] = np.frombuffer(transparency, dtype=np.uint8)
+        mode, pixels = "RGBA", np.concatenate([palette, alpha[:, None]], -1)[np.asarray(image)]
+    if mode == "I;16":
+        return np.repeat(expected_8_bit(pixels.astype(np.int64))[..., None], 3, -1)
+    if mode == "L":
+        return np.repeat(pixels[..., None], 3, -1)
+    colour, alpha = (pixels[..., :3], pixels[..., 3:]) if mode == "RGBA" else (pixels[..., :1], pixels[..., 1:])
+    return np.broadcast_to(colour * alpha / 255 + 255 * (1 - alpha / 255), (*pixels.shape[:2], 3)).round()
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK"])
 def test_other_image_modes_become_rgb(processor, mode, tmp_path):
     image = random_image(mode if mode != "I;16" else "L", (30, 20))
@@ -63,8 +89,10 @@ def test_other_image_modes_become_rgb(processor, mode, tmp_path):
     image.save(path)
     opened = open_image(str(path))
     assert opened.mode == "RGB" and opened.size == (30, 20)
+    np.testing.assert_allclose(np.asarray(opened), viewed_rgb(mode, image, path), atol=1, rtol=0)
     pixel_values = preprocess_images([opened], processor)
-    assert pixel_values.shape == (1, 3, 336, 336) and torch.isfinite(pixel_values).all()
+    assert pixel_values.shape == (1, 3, 336, 336)
+    np.testing.assert_allclose(pixel_values[0].numpy(), llava_pad_reference(opened), atol=1e-5)
 
 
 def test_transparent_pixels_become_white_not_black():

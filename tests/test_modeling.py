@@ -128,7 +128,14 @@ def test_projector_output_can_be_the_vision_source(plain_llava, llava_tokenizer)
     batch = image_batch(model, llava_tokenizer, QUESTIONS[:1])
     with torch.no_grad():
         output = model(**batch)
-    assert torch.isfinite(output.logits).all()
+        # Worked out apart: the plain LLaVA's last hidden states and its projector's output for the image
+        # (not the tower's), through the block and lm_head.
+        hidden = plain_llava.model(**batch).last_hidden_state
+        image = plain_llava.model.get_image_features(pixel_values=batch["pixel_values"], return_dict=True)
+        projected = torch.stack(list(image.pooler_output))
+        state = model.post_decoder.encode_vision(projected, None, batch_size=1)
+        expected = model.lm_head(model.post_decoder(hidden, state, batch["attention_mask"])[0])
+    torch.testing.assert_close(output.logits, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_beam_search_with_the_self_attention_variant_is_refused(plain_llava, llava_tokenizer):

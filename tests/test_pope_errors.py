@@ -101,6 +101,7 @@ def test_a_corrupt_image_is_named(pope_workspace, tmp_path, capsys):
     assert error.endswith("coco_pope_random.json asks about it); pass --skip-missing to count and skip such images")
 
 
+@pytest.mark.slow
 def test_the_script_itself_exits_2_with_one_line(tmp_path):
     script = os.path.join(ROOT, "eval", "pope_eval_post.py")
     command = [sys.executable, script, "--score-only", "--pope_path", str(tmp_path), "--answers-file", "a.jsonl"]

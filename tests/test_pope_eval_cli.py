@@ -12,6 +12,7 @@ from eval.answering import PrefixCachedAnswerer
 from eval.pope_report import main as report_main
 from eval.pope_scoring import score_answers
 from post_decoder.errors import InputError
+from tests.helpers.charts import BLUE, ORANGE, assert_pope_chart
 from tests.helpers.pope_workspace import cli_args, read_lines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +35,8 @@ def test_a_full_run_answers_every_question_and_scores_them(pope_workspace, tmp_p
     questions = [json.loads(line) for line in open(pope_workspace / "pope" / "coco_pope_popular.json")]
     expected = score_answers(questions, {r["question_id"]: r["answer"] for r in records if r["set"] == "popular"})
     assert written["popular"] == expected.as_dict()
-    assert os.path.getsize(tmp_path / "answers_metrics.png") > 1000
+    # the chart beside them: accuracy and F1 per set, one bar each, as tall as the metrics
+    assert_pope_chart(tmp_path / "answers_metrics.png", {BLUE: metrics})
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(pope_workspace, tmp_path, monkeypatch):
@@ -113,9 +115,10 @@ def test_score_only_and_compare(pope_workspace, tmp_path, capsys):
     )
     table = capsys.readouterr().out
     assert "base" in table and "trained" in table and "mean F1" in table
-    assert os.path.getsize(tmp_path / "c.png") > 1000
+    assert_pope_chart(tmp_path / "c.png", {BLUE: first, ORANGE: again})  # a bar per run and set, side by side
 
 
+@pytest.mark.slow
 def test_torchrun_on_two_processes_writes_the_same_answers_as_one(pope_workspace, tmp_path):
     one = tmp_path / "one.jsonl"
     pope_eval_post.main(cli_args(pope_workspace, one))

@@ -14,6 +14,7 @@ from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.builder import load_pretrained_model
 from post_decoder.families.llava.tiny import save_llava_hf
 from tests.helpers import named
+from tests.helpers.charts import assert_curve_panels
 from tests.helpers.data_files import write_hadpo, write_llava
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +94,7 @@ def merge(stage, model, trained, output):
     return output
 
 
+@pytest.mark.slow
 def test_stage1_merge_stage2_merge_load_gives_the_trained_model(base_and_data, tmp_path):
     base, data = base_and_data
     stage1 = tmp_path / "stage1"
@@ -113,7 +115,7 @@ def test_stage1_merge_stage2_merge_load_gives_the_trained_model(base_and_data, t
         ]
     )
     assert "skipped" in output and "missing" in output  # the dataset's bad samples are reported
-    assert (stage1 / "training_curves.png").stat().st_size > 5000
+    assert_curve_panels(stage1 / "training_curves.png", 3)  # loss, reward margin, reward accuracy
     assert (stage1 / "checkpoint-2" / TRAINABLE_WEIGHTS).is_file()
     stage1_weights = load_file(stage1 / TRAINABLE_WEIGHTS)
     assert stage1_weights and all(name.startswith("post_decoder.") for name in stage1_weights)
@@ -152,6 +154,7 @@ def test_stage1_merge_stage2_merge_load_gives_the_trained_model(base_and_data, t
 
 
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="the deepspeed launcher is not installed")
+@pytest.mark.slow
 def test_two_process_deepspeed_zero2_on_the_cpu_matches_one_process(base_and_data, tmp_path):
     base, data = base_and_data
     # SGD: Adam's per-weight normalisation would blow summation-order noise up to full-size steps.
@@ -187,6 +190,7 @@ def test_two_process_deepspeed_zero2_on_the_cpu_matches_one_process(base_and_dat
     assert any(not torch.equal(tensor, torch.zeros_like(tensor)) for name, tensor in two.items() if "o_proj" in name)
 
 
+@pytest.mark.slow
 def test_supervised_fine_tuning_of_the_block_on_llava_data(base_and_data, tmp_path):
     base, _ = base_and_data
     data_path, image_folder = write_llava(tmp_path / "llava")
@@ -212,7 +216,7 @@ def test_supervised_fine_tuning_of_the_block_on_llava_data(base_and_data, tmp_pa
     trained = load_file(output_dir / TRAINABLE_WEIGHTS)
     assert trained and all(name.startswith("post_decoder.") for name in trained)
     assert any(tensor.abs().sum() > 0 for name, tensor in trained.items() if "down_proj" in name)  # it learned
-    assert (output_dir / "training_curves.png").is_file()
+    assert_curve_panels(output_dir / "training_curves.png", 1)  # supervised: the loss only
 
 
 def train_in_process(argv, capsys, script="train_dpo_post.py"):
