@@ -9,7 +9,8 @@ setup(
     packages=find_packages(
         include=["post_decoder", "post_decoder.*", "ha_dpo", "ha_dpo.*", "eval", "eval.*", "demo", "demo.*"]
     ),
-    package_data={"ha_dpo.toy": ["checkpoint/*", "block/*", "examples/*"]},  # the shipped toy model and examples
+    # the shipped toy model, examples and recipe
+    package_data={"ha_dpo.toy": ["checkpoint/*", "block/*", "examples/*", "recipe_stage1.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -25,15 +26,20 @@ setup(
     ],
     extras_require={
         "train": ["peft>=0.15", "deepspeed>=0.16", "wandb", "matplotlib", "tqdm"],
-        "eval": ["pycocotools", "matplotlib", "tqdm"],
+        "eval": ["pycocotools", "matplotlib", "tqdm", "inflect>=7"],
         "demo": ["gradio>=6,<7", "matplotlib"],
-        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm", "gradio>=6,<7", "gradio_client", "playwright",
-                 "peft>=0.15", "deepspeed>=0.16", "trl>=1.16,<2"],
+        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm", "inflect>=7", "gradio>=6,<7", "gradio_client",
+                 "playwright", "peft>=0.15", "deepspeed>=0.16", "trl>=1.16,<2"],
     },
     entry_points={
         "console_scripts": [
             "post-decoder-convert-llava=post_decoder.families.llava.original:main",
             "post-decoder-demo=demo.app:main",
+            # the training, evaluation and merge commands (their scripts keep working under python/deepspeed)
+            "post-decoder-train-dpo=ha_dpo.cli.train_dpo_post:command",
+            "post-decoder-train-sft=ha_dpo.cli.train_llava_post:command",
+            "post-decoder-pope=eval.pope_eval_post:command",
+            "post-decoder-replace-bin=ha_dpo.cli.replace_bin:main",
         ]
     },
 )

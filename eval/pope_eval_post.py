@@ -18,7 +18,7 @@ import os
 import sys
 from collections import defaultdict
 
-if __package__ in (None, ""):  # run as a script: make the project importable
+if __package__ in (None, ""):  # run as a file (installed, the command is post-decoder-pope): the project
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
@@ -312,5 +312,10 @@ def _gather(items: list, world_size: int) -> list:
     return [item for part in gathered for item in part]
 
 
-if __name__ == "__main__":
+def command():
+    """The console command `post-decoder-pope`."""
     run_command(main)
+
+
+if __name__ == "__main__":
+    command()

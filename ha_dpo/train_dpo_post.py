@@ -10,8 +10,7 @@ if __package__ in (None, ""):  # run as a file: the project root replaces this f
     HERE = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [os.path.dirname(HERE), *(path for path in sys.path if os.path.abspath(path) != HERE)]
 
-from ha_dpo.cli.train_dpo_post import main  # noqa: E402
-from post_decoder.errors import run_command  # noqa: E402
+from ha_dpo.cli.train_dpo_post import command  # noqa: E402
 
 if __name__ == "__main__":
-    run_command(main)
+    command()

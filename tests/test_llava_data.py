@@ -3,7 +3,12 @@ import os
 
 import pytest
 
-from ha_dpo.data.llava_data import SupervisedDataset, SupervisedSample, conversation_ids, read_llava_samples
+from ha_dpo.data.llava_data import (
+    SupervisedDataset,
+    SupervisedSample,
+    conversation_ids_and_answer_spans,
+    read_llava_samples,
+)
 from ha_dpo.data.skips import SkipCounter
 from post_decoder.errors import InputError
 from post_decoder.families.llava.conversation import (
@@ -279,7 +284,7 @@ def test_conversation_ids_refuse_turns_that_do_not_end_with_an_answer(llava_toke
     image_token_id = llava_tokenizer.convert_tokens_to_ids("<image>")
     for turns in (((USER, "Why?"),), ((USER, "Why?"), (USER, "Why not?")), ((ASSISTANT, "Yes."), (USER, "Why?"))):
         with pytest.raises(ValueError, match="alternate"):
-            conversation_ids(turns, llava_tokenizer, image_token_id)
+            conversation_ids_and_answer_spans(turns, llava_tokenizer, image_token_id)
 
 
 def test_a_sample_whose_image_and_image_token_disagree_is_skipped(llava_tokenizer, image_file):

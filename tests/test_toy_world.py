@@ -25,13 +25,13 @@ from ha_dpo.data.skips import SkipCounter
 from ha_dpo.toy import DEFAULT_CHECKPOINT
 from ha_dpo.toy.base_model import (
     BaseModelConfig,
-    build_model,
     presence_labels,
     pretrain_vision_tower,
     toy_image_processor,
     train_llava,
     train_tokenizer,
     training_rows,
+    untrained_toy_llava,
 )
 from ha_dpo.toy.files import (
     ALL_NAMES,
@@ -84,6 +84,7 @@ def same_tree(left: str, right: str) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_same_seed_writes_identical_files_in_another_process(small_world, tmp_path):
     # Another interpreter with another string-hash seed: no set or dict order may leak into the world.
     again = str(tmp_path / "again")
@@ -212,6 +213,7 @@ def test_hallucinated_descriptions_name_an_absent_object(small_world):
             assert extra <= set(images[image_id].absent_partners())
 
 
+@pytest.mark.slow
 def test_committed_base_model_hallucinates_the_partner(base_model, default_pope):
     """Greedy answers on the first 40 POPE images of the default world (drawn in memory)."""
     tokenizer, model, image_processor, _ = base_model
@@ -263,6 +265,7 @@ def test_pope_data_marks_the_base_models_wrong_answers(small_world, base_model, 
     assert len(pairs) == wrong  # HA-DPO keeps the questions its model got wrong
 
 
+@pytest.mark.slow
 def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
     from scripts.make_toy_base import main
 
@@ -332,6 +335,7 @@ FIRST_LLAVA_LOSSES = [6.368106, 6.369885, 6.331435, 6.260858]  # after those 4 t
 DEFAULT_PIXELS_SHA256_PREFIX = "19fad68e0a19779e"  # the 6000 training images, JPEG-decoded and preprocessed
 
 
+@pytest.mark.slow
 def test_the_first_base_model_training_steps_give_the_measured_losses(default_world, tmp_path):
     """The training of scripts/make_toy_base.py cut to 4 steps per stage, on the same inputs."""
     from ha_dpo.data.llava_data import read_llava_samples
@@ -356,7 +360,7 @@ def test_the_first_base_model_training_steps_give_the_measured_losses(default_wo
         pixels = preprocess_images([open_image(sample.image) for sample in samples], toy_image_processor(config))
         assert hashlib.sha256(pixels.numpy().tobytes()).hexdigest().startswith(DEFAULT_PIXELS_SHA256_PREFIX)
         labels = presence_labels(str(instances), [os.path.basename(sample.image) for sample in samples])
-        model = build_model(config, text_vocab_size)
+        model = untrained_toy_llava(config, text_vocab_size)
         tower_losses, llava_losses = [], []
         pretrain_vision_tower(
             model, pixels, labels, config, log=lambda _: None, on_step=tower_losses.append, max_steps=4

@@ -6,30 +6,30 @@
         --tune_post_decoder True --bf16 True --output_dir runs/stage1 --per_device_train_batch_size 4 \\
         --learning_rate 2e-4 --beta 0.1 --num_train_epochs 1
 
-Also runs under `python` and `torchrun`. `--help` lists every flag. Bad input (a flag, a file, an
-output folder) stops with one line and exit code 2; `--debug` shows the traceback instead.
+Also runs under `python` and `torchrun`, and installed as `post-decoder-train-dpo`. `--help` lists every
+flag; `--config FILE` reads a JSON recipe of them (flags given beside it override it). Bad input (a flag,
+a file, an output folder) stops with one line and exit code 2; `--debug` shows the traceback instead.
+
+From Python, `train_dpo(model_args, data_args, training_args)` is the same run (`arguments_from` builds
+the arguments from a recipe's settings).
 """
 
 from transformers import set_seed
 
 from ha_dpo.cli.arguments import ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments
-from ha_dpo.cli.training_run import parse, train_and_save
+from ha_dpo.cli.training_run import parse, prepare_run, train_and_save
 from ha_dpo.data.collators import PreferenceCollator
 from ha_dpo.data.hadpo_data import read_hadpo_pairs
 from ha_dpo.data.preference_data import PreferenceDataset
 from ha_dpo.data.skips import SkipCounter
 from ha_dpo.trainer.trainer import PreferenceTrainer
 from ha_dpo.trainer.training_model import load_for_training, preference_model
-from post_decoder.errors import InputError, run_command
+from post_decoder.errors import run_command
 from post_decoder.family import family_for
 
 
 def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
     """HA-DPO's pairs (its mix, or every pair), tokenized and checked; bad samples counted in `skips`."""
-    if data_args.vg_path is None:
-        raise InputError(
-            "--vg_path is required: the Visual Genome folder with image_data.json, VG_100K/ and VG_100K_2/"
-        )
     skips = SkipCounter("HA-DPO pairs", strict=data_args.strict)
     samples = read_hadpo_pairs(
         data_args.vg_path,
@@ -53,10 +53,15 @@ def preference_data(data_args, training_args, tokenizer, image_processor, model_
     return dataset, PreferenceCollator(tokenizer, image_processor), skips
 
 
-def main(argv=None):
-    model_args, data_args, training_args, notes = parse(
-        (ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments), argv
-    )
+ARGUMENT_TYPES = (ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments)
+
+
+def train_dpo(
+    model_args: ModelArguments, data_args: PreferenceDataArguments, training_args: PreferenceTrainingArguments
+) -> PreferenceTrainer:
+    """The run: checks (before the model is loaded), model, pairs, training, the result saved whole.
+    Returns the trainer (its `state` holds the logged history)."""
+    notes = prepare_run(model_args, training_args)
     set_seed(training_args.seed)  # before the block is created: its initialisation is part of the run
     tokenizer, model, image_processor = load_for_training(model_args, training_args)
     dataset, collator, skips = preference_data(data_args, training_args, tokenizer, image_processor, model.config)
@@ -73,5 +78,14 @@ def main(argv=None):
     return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    return train_dpo(*parse(ARGUMENT_TYPES, argv))
+
+
+def command():
+    """The console command `post-decoder-train-dpo`."""
     run_command(main)
+
+
+if __name__ == "__main__":
+    command()

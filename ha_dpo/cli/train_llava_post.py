@@ -6,6 +6,8 @@ the backbone frozen: the original work's second training path.
         --image_folder data --tune_post_decoder True --bf16 True --output_dir runs/sft \\
         --per_device_train_batch_size 16 --learning_rate 2e-5 --num_train_epochs 1
 
+Also installed as `post-decoder-train-sft`; `--config FILE` reads a JSON recipe of flags (flags given
+beside it override it); from Python, `train_sft(model_args, data_args, training_args)` is the same run.
 `--keep_text_only False` drops the samples without an image (kept by default: the block passes
 them through); either way they are counted. `--help` lists every flag. Bad input stops with one
 line and exit code 2; `--debug` shows the traceback instead.
@@ -14,7 +16,7 @@ line and exit code 2; `--debug` shows the traceback instead.
 from transformers import set_seed
 
 from ha_dpo.cli.arguments import ModelArguments, PostDecoderTrainingArguments, SupervisedDataArguments
-from ha_dpo.cli.training_run import parse, train_and_save
+from ha_dpo.cli.training_run import parse, prepare_run, train_and_save
 from ha_dpo.data.collators import SupervisedCollator
 from ha_dpo.data.llava_data import SupervisedDataset, read_llava_samples
 from ha_dpo.data.skips import SkipCounter
@@ -23,13 +25,17 @@ from ha_dpo.trainer.training_model import load_for_training, train_block_and_hea
 from post_decoder.errors import InputError, run_command
 from post_decoder.family import family_for
 
+ARGUMENT_TYPES = (ModelArguments, SupervisedDataArguments, PostDecoderTrainingArguments)
 
-def main(argv=None):
-    model_args, data_args, training_args, notes = parse(
-        (ModelArguments, SupervisedDataArguments, PostDecoderTrainingArguments), argv
-    )
+
+def train_sft(
+    model_args: ModelArguments, data_args: SupervisedDataArguments, training_args: PostDecoderTrainingArguments
+) -> TrainableOnlyTrainer:
+    """The run: checks (before the model is loaded), model, samples, training, the result saved whole.
+    Returns the trainer."""
     if model_args.lora_enable:
         raise InputError("--lora_enable: this script trains the block and/or lm_head; LoRA SFT is LLaVA's own script")
+    notes = prepare_run(model_args, training_args)
     set_seed(training_args.seed)
     tokenizer, model, image_processor = load_for_training(model_args, training_args)
     skips = SkipCounter("LLaVA instruction samples", strict=data_args.strict)
@@ -57,5 +63,14 @@ def main(argv=None):
     return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    return train_sft(*parse(ARGUMENT_TYPES, argv))
+
+
+def command():
+    """The console command `post-decoder-train-sft`."""
     run_command(main)
+
+
+if __name__ == "__main__":
+    command()

@@ -1,5 +1,5 @@
-"""What both training scripts do around the Trainer: parse the flags, check the output folder, train,
-save the result whole, report."""
+"""What both training scripts do around the Trainer: parse the flags (and a `--config` recipe), check
+the run before the model is loaded, train, save the result whole, report."""
 
 import os
 import sys
@@ -11,22 +11,32 @@ from transformers.trainer_utils import get_last_checkpoint
 from post_decoder.errors import InputError
 
 from .arguments import check_arguments, rename_old_flags
+from .config_files import CONFIG_FLAG, CONFIG_HELP, config_flags
 from .cpu_deepspeed import cpu_deepspeed_arguments
 from .reporting import configure_wandb
 
 WRITE_PROBE = ".write-test-"  # the start-up check's own file; hidden, so no rank mistakes it for a run's
 
 
-def parse(dataclass_types, argv=None):
-    """(model_args, data_args, training_args, notes). Refused flags and an output folder this run
-    cannot use raise `InputError` here, before the model is loaded and hours are spent training."""
-    argv = rename_old_flags(sys.argv[1:] if argv is None else list(argv))
+def parse(dataclass_types, argv=None) -> tuple:
+    """The argument dataclasses from the command line: `--config FILE`'s settings first, then the flags,
+    which override them. Each dataclass checks itself as it is built (a refused flag raises `InputError`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = rename_old_flags(config_flags(argv, dataclass_types))
     argv += cpu_deepspeed_arguments(argv)
-    model_args, data_args, training_args = HfArgumentParser(dataclass_types).parse_args_into_dataclasses(args=argv)
-    notes = check_arguments(model_args, training_args, data_args.image_aspect_ratio)
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument(CONFIG_FLAG, metavar="FILE", help=CONFIG_HELP)  # for --help: config_flags took it out
+    return tuple(parser.parse_args_into_dataclasses(args=argv)[: len(dataclass_types)])
+
+
+def prepare_run(model_args, training_args) -> list[str]:
+    """Everything that can stop a run before the model is loaded and hours are spent: what needs two
+    argument dataclasses together (`check_arguments`) and an output folder this run cannot use raise
+    `InputError`; also sets wandb up. Returns the notes to print."""
+    notes = check_arguments(model_args, training_args)
     check_output_dir(training_args)
     notes.append(configure_wandb(training_args.report_to))
-    return model_args, data_args, training_args, [note for note in notes if note]
+    return [note for note in notes if note]
 
 
 def check_output_dir(training_args) -> None:

@@ -5,23 +5,9 @@ Images go through LLaVA's `pad` preprocessing. `pixel_values` holds the images o
 that have one, in order: the model matches images to samples by their image tokens.
 """
 
-import torch
-
 from post_decoder.images import preprocess_images
 
-from .llava_data import IGNORE_INDEX
-
-
-def pad(rows: list[torch.Tensor], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D tensors -> ([B, max length] padded with `value` on `side`, attention mask of 0/1)."""
-    width = max(len(row) for row in rows)
-    padded = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for number, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        padded[number, span] = row
-        mask[number, span] = 1
-    return padded, mask
+from .token_ids import IGNORE_INDEX, pad_and_mask
 
 
 def _pixel_values(items: list[dict], image_processor) -> dict:
@@ -49,22 +35,22 @@ class PreferenceCollator:
     def __call__(self, items: list[dict]) -> dict:
         batch = {}
         for name, side in (("prompt", "left"), ("chosen", "right"), ("rejected", "right")):
-            ids, mask = pad([item[f"{name}_input_ids"] for item in items], self.pad_token_id, side)
+            ids, mask = pad_and_mask([item[f"{name}_input_ids"] for item in items], self.pad_token_id, side)
             batch[f"{name}_input_ids"], batch[f"{name}_attention_mask"] = ids, mask
         batch.update(_pixel_values(items, self.image_processor))
         return batch
 
 
 class SupervisedCollator:
-    """`input_ids`, `attention_mask`, `labels` (-100 on padding) right-padded, `pixel_values`."""
+    """`input_ids`, `attention_mask`, `labels` (IGNORE_INDEX on padding) right-padded, `pixel_values`."""
 
     def __init__(self, tokenizer, image_processor):
         self.pad_token_id = _pad_token_id(tokenizer)
         self.image_processor = image_processor
 
     def __call__(self, items: list[dict]) -> dict:
-        input_ids, attention_mask = pad([item["input_ids"] for item in items], self.pad_token_id, "right")
-        labels, _ = pad([item["labels"] for item in items], IGNORE_INDEX, "right")
+        input_ids, attention_mask = pad_and_mask([item["input_ids"] for item in items], self.pad_token_id, "right")
+        labels, _ = pad_and_mask([item["labels"] for item in items], IGNORE_INDEX, "right")
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

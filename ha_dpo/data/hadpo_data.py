@@ -26,7 +26,7 @@ from .json_files import read_json
 from .preference_data import PreferenceSample
 from .skips import SkipCounter
 
-DESCRIPTION_PROMPTS = (
+HADPO_DESCRIPTION_PROMPTS = (
     "Describe this image in detail.",
     "Take a look at this image and describe what you notice.",
     "Please provide a detailed description of the picture.",
@@ -144,7 +144,7 @@ def read_description_pairs(
             continue
         if sample_strategy == "offline":
             chosen, rejected = [rng.choice(chosen)], [rng.choice(rejected)]
-        pairs = [(c, r, rng.choice(DESCRIPTION_PROMPTS)) for c in chosen for r in rejected]
+        pairs = [(c, r, rng.choice(HADPO_DESCRIPTION_PROMPTS)) for c in chosen for r in rejected]
         image = _image_path(key, images, sample_id, desc_data_path, skips, id_in_detail=False)  # after the draws
         if image is None:
             continue

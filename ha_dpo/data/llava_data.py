@@ -7,7 +7,7 @@ Input: a JSON list of `{"id", "image" (optional, relative to `image_folder`), "c
   starts again with `<image>\\n`. An image sample with no `<image>` gets one before its first question.
 - A first turn from "gpt" is dropped, as LLaVA does; the rest must alternate human, gpt and end
   with an answer (LLaVA masks a sample ending with a question entirely: it is skipped here).
-- Labels are -100 except the answers and the `</s>` that closes each of them.
+- Labels are IGNORE_INDEX (-100) except the answers and the `</s>` that closes each of them.
 - A sample without an image is kept (the block passes it through) unless `keep_text_only=False`;
   either way it is counted.
 - No sample left at all is an `InputError` that says why.
@@ -34,9 +34,8 @@ from post_decoder.families.llava.conversation import (  # LLaVA's own data forma
 from .images import load_image, with_readable_images
 from .json_files import read_json
 from .skips import SkipCounter
-from .token_ids import compact, expand_image_tokens, kept_length
+from .token_ids import IGNORE_INDEX, compact, expand_image_tokens, kept_length
 
-IGNORE_INDEX = -100
 ROLES = {"human": USER, "gpt": ASSISTANT}
 
 
@@ -160,7 +159,7 @@ def _round_texts(turns, conv_mode: str) -> list[tuple[str, str]]:
     return rounds
 
 
-def conversation_ids(
+def conversation_ids_and_answer_spans(
     turns, tokenizer, image_token_id: int, conv_mode: str = DEFAULT_CONV_MODE
 ) -> tuple[list[int], list[tuple[int, int]]] | None:
     """Compact ids (one image token) of the whole conversation and each answer's [start, end),
@@ -221,7 +220,7 @@ class SupervisedDataset(Dataset):
         self.skips.log()
 
     def _tokenize(self, sample: SupervisedSample, tokenizer, model_max_length: int):
-        tokenized = conversation_ids(sample.turns, tokenizer, self.image_token_id, self.conv_mode)
+        tokenized = conversation_ids_and_answer_spans(sample.turns, tokenizer, self.image_token_id, self.conv_mode)
         if tokenized is None:
             detail = "an answer's first token merges with 'ASSISTANT:'"
             self.skips.skip(sample.sample_id, "tokenization mismatch", detail, sample.source)

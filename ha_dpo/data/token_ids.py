@@ -2,10 +2,13 @@
 
 Datasets tokenize with `image_seq_length=1` (identical to the expanded ids but for the length of
 the image run) and expand on access, so a large dataset holds a few hundred int32 per sample
-rather than 576 more Python ints.
+rather than 576 more Python ints. Batches pad their rows with `pad_and_mask`, labels with `IGNORE_INDEX`.
 """
 
 import numpy as np
+import torch
+
+IGNORE_INDEX = -100  # the label of a position the loss skips (LLaVA's, and torch's cross_entropy default)
 
 
 def compact(ids: list[int]) -> np.ndarray:
@@ -29,3 +32,17 @@ def kept_length(ids: np.ndarray, image_token_id: int, image_seq_length: int, max
     """How many compact ids fit in `max_length` expanded positions (an image fits whole or not at all)."""
     ends = np.cumsum(np.where(ids == image_token_id, image_seq_length, 1))
     return int(np.searchsorted(ends, max_length, side="right"))
+
+
+def pad_and_mask(rows: list[torch.Tensor], value, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D tensors -> ([B, longest row] padded with `value` on `side`, attention mask of 0/1), with the
+    rows' dtype and on their device. The one padding of the project's batches (collators, the
+    full-sequence pairs, the shared path's answers, the toy model's training)."""
+    width = max(len(row) for row in rows)
+    padded = rows[0].new_full((len(rows), width), value)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=rows[0].device)
+    for number, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        padded[number, span] = row
+        mask[number, span] = 1
+    return padded, mask

@@ -15,6 +15,7 @@ from torch import nn
 from post_decoder.compat import CACHE_KWARG
 from post_decoder.family import family_for
 
+from ..data.token_ids import pad_and_mask
 from .dpo_loss import PairLogps
 
 
@@ -36,12 +37,8 @@ class ReferenceHead(nn.Module):
 
 
 def _interleave(chosen: torch.Tensor, rejected: torch.Tensor, pad_value) -> torch.Tensor:
-    """[B, C] and [B, R] -> [2B, max(C, R)], rows chosen_0, rejected_0, chosen_1, ..."""
-    width = max(chosen.shape[1], rejected.shape[1])
-    out = chosen.new_full((2 * chosen.shape[0], width), pad_value)
-    out[0::2, : chosen.shape[1]] = chosen
-    out[1::2, : rejected.shape[1]] = rejected
-    return out
+    """[B, C] and [B, R] -> [2B, max(C, R)], rows chosen_0, rejected_0, chosen_1, ... (right-padded)"""
+    return pad_and_mask([row for pair in zip(chosen, rejected, strict=True) for row in pair], pad_value)[0]
 
 
 def _head_logps(

@@ -1,8 +1,11 @@
 """The module the trainer trains: a batch of preference pairs in, `PairLogps` out.
 
 Wrapping policy and reference in one `nn.Module` lets DeepSpeed, DDP and accelerate wrap it like
-any model (transformers' Trainer calls its forward), while the log-prob code stays ours: TRL's
-`DPOTrainer` never calls a model's forward, so it would skip a block that sits before `lm_head`.
+any model (transformers' Trainer calls its forward), while the log-prob code stays ours. TRL's
+`DPOTrainer` would skip the block: in trl 1.16 it patches the model with `add_fused_lm_head`
+(trl/trainer/utils.py) and scores every sequence with `model(..., fused_lm_head=True)`, whose forward
+runs `model.base_model` (the backbone) and then the model's `lm_head` in tiles, so the model's own
+forward, and a block in it before `lm_head`, never runs (tests/test_trl_skips_the_block.py shows it).
 
 - `SharedBackbonePreferenceModel`: the post-decoder stages. The backbone is frozen and runs once
   per pair for both policy (block + `lm_head`) and reference (a frozen snapshot of them).

@@ -7,3 +7,4 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CHECKPOINT = os.path.join(_HERE, "checkpoint")  # the base model, made by scripts/make_toy_base.py
 DEFAULT_BLOCK = os.path.join(_HERE, "block")  # the quickstart's stage-1 block at seed 0
 DEFAULT_EXAMPLES = os.path.join(_HERE, "examples")  # held-out images for the demo (files.write_examples)
+STAGE1_RECIPE = os.path.join(_HERE, "recipe_stage1.json")  # the quickstart's training settings

@@ -32,8 +32,9 @@ from post_decoder.family import family_for
 from post_decoder.images import open_image, preprocess_images
 from post_decoder.saving import save_model_folder
 
-from ..data.llava_data import IGNORE_INDEX, SupervisedDataset, read_llava_samples
+from ..data.llava_data import SupervisedDataset, read_llava_samples
 from ..data.skips import SkipCounter
+from ..data.token_ids import IGNORE_INDEX, pad_and_mask
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class BaseModelConfig:
     threads: int = 2
 
 
-def build_model(config: BaseModelConfig, text_vocab_size: int) -> LlavaForConditionalGeneration:
+def untrained_toy_llava(config: BaseModelConfig, text_vocab_size: int) -> LlavaForConditionalGeneration:
     """LLaVA-1.5's shape in miniature, with transformers' standard initialisation."""
     torch.manual_seed(config.seed)
     llava_config = tiny_llava_config(
@@ -94,14 +95,8 @@ def tokenizer_corpus(samples) -> list[str]:
 
 def collate(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], pad_id: int) -> dict:
     """Right-padded ids, mask and labels; the images' pixel values, preprocessed once beforehand."""
-    width = max(len(ids) for ids, _, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id)
-    labels = torch.full((len(rows), width), IGNORE_INDEX)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, (ids, targets, _) in enumerate(rows):
-        input_ids[row, : len(ids)] = ids
-        labels[row, : len(ids)] = targets
-        attention_mask[row, : len(ids)] = 1
+    input_ids, attention_mask = pad_and_mask([ids for ids, _, _ in rows], pad_id)
+    labels, _ = pad_and_mask([targets for _, targets, _ in rows], IGNORE_INDEX)
     pixel_values = torch.stack([pixels for _, _, pixels in rows])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pixel_values": pixel_values}
 
@@ -260,7 +255,7 @@ def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
     )
     tokenizer, text_vocab_size = train_tokenizer(samples, config)
     image_processor = toy_image_processor(config)
-    model = build_model(config, text_vocab_size)
+    model = untrained_toy_llava(config, text_vocab_size)
     pixels = preprocess_images([open_image(sample.image) for sample in samples], image_processor)
 
     start = time.perf_counter()

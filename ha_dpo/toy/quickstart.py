@@ -3,17 +3,19 @@
     python -m ha_dpo.toy.quickstart --out runs/toy
 
 the toy world -> POPE on the committed base model -> stage-1 DPO of the block on the toy HA-DPO
-pairs (ha_dpo/train_dpo_post.py) -> POPE on base + block -> a before/after table (printed and in
-`results.md`), `pope_comparison.png` and `results.json`, all under `--out`:
+pairs (`train_dpo`, the library function under ha_dpo/train_dpo_post.py) -> POPE on base + block ->
+a before/after table (printed and in `results.md`), `pope_comparison.png` and `results.json`, all
+under `--out`:
 
     world/            the toy world's files (see ha_dpo/toy/files.py)
     base/             POPE answers and metrics of the base model
     stage1/           the training run (the block, training_curves.png) and its POPE answers and metrics
 
-The recipe is HA-DPO's stage 1 with two changes that the toy base model needs, both flags of the
-training script: `--pope_correct_pairs True` (the base model errs only by affirming absent objects,
-so HA-DPO's wrong-answers-only pairs all prefer "No" and teach the block to deny everything) and
-`--gamma 1.0` (an SFT term on the chosen answer keeps the answers fluent).
+The recipe (ha_dpo/toy/recipe_stage1.json, which the training script also reads as `--config`) is
+HA-DPO's stage 1 with two changes that the toy base model needs: `pope_correct_pairs` true (the base
+model errs only by affirming absent objects, so HA-DPO's wrong-answers-only pairs all prefer "No"
+and teach the block to deny everything) and `gamma` 1.0 (an SFT term on the chosen answer keeps the
+answers fluent).
 """
 
 import argparse
@@ -29,25 +31,12 @@ from post_decoder import VARIANTS
 from post_decoder.atomic_files import atomic_file
 from post_decoder.errors import InputError, run_command
 
-from ..cli.train_dpo_post import main as train_dpo_main
-from . import DEFAULT_CHECKPOINT
+from ..cli.config_files import arguments_from, read_config
+from ..cli.train_dpo_post import ARGUMENT_TYPES, train_dpo
+from . import DEFAULT_CHECKPOINT, STAGE1_RECIPE
 from .files import write_json, write_world
 from .world import WorldConfig
 
-STAGE1_RECIPE = {
-    "--tune_post_decoder": "True",
-    "--pope_correct_pairs": "True",
-    "--gamma": "1.0",
-    "--beta": "0.1",
-    "--learning_rate": "1e-4",
-    "--per_device_train_batch_size": "16",
-    "--num_train_epochs": "1",
-    "--lr_scheduler_type": "cosine",
-    "--warmup_ratio": "0.05",
-    "--logging_steps": "20",
-    "--save_strategy": "no",
-    "--report_to": "none",
-}
 RUN_NAMES = {"base": "base", "stage1": "base + block"}
 
 
@@ -66,26 +55,36 @@ def make_world(out: str, dpo_images: int | None, pope_images: int, base_model: s
 def pope(world: str, out: str, model_path: str, model_base: str | None = None) -> dict:
     """POPE random/popular/adversarial on the world's held-out images; metrics per set."""
     return pope_eval_main(
-        ["--model-path", model_path, "--pope_path", os.path.join(world, "pope"), "--coco_path", os.path.join(world, "coco", "val2014"),
-         "--answers-file", os.path.join(out, "pope_answers.jsonl"), "--metrics-file", os.path.join(out, "pope_metrics.json")]
+        ["--model-path", model_path, "--pope_path", os.path.join(world, "pope"),
+         "--coco_path", os.path.join(world, "coco", "val2014"),
+         "--answers-file", os.path.join(out, "pope_answers.jsonl"),
+         "--metrics-file", os.path.join(out, "pope_metrics.json")]
         + (["--model-base", model_base] if model_base else [])
     )  # fmt: skip
 
 
-def train_stage1(world: str, out: str, base_model: str, seed: int, variant: str, extra: list[str] = ()):
-    """Stage 1 through the training CLI: the block alone, on the world's HA-DPO files."""
-    argv = ["--model_name_or_path", base_model, "--vg_path", os.path.join(world, "vg"), "--output_dir", out, "--seed", str(seed),
-            "--desc_data_path", os.path.join(world, "hadpo", "desc_data.json"), "--pope_data_path", os.path.join(world, "hadpo", "pope_data.json"),
-            "--post_decoder_variant", variant]  # fmt: skip
-    for flag, value in STAGE1_RECIPE.items():
-        argv += [flag, value]
-    train_dpo_main(argv + list(extra))
+def train_stage1(world: str, out: str, base_model: str, seed: int, variant: str, changes: dict | None = None):
+    """Stage 1 with the recipe (and `changes` to it, by setting name): the block alone, on the world's
+    HA-DPO files."""
+    settings = {
+        **read_config(STAGE1_RECIPE),
+        "model_name_or_path": base_model,
+        "post_decoder_variant": variant,
+        "vg_path": os.path.join(world, "vg"),
+        "desc_data_path": os.path.join(world, "hadpo", "desc_data.json"),
+        "pope_data_path": os.path.join(world, "hadpo", "pope_data.json"),
+        "output_dir": out,
+        "seed": seed,
+        **(changes or {}),
+    }
+    train_dpo(*arguments_from(ARGUMENT_TYPES, settings))
 
 
 def comparison(metrics: dict[str, dict]) -> str:
     """The before/after table and each set's F1 change, in points."""
     table = format_table({RUN_NAMES[run]: by_set for run, by_set in metrics.items()})
-    changes = ", ".join(f"{name} {100 * (metrics['stage1'][name]['f1'] - metrics['base'][name]['f1']):+.2f}" for name in metrics["base"])
+    gains = {name: 100 * (metrics["stage1"][name]["f1"] - metrics["base"][name]["f1"]) for name in metrics["base"]}
+    changes = ", ".join(f"{name} {gain:+.2f}" for name, gain in gains.items())
     return f"{table}\n\nF1 change (points): {changes}"
 
 
@@ -103,8 +102,8 @@ class Steps:
         self.seconds[title] = round(time.perf_counter() - start, 1)
 
 
-def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None, pope_images: int = 150,
-        base_model: str = DEFAULT_CHECKPOINT) -> dict:  # fmt: skip
+def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None,
+        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT) -> dict:  # fmt: skip
     if os.path.isdir(out) and os.listdir(out):
         raise InputError(f"--out {out} is not empty: give a new folder")
     os.makedirs(out, exist_ok=True)
@@ -122,21 +121,28 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     markdown = os.path.join(out, "results.md")
     with atomic_file(markdown) as temporary, open(temporary, "w") as handle:
         handle.write(f"# Toy-world quickstart (seed {seed}, block {variant})\n\n```\n{summary}\n```\n")
-    results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images, "base_model": base_model,
-               "seconds": steps.seconds, "metrics": metrics}  # fmt: skip
+    results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images,
+               "base_model": base_model, "seconds": steps.seconds, "metrics": metrics}  # fmt: skip
     write_json(os.path.join(out, "results.json"), results)
-    print(f"\n{summary}\n\ntook {sum(steps.seconds.values()):.0f} s; results in {out} (results.md, results.json, pope_comparison.png)")
+    took = f"took {sum(steps.seconds.values()):.0f} s"
+    print(f"\n{summary}\n\n{took}; results in {out} (results.md, results.json, pope_comparison.png)")
     return results
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Toy world -> POPE -> stage-1 DPO of the block -> POPE, before and after.")
+    parser = argparse.ArgumentParser(
+        description="Toy world -> POPE -> stage-1 DPO of the block -> POPE, before and after."
+    )
     parser.add_argument("--out", required=True, help="a new or empty folder for everything the run writes")
     parser.add_argument("--seed", type=int, default=0, help="the training seed (block initialisation, pair order)")
     parser.add_argument("--variant", default="post_interaction", choices=VARIANTS, help="the block to train")
-    parser.add_argument("--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000 (quicker)")
+    parser.add_argument(
+        "--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000 (quicker)"
+    )
     parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set (POPE uses 500)")
-    parser.add_argument("--base-model", default=DEFAULT_CHECKPOINT, help="the model to improve (default: the committed toy model)")
+    parser.add_argument(
+        "--base-model", default=DEFAULT_CHECKPOINT, help="the model to improve (default: the committed toy model)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:

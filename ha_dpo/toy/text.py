@@ -12,7 +12,7 @@ from eval.build_pope import article, question_text
 
 from .world import CATEGORIES, ToyImage
 
-DESCRIPTION_PROMPTS = (
+TOY_DESCRIPTION_PROMPTS = (
     "Describe the image.",
     "Describe this image in detail.",
     "What do you see in the picture?",
@@ -69,7 +69,7 @@ def training_conversation(
     "no"s about other absent objects. One draw per absent partner decides, for the whole
     conversation, whether the text affirms it, so the turns never contradict each other."""
     affirmed = {partner for partner in image.absent_partners() if rng.random() < hallucination_probability}
-    turns = [(rng.choice(DESCRIPTION_PROMPTS), caption(described_names(image, affirmed)))]
+    turns = [(rng.choice(TOY_DESCRIPTION_PROMPTS), caption(described_names(image, affirmed)))]
     turns += [(question_text(name), yes_answer(name)) for name in dict.fromkeys(image.names)]
     turns += [
         (question_text(name), yes_answer(name) if name in affirmed else no_answer(name))

@@ -68,12 +68,12 @@ def write_trainable_checkpoint(directory: str, state: dict[str, torch.Tensor], p
         model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         write_block_files(model.post_decoder.config, block, directory)
     if hasattr(policy, "peft_config"):
-        # PEFT picks the adapter tensors out of the state it is given (no second gather).
-        staging = tempfile.mkdtemp(prefix=".adapter.tmp-", dir=directory)
-        policy.save_pretrained(staging, state_dict=state)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(directory, name))
-        os.rmdir(staging)
+        # PEFT picks the adapter tensors out of the state it is given (no second gather). It names its own
+        # files, so it writes them into a scratch folder, from which each one takes its place atomically.
+        with tempfile.TemporaryDirectory(prefix=".adapter.tmp-", dir=directory) as scratch:
+            policy.save_pretrained(scratch, state_dict=state)
+            for name in os.listdir(scratch):
+                _atomic(directory, name, lambda path, name=name: os.replace(os.path.join(scratch, name), path))
 
 
 def load_trainable_checkpoint(policy: torch.nn.Module, directory: str):

@@ -17,6 +17,8 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from post_decoder.atomic_files import atomic_directory
+
 from ..cli.reporting import CURVES_FILE, plot_training_curves, why_no_curves
 from ..objective.dpo_loss import preference_loss
 from .checkpoints import (
@@ -86,10 +88,12 @@ class TrainableOnlyTrainer(Trainer):
             self.args.output_dir = run_dir
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            if os.path.exists(final):  # a re-run over the same step: the old folder goes only once the new one is in
-                os.rename(final, os.path.join(staging_dir, name + ".previous"))
-            os.rename(os.path.join(staging_dir, name), final)
+            # Every rank wrote under the agreed staging name; the complete checkpoint then takes the place of
+            # any folder of the same step (a re-run over it), which goes only once the new one is in.
+            written = os.path.join(staging_dir, name)
+            with atomic_directory(os.path.join(run_dir, name)) as final:
+                for entry in os.listdir(written):
+                    os.rename(os.path.join(written, entry), os.path.join(final, entry))
             shutil.rmtree(staging_dir, ignore_errors=True)
             rotate_checkpoints(run_dir, save_total_limit=self.args.save_total_limit, use_mtime=True)
         self.accelerator.wait_for_everyone()

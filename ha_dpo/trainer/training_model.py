@@ -12,7 +12,9 @@ from post_decoder.builder import load_pretrained_model
 from post_decoder.errors import InputError
 from post_decoder.family import family_for
 
+from ..cli.arguments import tower_shape_named
 from ..objective.preference_model import LoraPreferenceModel, SharedBackbonePreferenceModel
+
 
 def training_dtype(training_args) -> torch.dtype:
     return torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
@@ -89,3 +91,11 @@ def _check_matches_checkpoint(model_args, model):
             f"--mm_vision_select_layer {model_args.mm_vision_select_layer}, but {model_args.model_name_or_path} "
             f"uses layer {config.vision_feature_layer}"
         )
+    if model_args.vision_tower is not None:  # the checkpoint's own tower is used; the flag is checked against it
+        vision = config.vision_config
+        if tower_shape_named(model_args.vision_tower) != (vision.patch_size, vision.image_size):
+            raise InputError(
+                f"--vision_tower {model_args.vision_tower}, but {model_args.model_name_or_path}'s tower has patch "
+                f"{vision.patch_size} and image size {vision.image_size}; the tower is always the checkpoint's own: "
+                "drop the flag"
+            )
