@@ -92,7 +92,8 @@ def load_trainable_checkpoint(policy: torch.nn.Module, directory: str):
 def publish_result(staging: str, directory: str):
     """Move the complete result in `staging` into `directory`, then remove the previous result's files
     that the new one lacks. Only renames and removals: nothing is written here, so the window in which
-    a crash could split the two results is the time of a few renames, not of writing gigabytes."""
+    a crash could split the two results is the time of a few renames, not of writing gigabytes. (Not
+    `atomic_directory`: the run folder also holds the checkpoints, which the result must not replace.)"""
     names = sorted(os.listdir(staging))
     for name in names:
         target = os.path.join(directory, name)
