@@ -18,7 +18,9 @@ def test_single_turn_prompt_is_llava_1_5_vicuna_v1():
         "detailed, and polite answers to the user's questions. USER: <image>\nIs there a dog in the image? ASSISTANT:"
     )
     suffix = "\nAnswer the question using a single word or phrase."
-    assert question_prompt("Is there a dog?", suffix=suffix).endswith(f"USER: <image>\nIs there a dog?{suffix} ASSISTANT:")
+    assert question_prompt("Is there a dog?", suffix=suffix).endswith(
+        f"USER: <image>\nIs there a dog?{suffix} ASSISTANT:"
+    )
 
 
 def test_multi_turn_prompt_closes_answers_with_eos():

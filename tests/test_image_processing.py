@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
@@ -49,9 +48,7 @@ def test_pad_preprocessing_equals_llava(processor, size):
 @pytest.mark.parametrize("photo", ["extreme_ironing.jpg", "waterview.jpg", "demo_1.jpg", "demo_2.jpg"])
 def test_pad_preprocessing_equals_llava_on_real_photographs(processor, photo):
     image = open_image(shared_file("images", photo))
-    np.testing.assert_allclose(
-        preprocess_images([image], processor)[0].numpy(), llava_pad_reference(image), atol=1e-5
-    )
+    np.testing.assert_allclose(preprocess_images([image], processor)[0].numpy(), llava_pad_reference(image), atol=1e-5)
 
 
 def viewed_rgb(mode, image, path) -> np.ndarray:

@@ -83,8 +83,9 @@ def test_a_missing_image_names_its_question_and_the_way_on(pope_workspace, tmp_p
     shutil.copytree(pope_workspace / "images", images / "val2014")  # HA-DPO's --coco_path is the folder above
     args = cli_args(pope_workspace, tmp_path / "answers.jsonl")
     args[args.index("--coco_path") + 1] = str(images)
+    question_file = pope_workspace / "pope" / "coco_pope_random.json"
     assert cli_error(args, capsys) == (
-        f"image {images / 'img0.png'} is missing (question_id 1 of {pope_workspace / 'pope/coco_pope_random.json'} asks "
+        f"image {images / 'img0.png'} is missing (question_id 1 of {question_file} asks "
         f"about it) (--coco_path is the images' own folder: {images / 'val2014'}?); pass --skip-missing to count and "
         "skip such images"
     )

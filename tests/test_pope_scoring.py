@@ -40,10 +40,10 @@ def official_evaluate(question_lines: list[str], answer_texts: list[str]) -> dic
             text = text.split(".")[0]
         words = text.replace(",", "").split(" ")
         predictions.append(0 if ("No" in words or "not" in words or "no" in words) else 1)
-    tp = sum(p == 1 and l == 1 for p, l in zip(predictions, labels))
-    fp = sum(p == 1 and l == 0 for p, l in zip(predictions, labels))
-    tn = sum(p == 0 and l == 0 for p, l in zip(predictions, labels))
-    fn = sum(p == 0 and l == 1 for p, l in zip(predictions, labels))
+    tp = sum(pred == 1 and label == 1 for pred, label in zip(predictions, labels))
+    fp = sum(pred == 1 and label == 0 for pred, label in zip(predictions, labels))
+    tn = sum(pred == 0 and label == 0 for pred, label in zip(predictions, labels))
+    fn = sum(pred == 0 and label == 1 for pred, label in zip(predictions, labels))
     precision = tp / (tp + fp)
     recall = tp / (tp + fn)
     return {

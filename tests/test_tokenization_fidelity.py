@@ -43,6 +43,8 @@ IMAGE_ID, PAD_ID = 32000, 32001
 SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 TOY_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "ha_dpo", "toy", "checkpoint")  # tokenizer.json only
 
+# The expected ids below are packed by hand, as the tokenizer printed them: the formatter leaves them.
+# fmt: off
 # LLaVA's slow tokenizer (legacy: false, as in LLaVA-1.5's folders): text -> ids, BOS included.
 CORPUS_IDS = {
     ' leading': [1, 29871, 8236],
@@ -331,6 +333,7 @@ HADPO_PAIRS = [
         [29871, 13, 4763, 29879, 411, 263, 25899, 29889, 2],
     ),
 ]
+# fmt: on
 
 
 class SentencePieceReference:
@@ -371,8 +374,10 @@ LLAVA_HF_SPECIALS = {**TEXT_SPECIALS, IMAGE_TOKEN: IMAGE_ID, "<pad>": PAD_ID}
 
 def awkward_strings(count: int, seed: int = 0) -> list[str]:
     """Random strings over the characters tokenizers disagree on."""
+    # fmt: off
     alphabet = [" ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2581", "a", "dog", "Is", "?", ".", "7", "é", "日",
                 "\U0001f436", "</s>", "<s>", "<unk>", "ASSISTANT:", "USER:"]
+    # fmt: on
     generator = random.Random(seed)
     return ["".join(generator.choices(alphabet, k=generator.randint(1, 12))) for _ in range(count)]
 

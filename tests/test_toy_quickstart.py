@@ -61,7 +61,9 @@ def blank_image_features() -> torch.Tensor:
     """The toy tower's features of an image with no object in it, as the block receives them."""
     tokenizer, model, image_processor, _ = load_pretrained_model(DEFAULT_CHECKPOINT, device="cpu", dtype=torch.float32)
     config = model.config
-    input_ids = torch.tensor([tokenize_with_image(question_prompt("?"), tokenizer, config.image_token_id, config.image_seq_length)])
+    input_ids = torch.tensor(
+        [tokenize_with_image(question_prompt("?"), tokenizer, config.image_token_id, config.image_seq_length)]
+    )
     pixel_values = preprocess_images([Image.new("RGB", (64, 64), (240, 240, 240))], image_processor)
     with torch.no_grad():
         return model.backbone_forward(input_ids=input_ids, pixel_values=pixel_values).vision_features
@@ -76,7 +78,9 @@ def test_the_gain_comes_through_what_the_block_sees(quickstart, tmp_path, monkey
     encode_vision = PostInteractionBlock.encode_vision
 
     def sees_a_blank_image(block, features, mask, batch_size):
-        return encode_vision(block, None if features is None else blank.expand(features.shape[0], -1, -1), mask, batch_size)
+        return encode_vision(
+            block, None if features is None else blank.expand(features.shape[0], -1, -1), mask, batch_size
+        )
 
     monkeypatch.setattr(PostInteractionBlock, "encode_vision", sees_a_blank_image)
     trained = os.path.join(out, "stage1")

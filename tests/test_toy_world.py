@@ -204,8 +204,11 @@ def test_hallucinated_descriptions_name_an_absent_object(small_world):
     with open(os.path.join(small_world, "hadpo", "desc_data.json")) as handle:
         descriptions = json.load(handle)
     images = {str(image.image_id): image for image in generate_world(SMALL) if image.split == "dpo"}
+
+    def named(text):
+        return {name for name in ALL_NAMES if f" {name}" in text.replace(",", " ").replace(".", " ")}
+
     for image_id, pair in descriptions.items():
-        named = lambda text: {name for name in ALL_NAMES if f" {name}" in text.replace(",", " ").replace(".", " ")}
         assert named(pair["chosen"][0]) == set(images[image_id].names)
         extra = named(pair["rejected"][0]) - set(images[image_id].names)
         assert len(extra) == 1
@@ -244,6 +247,7 @@ def test_committed_base_model_hallucinates_the_partner(base_model, default_pope)
     assert len(partner_questions) >= 20 and affirmed / len(partner_questions) > 0.7
 
 
+@pytest.mark.slow
 def test_pope_data_marks_the_base_models_wrong_answers(small_world, base_model, tmp_path):
     images = [image for image in generate_world(SMALL) if image.split == "dpo"]
     entries = pope_data_questions(images, random.Random(0))

@@ -359,6 +359,7 @@ def dataset_tokenizer(base_and_data):
     return AutoTokenizer.from_pretrained(base_and_data[0])
 
 
+@pytest.mark.slow
 def test_beta_reaches_the_trainer_and_the_history_is_saved(base_and_data, tmp_path, capsys):
     import json
 

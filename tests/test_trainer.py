@@ -119,6 +119,7 @@ def fresh_block(plain):
     return with_block(plain, "post_interaction")
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_continues_to_the_same_result(plain_llava, llava_tokenizer, tmp_path):
     straight = fresh_block(plain_llava)
     make_trainer(straight, llava_tokenizer, tmp_path / "straight").train()
@@ -224,6 +225,7 @@ def crash_at_safetensors_write(monkeypatch, call):
     """Make the `call`-th safetensors write of a save leave a torn file and raise: the save stops halfway
     (the trained tensors are written, the block's own file is torn)."""
     from ha_dpo.trainer import checkpoints as checkpoints_module
+    from post_decoder.block import files as block_files_module
 
     real, calls = checkpoints_module.save_file, []
 
@@ -235,7 +237,8 @@ def crash_at_safetensors_write(monkeypatch, call):
             raise OSError("disk full")
         return real(state, path, metadata=metadata)
 
-    monkeypatch.setattr(checkpoints_module, "save_file", save_file)
+    monkeypatch.setattr(checkpoints_module, "save_file", save_file)  # the trained tensors
+    monkeypatch.setattr(block_files_module, "save_file", save_file)  # the block's own file
     return calls
 
 
@@ -274,6 +277,7 @@ def test_a_crash_halfway_through_the_final_save_keeps_the_previous_result(
     assert files_of(run) == before  # no new file beside the old ones, no staging folder left
 
 
+@pytest.mark.slow
 def test_the_final_result_is_one_runs_whole_set_with_its_loss_and_reward_history(
     plain_llava, llava_tokenizer, tmp_path
 ):
