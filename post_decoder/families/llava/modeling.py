@@ -92,7 +92,7 @@ class LlavaPostDecoderForConditionalGeneration(PostDecoderMixin, LlavaForConditi
             selected = [features[:, 1:] for features in selected]
         return torch.cat(selected, dim=-1)
 
-    # --- forward and generation ---
+    # --- forward (generation: PostDecoderMixin) ---
 
     def forward(
         self,
