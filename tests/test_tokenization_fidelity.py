@@ -1,8 +1,8 @@
 """Token ids equal LLaVA-1.5's own tokenizer for any text: prompts, POPE questions, DPO answers.
 
 LLaVA and HA-DPO load the tokenizer with `use_fast=False` (transformers 4.x's SentencePiece `LlamaTokenizer`);
-`post_decoder.tokenizer.load_tokenizer` must give the same ids where transformers 5's fast tokenizer does not
-(leading spaces, space runs, text after special tokens). Two oracles:
+`post_decoder.families.llava.tokenizer.load_tokenizer` must give the same ids where transformers 5's fast
+tokenizer does not (leading spaces, space runs, text after special tokens). Two oracles:
 
 - ids written in below, produced once by LLaVA's own code under its pinned transformers 4.37.2 (sentencepiece
   0.1.99): `AutoTokenizer.from_pretrained(../shared/data/tokenizers/llama2, use_fast=False)` as LLaVA's builder
