@@ -476,8 +476,14 @@ def test_the_page_in_headless_chromium(server, tmp_path):
                 )
             page.wait_for_selector("#heatmap img", timeout=30_000)
             page.screenshot(path=str(screenshot), full_page=True)
+            box = page.locator("#heatmap img").bounding_box()  # page coordinates: scrolled to the top
+            scroll = page.evaluate("[window.scrollX, window.scrollY]")
         finally:
             browser.close()
-    assert screenshot.stat().st_size > 20_000
     shot = Image.open(screenshot)
-    assert shot.width == 1280 and len(np.unique(np.asarray(shot.convert("L")))) > 50  # a page, not a blank frame
+    assert shot.format == "PNG" and shot.width == 1280 and shot.height >= 1400  # the whole page
+    assert len(np.unique(np.asarray(shot.convert("L")))) > 50  # a page, not a blank frame
+    left, top = box["x"] + scroll[0], box["y"] + scroll[1]
+    heatmap = np.asarray(shot.convert("RGB").crop((left, top, left + box["width"], top + box["height"]))).astype(int)
+    assert box["width"] > 50 and box["height"] > 50
+    assert heatmap.std() > 10 and len(np.unique(heatmap.reshape(-1, 3), axis=0)) > 100  # the overlay is drawn
