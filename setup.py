@@ -10,7 +10,10 @@ setup(
         include=["post_decoder", "post_decoder.*", "ha_dpo", "ha_dpo.*", "eval", "eval.*", "demo", "demo.*"]
     ),
     # the shipped toy model, examples and recipe
-    package_data={"ha_dpo.toy": ["checkpoint/*", "block/*", "examples/*", "recipe_stage1.json"]},
+    package_data={
+        "ha_dpo.toy": ["checkpoint/*", "block/*", "examples/*", "recipe_stage1.json"],
+        "eval": ["chair_synonyms.txt"],  # CHAIR's synonym table (data the scorer reads)
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
