@@ -31,8 +31,20 @@ setup(
         "train": ["peft>=0.15", "deepspeed>=0.16", "wandb", "matplotlib", "tqdm"],
         "eval": ["pycocotools", "matplotlib", "tqdm", "inflect>=7"],
         "demo": ["gradio>=6,<7", "matplotlib"],
-        "test": ["pytest>=8", "pycocotools", "matplotlib", "tqdm", "inflect>=7", "gradio>=6,<7", "gradio_client",
-                 "playwright", "peft>=0.15", "deepspeed>=0.16", "trl>=1.16,<2"],
+        "test": [
+            "pytest>=8",
+            "pycocotools",
+            "matplotlib",
+            "tqdm",
+            "inflect>=7",
+            "gradio>=6,<7",
+            "gradio_client",
+            "playwright",
+            "peft>=0.15",
+            "deepspeed>=0.16",
+            "trl>=1.16,<2",
+            "ruff>=0.17,<0.18",  # .ci/run lints with it (settings in pyproject.toml)
+        ],
     },
     entry_points={
         "console_scripts": [

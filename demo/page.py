@@ -113,7 +113,7 @@ class Page:
 
         note = "\n".join(f"- {line}" for line in notes)
         answers = {}
-        for texts, answers in stream_answers(jobs, decoding):
+        for texts, answers in stream_answers(jobs, decoding):  # noqa: B007 (the last answers are used below)
             shown = chats(texts)
             yield shown.get(BASE, []), shown[TRAINED], None, "", gr.update(), note, session, None
 

@@ -180,7 +180,9 @@ def save_clip_tower(model: LlavaForConditionalGeneration, directory: str) -> str
     )
     clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
     clip.save_pretrained(directory)
-    _write_json(os.path.join(directory, "preprocessor_config.json"), clip_preprocessor_config(vision_config.image_size))
+    _write_json(
+        os.path.join(directory, "preprocessor_config.json"), clip_preprocessor_config(vision_config.image_size)
+    )
     return directory
 
 
@@ -221,8 +223,9 @@ def save_original_llava(
     two `.bin` shards with an index, `model.mm_projector.{0,2}`, the text vocabulary only (no image
     token), and the CLIP tower saved apart and named by `mm_vision_tower`.
 
-    sentencepiece: ship the tokenizer as the real folders do (`tokenizer.model` + `tokenizer_config.json`, which
-    `post_decoder.families.llava.tokenizer.load_tokenizer` reads with LLaVA's slow ids); by default a `tokenizer.json` only."""
+    sentencepiece: ship the tokenizer as the real folders do (`tokenizer.model` + `tokenizer_config.json`,
+    which `post_decoder.families.llava.tokenizer.load_tokenizer` reads with LLaVA's slow ids); by default a
+    `tokenizer.json` only."""
     os.makedirs(directory, exist_ok=True)
     tower_directory = save_clip_tower(model, os.path.join(directory, "clip_tower"))
     state = {}
@@ -234,14 +237,18 @@ def save_original_llava(
             tensor = tensor[:text_vocab_size]
         state[renamed] = tensor.clone().contiguous()
     names = sorted(state)
-    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2], "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :]}
+    shards = {
+        "pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+        "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :],
+    }
     weight_map = {}
     for shard, keys in shards.items():
         torch.save({key: state[key] for key in keys}, os.path.join(directory, shard))
         weight_map.update({key: shard for key in keys})
     total = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
     _write_json(
-        os.path.join(directory, "pytorch_model.bin.index.json"), {"metadata": {"total_size": total}, "weight_map": weight_map}
+        os.path.join(directory, "pytorch_model.bin.index.json"),
+        {"metadata": {"total_size": total}, "weight_map": weight_map},
     )
     config = model.config
     text = config.text_config.to_dict()
