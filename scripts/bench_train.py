@@ -62,7 +62,9 @@ def pairs_batch(model, tokenizer, pairs: int, answer_tokens: int, device) -> dic
     batch = {
         "prompt_input_ids": torch.tensor([prompt] * pairs, device=device),
         "prompt_attention_mask": torch.ones(pairs, len(prompt), dtype=torch.long, device=device),
-        "pixel_values": torch.randn(pairs, 3, config.vision_config.image_size, config.vision_config.image_size, generator=generator),
+        "pixel_values": torch.randn(
+            pairs, 3, config.vision_config.image_size, config.vision_config.image_size, generator=generator
+        ),
     }
     batch["pixel_values"] = batch["pixel_values"].to(device, model.dtype)
     batch["chosen_input_ids"], batch["chosen_attention_mask"] = answers()
@@ -127,9 +129,18 @@ def run_one(args) -> dict:
     else:
         seconds = time_steps(step_function(args.method, model, tokenizer, args.stage), batch, args.warmup, args.steps)
     cuda = args.device.startswith("cuda")
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"method": args.method, "pairs_per_second": args.pairs * args.steps / seconds, "peak_gib": peak,
-            "prompt_tokens": batch["prompt_input_ids"].shape[1], "dtype": str(dtype).replace("torch.", "")}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {
+        "method": args.method,
+        "pairs_per_second": args.pairs * args.steps / seconds,
+        "peak_gib": peak,
+        "prompt_tokens": batch["prompt_input_ids"].shape[1],
+        "dtype": str(dtype).replace("torch.", ""),
+    }
 
 
 def time_steps(step, batch, warmup: int, steps: int) -> float:
@@ -155,10 +166,14 @@ def main():
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="backbone dtype (default: fp16 on GPU)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs per micro-batch")
     parser.add_argument("--answer-tokens", type=int, default=None, help="per answer (default 100 at 7b, 24 at tiny)")
-    parser.add_argument("--stage", choices=STAGES, default="1", help="1: block; 2: block + lm_head; head: lm_head alone (no block)")
+    parser.add_argument(
+        "--stage", choices=STAGES, default="1", help="1: block; 2: block + lm_head; head: lm_head alone (no block)"
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 on a busy machine: OpenMP spins otherwise)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (1 on a busy machine: OpenMP spins otherwise)"
+    )
     parser.add_argument("--method", choices=METHODS, help="run one method in this process (used internally)")
     args = parser.parse_args()
     args.answer_tokens = args.answer_tokens or (100 if args.shape == "7b" else 24)
@@ -175,14 +190,23 @@ def main():
 
 
 def print_table(args, results: dict):
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores, {args.threads or 'all'} threads)"
+    device = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({os.cpu_count()} cores, {args.threads or 'all'} threads)"
+    )
     memory = "peak GPU memory (GiB)" if args.device.startswith("cuda") else "peak RSS (GiB)"
     ours = results["ours"]
-    print(f"shape {args.shape}, {device}, backbone {ours['dtype']}, stage {args.stage}, {args.pairs} pairs/micro-batch, "
-          f"prompt {ours['prompt_tokens']} tokens, answers {args.answer_tokens} tokens, {args.steps} timed steps")
+    print(
+        f"shape {args.shape}, {device}, backbone {ours['dtype']}, stage {args.stage}, {args.pairs} pairs/micro-batch, "
+        f"prompt {ours['prompt_tokens']} tokens, answers {args.answer_tokens} tokens, {args.steps} timed steps"
+    )
     print(f"{'method':<52}{'pairs/s':>10}{memory:>24}{'vs usual':>10}{'ours / it':>11}")
-    labels = {"ours": "ours: shared backbone, prompt once, heads on answers", "usual": "usual: separate reference, full sequences",
-              "trl": "trl: DPOTrainer, separate reference, lm_head only"}
+    labels = {
+        "ours": "ours: shared backbone, prompt once, heads on answers",
+        "usual": "usual: separate reference, full sequences",
+        "trl": "trl: DPOTrainer, separate reference, lm_head only",
+    }
     for method in METHODS:
         if method not in results:
             print(f"{labels[method]:<52}  {NOT_APPLICABLE[method]}")
@@ -190,7 +214,9 @@ def print_table(args, results: dict):
         row = results[method]
         speedup = row["pairs_per_second"] / results["usual"]["pairs_per_second"]
         ours_ratio = ours["pairs_per_second"] / row["pairs_per_second"]
-        print(f"{labels[method]:<52}{row['pairs_per_second']:>10.2f}{row['peak_gib']:>24.2f}{speedup:>9.2f}x{ours_ratio:>10.2f}x")
+        print(
+            f"{labels[method]:<52}{row['pairs_per_second']:>10.2f}{row['peak_gib']:>24.2f}{speedup:>9.2f}x{ours_ratio:>10.2f}x"
+        )
 
 
 if __name__ == "__main__":

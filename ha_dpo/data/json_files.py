@@ -20,7 +20,7 @@ def read_json(path: str, what: str):
             return json.load(handle)
     except UnicodeDecodeError as error:
         raise InputError(
-            f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start:error.start + 1]!r}); "
+            f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start : error.start + 1]!r}); "
             "save the file as UTF-8"
         ) from error
     except json.JSONDecodeError as error:

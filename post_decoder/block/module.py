@@ -45,8 +45,10 @@ class PostDecoderState:
             cache = copy.deepcopy(self.self_attention_cache)
             cache.batch_repeat_interleave(repeats)
         return PostDecoderState(
-            [(keys.repeat_interleave(repeats, 0), values.repeat_interleave(repeats, 0))
-             for keys, values in self.vision_keys_values],
+            [
+                (keys.repeat_interleave(repeats, 0), values.repeat_interleave(repeats, 0))
+                for keys, values in self.vision_keys_values
+            ],
             None if self.vision_mask is None else self.vision_mask.repeat_interleave(repeats, 0),
             self.has_image.repeat_interleave(repeats, 0),
             cache,

@@ -154,7 +154,9 @@ def load_tokenizer(path_or_hub_id: str, **kwargs):
                 f"{path_or_hub_id}: no such folder, and no tokenizer on the hub under that id (or no internet): "
                 "name a LLaVA checkpoint folder"
             ) from None
-    if not any(os.path.isfile(os.path.join(path_or_hub_id, name)) for name in ("tokenizer.json", TOKENIZER_CONFIG_FILE)):
+    if not any(
+        os.path.isfile(os.path.join(path_or_hub_id, name)) for name in ("tokenizer.json", TOKENIZER_CONFIG_FILE)
+    ):
         raise InputError(
             f"{path_or_hub_id} has no tokenizer ({SENTENCEPIECE_FILE}, tokenizer.json or {TOKENIZER_CONFIG_FILE}): "
             "name a LLaVA checkpoint folder, or copy its tokenizer files into this one"
