@@ -1,0 +1,320 @@
+"""The steps `bench_gpu.py` runs, each in a process of its own: `step(emit, settings, ...)` builds its model,
+measures, and hands each result to `emit` as soon as it has it (a later failure keeps the earlier ones).
+
+`settings` is bench_gpu's dict: shape, layers, device, dtype, threads, tokenizer, pope_path, pairs, ...
+A check outside its stated tolerance emits its numbers, then raises `CheckFailed`.
+"""
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+import transformers
+from bench_gpu_models import build_model
+from PIL import Image
+
+from post_decoder.dtypes import DTYPES
+
+OPTIONAL_PACKAGES = ("trl", "deepspeed", "accelerate", "peft", "gradio", "wandb")
+# Shared backbone vs two full models: both run the same bf16 backbone, in different shapes (prompt once and a
+# KV cache vs whole sequences), so their bf16 roundings differ. Per answer token, on the sum of log-probs.
+LOGPS_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.05}  # nats per answer token
+GENERATION_MIN_IDENTICAL = 0.99  # prefix-cached vs per-question `generate` answers (float32)
+
+
+class CheckFailed(RuntimeError):
+    """An exactness check measured outside its tolerance (its numbers were emitted first)."""
+
+
+def package_version(name: str):
+    """The installed version of `name`, or None when it cannot be imported (not installed)."""
+    if importlib.util.find_spec(name) is None:
+        return None
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def environment(emit, settings):
+    """Versions and the device; fails when the device asked for is not there."""
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    versions.update({name: package_version(name) for name in OPTIONAL_PACKAGES})
+    device = settings["device"]
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device}: CUDA is not available to torch {torch.__version__}")
+        properties = torch.cuda.get_device_properties(device)
+        description = {
+            "name": properties.name,
+            "memory_gib": round(properties.total_memory / 2**30, 1),
+            "capability": f"{properties.major}.{properties.minor}",
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
+    else:
+        description = {"name": cpu_name(), "cores": os.cpu_count()}
+        description["threads"] = settings["threads"] or torch.get_num_threads()
+    emit({"versions": versions, "device": {"type": device, **description}})
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else its architecture."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def _prepare(settings, dtype=None):
+    if settings["threads"]:
+        torch.set_num_threads(settings["threads"])
+    torch.manual_seed(0)  # the same weights and pairs in every step's process
+    return DTYPES[dtype or settings["dtype"]]
+
+
+def _build(settings, dtype, with_block=True):
+    return build_model(
+        settings["shape"], settings["device"], dtype, with_block, settings["layers"], settings["tokenizer"]
+    )
+
+
+def _peak_gib(device: str) -> float:
+    """CUDA: peak allocated since the last reset; CPU: the process's peak RSS (mostly torch itself)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _synchronize(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def train(emit, settings, stage: str, method: str):
+    """bench_train.py's step for one method at one stage, at each of settings["pairs"] pairs per micro-batch."""
+    from bench_train import pairs_batch, step_function, time_steps
+
+    dtype = _prepare(settings)
+    model, tokenizer, image_processor = _build(settings, dtype, with_block=stage != "head")
+    device, step = settings["device"], None
+    for pairs in settings["pairs"]:
+        batch = pairs_batch(model, tokenizer, pairs, settings["answer_tokens"], device)
+        try:
+            if method == "trl":
+                from bench_trl import time_trl_steps  # trl is needed by this method only
+
+                seconds = time_trl_steps(
+                    model, tokenizer, image_processor, batch, settings["warmup"], settings["steps"]
+                )
+            else:
+                step = step or step_function(method, model, tokenizer, stage)
+                seconds = time_steps(step, batch, settings["warmup"], settings["steps"])
+        except torch.OutOfMemoryError:
+            del batch
+            torch.cuda.empty_cache()
+            emit({"pairs": pairs, "error": "out of GPU memory"})
+            continue
+        emit(
+            {
+                "pairs": pairs,
+                "pairs_per_second": pairs * settings["steps"] / seconds,
+                "seconds_per_step": seconds / settings["steps"],
+                "peak_gib": _peak_gib(device),
+                "prompt_tokens": batch["prompt_input_ids"].shape[1],
+                "answer_tokens": settings["answer_tokens"],
+            }
+        )
+
+
+def question_work(settings) -> tuple[list[tuple[str, str]], str]:
+    """[(image, question text)] in image order, cut to settings["questions"], and where they came from."""
+    from bench_pope import generated_questions
+
+    from eval.pope_eval_post import load_question_sets, pending_by_image
+
+    if settings["pope_path"]:
+        sets, source = load_question_sets(settings["pope_path"], "all"), f"official POPE ({settings['pope_path']})"
+    else:
+        sets, source = generated_questions(500), "synthetic (official POPE files not found): 3 x 500 images x 6"
+    by_image = pending_by_image(sets, done={})
+    work = [(image, question["text"]) for image in sorted(by_image) for _, question in by_image[image]]
+    return work[: settings["questions"]], source
+
+
+def random_pictures(names, size: int) -> dict:
+    """Random images standing in for COCO (wider than tall, so LLaVA's 'pad' preprocessing works)."""
+    rng = np.random.default_rng(0)
+    return {name: Image.fromarray(rng.integers(0, 256, (size, size + 37, 3), dtype=np.uint8)) for name in names}
+
+
+def by_image(work) -> dict[str, list[str]]:
+    """image -> its distinct question texts (a text asked in several POPE sets is answered once)."""
+    grouped: dict[str, dict] = {}
+    for image, text in work:
+        grouped.setdefault(image, {})[text] = None  # a dict keeps the first-asked order
+    return {image: list(texts) for image, texts in grouped.items()}
+
+
+def per_question_answer(model, answerer, tokenizer, picture, text: str, max_new_tokens: int) -> str:
+    """HA-DPO's / LLaVA's way: `generate` on the whole prompt, one question, batch size 1."""
+    input_ids = torch.tensor([answerer.prompt_ids(text)], device=model.device)
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids,
+            pixel_values=answerer.pixel_values(picture),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def _answerer(settings, dtype):
+    from eval.answering import PrefixCachedAnswerer
+
+    model, tokenizer, image_processor = _build(settings, dtype)
+    answerer = PrefixCachedAnswerer(
+        model, tokenizer, image_processor, settings["max_new_tokens"], settings["batch_size"]
+    )
+    return model, tokenizer, answerer
+
+
+def pope(emit, settings):
+    """POPE answering: ours (prefix cache + batches) on every question, per-question `generate` on a subset."""
+    dtype, device = _prepare(settings), settings["device"]
+    model, tokenizer, answerer = _answerer(settings, dtype)
+    work, source = question_work(settings)
+    texts = by_image(work)
+    pictures = random_pictures(texts, model.config.vision_config.image_size)
+    answerer.answer(next(iter(pictures.values())), ["Is there a dog in the image?"])  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    _synchronize(device)
+    start = time.perf_counter()
+    ours = {}
+    for image, questions in texts.items():
+        ours.update(
+            {(image, text): answer for text, answer in zip(questions, answerer.answer(pictures[image], questions))}
+        )
+    _synchronize(device)
+    ours_seconds, peak = time.perf_counter() - start, _peak_gib(device)
+
+    baseline = work[: settings["baseline_questions"]]
+    start = time.perf_counter()
+    identical = sum(
+        per_question_answer(model, answerer, tokenizer, pictures[image], text, settings["max_new_tokens"])
+        == ours[(image, text)]
+        for image, text in baseline
+    )
+    _synchronize(device)
+    baseline_seconds = time.perf_counter() - start
+    rate, baseline_rate = len(work) / ours_seconds, len(baseline) / baseline_seconds
+    emit(
+        {
+            "questions": len(work),
+            "distinct_prompts": len(ours),
+            "images": len(texts),
+            "question_source": source,
+            "seconds": ours_seconds,
+            "questions_per_second": rate,
+            "seconds_for_9000": 9000 / rate,
+            "peak_gib": peak,
+            "baseline_questions": len(baseline),
+            "baseline_seconds": baseline_seconds,
+            "baseline_questions_per_second": baseline_rate,
+            "speedup": rate / baseline_rate,
+            "identical_answers": identical,
+            "max_new_tokens": settings["max_new_tokens"],
+            "batch_size": settings["batch_size"],
+        }
+    )
+
+
+def _both_logps(model, batch, pad_id, autocast: bool):
+    """Per answer (chosen_0, rejected_0, ...): the policy's sequence log-prob the shared way and the two-model way."""
+    from ha_dpo.objective.full_sequence_logps import full_sequence_logps
+    from ha_dpo.objective.pair_logps import ReferenceHead, shared_pair_logps
+
+    reference = ReferenceHead.snapshot(model, copy_lm_head=False)
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=autocast):
+        shared = shared_pair_logps(model, reference, batch)
+        full, _ = full_sequence_logps(model, batch, pad_id)
+    return torch.stack([shared.policy_chosen, shared.policy_rejected], dim=1).flatten().float(), full.float()
+
+
+def exact_logps(emit, settings):
+    """Shared-backbone vs two-model sequence log-probs, in float32 and then in bfloat16 (the training
+    benchmark's setting: bf16 backbone, fp32 block under bf16 autocast), each within LOGPS_TOLERANCE."""
+    from bench_train import pairs_batch
+
+    _prepare(settings)
+    model, tokenizer, _ = _build(settings, torch.float32)
+    batch = pairs_batch(model, tokenizer, settings["exact_pairs"], settings["answer_tokens"], settings["device"])
+    tokens = settings["answer_tokens"]
+    shared32, full32 = _both_logps(model, batch, tokenizer.pad_token_id, autocast=False)
+    model.to(torch.bfloat16).post_decoder.to(torch.float32)
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    shared16, full16 = _both_logps(model, batch, tokenizer.pad_token_id, autocast=True)
+
+    def per_token(a, b):
+        return (a - b).abs().max().item() / tokens
+
+    results = {
+        "float32": per_token(shared32, full32),
+        "bfloat16": per_token(shared16, full16),
+    }
+    emit(
+        {
+            "answers": len(full32),
+            "answer_tokens": tokens,
+            "max_diff_per_token": results,
+            "tolerance_per_token": LOGPS_TOLERANCE,
+            "bf16_vs_fp32_per_token": {"shared": per_token(shared16, full32), "two_model": per_token(full16, full32)},
+            "mean_logp_per_token": full32.mean().item() / tokens,
+        }
+    )
+    outside = [
+        f"{dtype} {diff:.3g} > {LOGPS_TOLERANCE[dtype]}"
+        for dtype, diff in results.items()
+        if diff > LOGPS_TOLERANCE[dtype]
+    ]
+    if outside:
+        raise CheckFailed(f"shared vs two-model log-probs outside tolerance (nats per token): {', '.join(outside)}")
+
+
+def exact_generation(emit, settings):
+    """Prefix-cached batched answers vs per-question `generate`, float32, on the first images' questions."""
+    _prepare(settings)
+    model, tokenizer, answerer = _answerer(settings, torch.float32)
+    work, source = question_work(settings)
+    texts = dict(list(by_image(work).items())[: settings["exact_images"]])
+    pictures = random_pictures(texts, model.config.vision_config.image_size)
+    compared = identical = 0
+    for image, questions in texts.items():
+        for text, answer in zip(questions, answerer.answer(pictures[image], questions)):
+            compared += 1
+            identical += answer == per_question_answer(
+                model, answerer, tokenizer, pictures[image], text, settings["max_new_tokens"]
+            )
+    emit(
+        {
+            "dtype": "float32",
+            "compared": compared,
+            "identical_answers": identical,
+            "min_identical_share": GENERATION_MIN_IDENTICAL,
+            "question_source": source,
+        }
+    )
+    if identical < GENERATION_MIN_IDENTICAL * compared:
+        raise CheckFailed(f"{compared - identical} of {compared} cached answers differ from per-question generate")
