@@ -75,7 +75,7 @@ def describe(step) -> str:
     elif name == "exact/logps" and records:
         r = records[0]
         text = "max |d logp| per token: " + ", ".join(
-            f"{dtype} {diff:.2g} (tol {r['tolerance_per_token'][dtype]})"
+            f"{dtype} {diff:.2g} (tol {r['tolerance_per_token'][dtype]:.2g})"
             for dtype, diff in r["max_diff_per_token"].items()
         )
     elif name == "exact/generation" and records:
@@ -192,7 +192,14 @@ def _exactness_section(steps, start) -> list[str]:
         if not step.get("results"):
             rows.append([*start, name, "-", "-", f"{step.get('status', 'not run')}: {step.get('reason', '')}"])
     header = ["date", "device", "shape", "check", "measured", "tolerance", "result"]
-    return ["## Exactness checks", "", *_table(header, rows), ""]
+    notes = []
+    for r in steps.get("exact/logps", {}).get("results", []):
+        error = r["bf16_vs_fp32_per_token"]
+        notes.append(
+            f"Tolerance: {r['tolerance_rule']}. bf16 against fp32 (nats/token): shared {error['shared']:.2g}, "
+            f"two-model {error['two_model']:.2g}; mean log-prob {r['mean_logp_per_token']:.2f} per token."
+        )
+    return ["## Exactness checks", "", *_table(header, rows), "", *notes, ""]
 
 
 def _external_section(step, title) -> list[str]:
@@ -210,7 +217,7 @@ def _checks(step):
                 yield (
                     f"shared vs two-model log-probs, {dtype} ({r['answers']} answers x {r['answer_tokens']} tokens)",
                     f"{diff:.2g} nats/token",
-                    f"<= {r['tolerance_per_token'][dtype]}",
+                    f"<= {r['tolerance_per_token'][dtype]:.2g}",
                     diff <= r["tolerance_per_token"][dtype],
                 )
         elif "compared" in r:

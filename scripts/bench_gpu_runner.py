@@ -55,6 +55,9 @@ def _child(target, kwargs, connection, log_path: str):
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    # Python's own streams too (they may not be the file descriptors, under pytest say).
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
     try:
         target(emit=lambda record: connection.send(("record", record)), **kwargs)
         connection.send(("done", None))
