@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,6 +20,7 @@ from PIL import Image
 
 from demo.loading import load_models
 from demo.page import build_page
+from demo.toy_world import OUTSIDE_LABEL, PAGE_CSS, TOY_EXAMPLES_LABEL, is_toy_model
 from demo.uploads import DEFAULT_MAX_IMAGE_PIXELS
 from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
 from post_decoder.block.files import POST_DECODER_CONFIG
@@ -73,6 +75,30 @@ def examples_with_questions(images: list[str]) -> list[list[str]]:
         generic = EXAMPLE_QUESTIONS[index % len(EXAMPLE_QUESTIONS)]
         examples.append([image, folder_questions(os.path.dirname(image)).get(os.path.basename(image), generic)])
     return examples
+
+
+@dataclass
+class ExampleSet:
+    label: str
+    examples: list[list[str]]  # [image path, question]
+    elem_id: str
+
+
+def example_sets(examples_dirs: list[str], toy: bool) -> list[ExampleSet]:
+    """The page's examples. On the toy model: the toy world's held-out images first, and real photos
+    apart, labelled as outside its world; on any other model: --examples-dir's images and the photos."""
+    yours = examples_with_questions(example_images(examples_dirs))
+    photos = examples_with_questions(example_images([SHARED_IMAGES]))
+    if toy:
+        toy_images = examples_with_questions(example_images([TOY_EXAMPLES]))
+        sets = [
+            ExampleSet(TOY_EXAMPLES_LABEL, toy_images, "examples"),
+            ExampleSet("From --examples-dir", yours, "examples-yours"),
+            ExampleSet(OUTSIDE_LABEL, photos, "examples-outside"),
+        ]
+    else:
+        sets = [ExampleSet("Examples", yours + photos, "examples")]
+    return [example_set for example_set in sets if example_set.examples]
 
 
 def positive_int(text: str) -> int:
@@ -169,14 +195,17 @@ def create_app(args):
         model_path, model_base = default_model_paths()
         labels = None if args.base_model_path else TOY_LABELS
     trained, base = load_page_models(args, model_path, model_base, labels)
-    images = example_images(args.examples_dir + [TOY_EXAMPLES, SHARED_IMAGES])
-    blocks = build_page(trained, base, examples_with_questions(images), args.max_new_tokens, args.max_image_pixels)
+    toy = is_toy_model(model_path, model_base, args.base_model_path)
+    blocks = build_page(
+        trained, base, example_sets(args.examples_dir, toy), args.max_new_tokens, args.max_image_pixels, toy=toy
+    )
     blocks.queue(default_concurrency_limit=1, max_size=args.queue_size)
     launch = dict(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         max_file_size=args.max_file_size,
+        css=PAGE_CSS,
     )
     return blocks, launch
 

@@ -56,8 +56,8 @@ def seen_image(pixel_values: torch.Tensor, image_processor) -> Image.Image:
     std = torch.tensor(image_processor.image_std)[:, None, None]
     pixels = (pixel_values[0].float().cpu() * std + mean).clamp(0, 1)
     image = Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    if image.width < DISPLAY_SIZE:
-        image = image.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.BICUBIC)
+    if image.width < DISPLAY_SIZE:  # nearest-neighbour: the pixels the model saw, each a square, not smoothed ones
+        image = image.resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.NEAREST)
     return image
 
 

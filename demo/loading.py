@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ha_dpo.toy import DEFAULT_CHECKPOINT
 from post_decoder.builder import load_pretrained_model
 from post_decoder.family import family_for
 
@@ -35,7 +36,10 @@ class LoadedModel:
 
 
 def short_name(path: str) -> str:
-    """What the page calls a model: a local folder by its last component, a hub id as it is."""
+    """What the page calls a model: the toy world's base model by that name, another local folder by its
+    last component, a hub id as it is."""
+    if os.path.realpath(path) == os.path.realpath(DEFAULT_CHECKPOINT):
+        return "toy base model"
     if os.path.isdir(path):
         return os.path.basename(os.path.normpath(os.path.abspath(path)))
     return path

@@ -15,6 +15,7 @@ from post_decoder.images import pixel_values
 from .chat import Decoding, Job, PromptTooLong, conversation_ids, fit_prompt, stream_answers
 from .heatmap import answer_attention, overlay, seen_image, token_choices, token_map
 from .loading import LoadedModel
+from .toy_world import UPSCALED_CLASS, introduction, legend_html
 from .uploads import DEFAULT_MAX_IMAGE_PIXELS, UploadRefused, open_upload
 
 BASE, TRAINED = "base", "trained"
@@ -160,10 +161,14 @@ class Page:
 def build_page(
     trained: LoadedModel,
     base: LoadedModel | None,
-    examples: list[list[str]],
+    example_sets: list,
     default_max_new_tokens: int = 128,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    toy: bool = False,
 ) -> gr.Blocks:
+    """`example_sets`: objects with `label`, `examples` ([image, question] lists) and `elem_id`, shown in
+    that order. `toy`: the models are the toy world's: the page explains the world and shows its legend,
+    and scales the tiny pictures up for display (serve it with `launch(css=PAGE_CSS)`)."""
     page = Page(trained, base, max_image_pixels)
     limit = page.max_new_tokens_limit()
     base_label = base.label if base else "none (start the page with --base-model-path to compare)"
@@ -174,14 +179,24 @@ def build_page(
         gr.Markdown(
             "# Base vs trained\n"
             f"**Base**: {base_label}{how_base}  \n**Trained**: {trained.label}  \n"
-            "Answers use LLaVA-1.5's conversation template; follow-up questions continue each model's own chat. "
-            "A new image starts a new chat."
+            + (f"{introduction()}  \n" if toy else "")
+            + "Answers use LLaVA-1.5's conversation template; follow-up questions continue each model's own chat. "
+            "A new image starts a new chat.",
+            elem_id="header",
         )
         with gr.Row():
             with gr.Column(scale=2):
                 image = gr.Image(
-                    type="filepath", sources=["upload", "clipboard"], label="Image", height=320, elem_id="image"
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    label="Image",
+                    height=320,
+                    elem_id="image",
+                    elem_classes=[UPSCALED_CLASS] if toy else None,
                 )
+                if toy:
+                    with gr.Accordion("Which shape is which object", open=True):
+                        gr.HTML(legend_html(), elem_id="legend")
             with gr.Column(scale=3):
                 question = gr.Textbox(
                     label="Question", lines=2, placeholder="Is there a dog in the image?", elem_id="question"
@@ -195,13 +210,14 @@ def build_page(
                     max_new_tokens = gr.Slider(
                         1, limit, value=min(default_max_new_tokens, limit), step=1, label="Max new tokens"
                     )
-                if examples:
+                for example_set in example_sets:
                     gr.Examples(
-                        examples,
+                        example_set.examples,
                         inputs=[image, question],
+                        label=example_set.label,
                         cache_examples=False,
                         examples_per_page=6,
-                        elem_id="examples",
+                        elem_id=example_set.elem_id,
                     )
         with gr.Row():
             base_chat = gr.Chatbot(label=f"Base: {base_label}", height=320, elem_id="base-chat")

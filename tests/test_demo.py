@@ -1,6 +1,7 @@
 """The demo page on a tiny model with a block: served on 127.0.0.1, driven through gradio_client
 and through headless Chromium."""
 
+import base64
 import contextlib
 import io
 import json
@@ -19,11 +20,14 @@ from gradio_client.exceptions import AppError
 from PIL import Image, ImageDraw, ImageFile
 
 from demo import app as demo_app
+from demo import heatmap
 from demo.chat import conversation_ids, fit_prompt
 from demo.heatmap import answer_attention, overlay, seen_image
-from demo.loading import block_bypassed, load_model, load_models
+from demo.loading import block_bypassed, load_model, load_models, short_name
 from demo.page import Page
+from demo.toy_world import UPSCALED_CLASS, is_toy_model
 from demo.uploads import UploadRefused, open_upload
+from ha_dpo.toy.world import CATEGORIES
 from post_decoder.builder import load_pretrained_model
 from post_decoder.families.llava.conversation import Conversation, tokenize_with_image
 from post_decoder.families.llava.image_processing import load_image_processor
@@ -116,6 +120,10 @@ def greedy_answer(model, tokenizer, processor, image_path, turns, question):
         )
     answer_ids = output[0, ids.shape[1] :].tolist()
     return tokenizer.decode(answer_ids, skip_special_tokens=True).strip(), answer_ids
+
+
+def colours(image: Image.Image) -> set[tuple[int, ...]]:
+    return set(map(tuple, np.asarray(image).reshape(-1, 3).tolist()))
 
 
 def texts(messages):
@@ -247,7 +255,7 @@ def test_prompts_fit_the_context_dropping_old_turns_first(plain_llava, llava_tok
     )  # the image stays, in the first kept turn
 
 
-def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, llava_tokenizer):
+def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, llava_tokenizer, monkeypatch):
     loaded = load_model(folders["trained"], None, "trained", "cpu", None)
     image = Image.open(os.path.join(folders["examples"], "circle.png"))
     pixels = preprocess_images([image], loaded.image_processor)
@@ -267,6 +275,10 @@ def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, lla
     seen = seen_image(pixels, loaded.image_processor)
     assert seen.size == (336, 336)
     assert seen.getpixel((168, 168))[0] > 150  # the red circle is in the middle of the padded square
+    # Scaled up nearest-neighbour: exactly the colours of the model's own 32x32 pixels, none smoothed in between.
+    monkeypatch.setattr(heatmap, "DISPLAY_SIZE", 1)
+    as_seen = seen_image(pixels, loaded.image_processor)
+    assert as_seen.size == (32, 32) and colours(seen) == colours(as_seen)
     drawn = overlay(seen, attention[0])
     assert drawn.size == seen.size and drawn.tobytes() != seen.tobytes()
 
@@ -487,3 +499,115 @@ def test_the_page_in_headless_chromium(server, tmp_path):
     heatmap = np.asarray(shot.convert("RGB").crop((left, top, left + box["width"], top + box["height"]))).astype(int)
     assert box["width"] > 50 and box["height"] > 50
     assert heatmap.std() > 10 and len(np.unique(heatmap.reshape(-1, 3), axis=0)) > 100  # the overlay is drawn
+
+
+@pytest.fixture(scope="module")
+def toy_page():
+    """The page as `python demo/app.py` starts it: the toy base model and the quickstart's block."""
+    blocks, launch = demo_app.create_app(demo_app.parse_args(["--device", "cpu"]))
+    yield blocks, launch
+    blocks.close()
+
+
+def by_elem_id(blocks) -> dict:
+    return {block.elem_id: block for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+
+
+def legend_swatches(legend: str) -> list[tuple[str, Image.Image, str]]:
+    """(alt text, decoded swatch, caption) for each figure of the legend's HTML."""
+    figure = r'<img src="data:image/png;base64,([^"]+)"[^>]*alt="([^"]+)"[^>]*><figcaption[^>]*>([^<]+)<'
+    figures = re.findall(figure, legend)
+    return [(alt, Image.open(io.BytesIO(base64.b64decode(data))), caption) for data, alt, caption in figures]
+
+
+def test_the_toy_page_explains_its_world(toy_page):
+    blocks, launch = toy_page
+    components = by_elem_id(blocks)
+    header = components["header"].value
+    assert "**Base**: toy base model (the trained model with its block bypassed" in header
+    assert "**Trained**: toy base model + trained block" in header
+    assert "knife → fork" in header and 'says "Yes"' in header and demo_app.REPO_ROOT not in header
+    # The legend: every category's shape in its own colour, drawn by the world's code, and named.
+    swatches = legend_swatches(components["legend"].value)
+    assert [caption.split(" (")[0] for _, _, caption in swatches] == [category.name for category in CATEGORIES]
+    for (alt, swatch, _), category in zip(swatches, CATEGORIES):
+        assert alt.startswith(f"{category.name}: a ") and swatch.size == (40, 40)
+        assert np.all(np.asarray(swatch.convert("RGB")) == category.colour, axis=-1).sum() > 40, category.name
+    captions = dict((caption.split(" (")[0], caption) for _, _, caption in swatches)
+    assert captions["knife"] == "knife (its partner: fork)" and captions["fork"] == "fork (mostly seen with knife)"
+    assert captions["apple"] == "apple"
+    # The 64x64 pictures fill the image box, scaled nearest-neighbour, for display only.
+    assert components["image"].elem_classes == [UPSCALED_CLASS]
+    assert re.search(rf"\.{UPSCALED_CLASS} img \{{[^}}]*image-rendering: pixelated", launch["css"])
+
+
+def test_toy_examples_and_real_photos_are_shown_apart(toy_page, tmp_path, monkeypatch):
+    blocks, _ = toy_page
+    components = by_elem_id(blocks)
+    toy_examples = components["examples"]
+    assert toy_examples.label.startswith("The toy world: held-out images")
+    names = [sample[0]["orig_name"] for sample in toy_examples.samples]
+    assert names == sorted(name for name in os.listdir(demo_app.TOY_EXAMPLES) if name.endswith(".jpg"))
+    # Photos (../shared/data/images, or any folder) never sit among the toy examples, and say they are outside.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (640, 480), (90, 120, 60)).save(photos / "scooter.jpg")
+    monkeypatch.setattr(demo_app, "SHARED_IMAGES", str(photos))
+    sets = {example_set.elem_id: example_set for example_set in demo_app.example_sets([], toy=True)}
+    assert [os.path.basename(image) for image, _ in sets["examples"].examples] == names
+    assert sets["examples-outside"].label.startswith("Outside the toy world: real photos")
+    assert [os.path.basename(image) for image, _ in sets["examples-outside"].examples] == ["scooter.jpg"]
+    # On another model the photos are its examples, and the toy world's images are not shown.
+    (other,) = demo_app.example_sets([], toy=False)
+    assert other.elem_id == "examples" and [os.path.basename(image) for image, _ in other.examples] == ["scooter.jpg"]
+
+
+def test_a_page_on_another_model_has_no_toy_legend_nor_toy_examples(server, folders):
+    blocks, launch = server
+    components = by_elem_id(blocks)
+    assert "legend" not in components and not components["image"].elem_classes
+    assert "The toy world" not in components["header"].value
+    names = [sample[0]["orig_name"] for sample in components["examples"].samples]
+    assert names[0] == "circle.png" and not any(name.startswith("toy_") for name in names)
+
+
+def test_the_toy_base_model_is_called_so_wherever_it_is_named(tmp_path):
+    assert short_name(demo_app.TOY_CHECKPOINT) == "toy base model"
+    assert short_name(os.path.join(demo_app.TOY_CHECKPOINT, "")) == "toy base model"
+    assert is_toy_model(None, demo_app.TOY_CHECKPOINT) and not is_toy_model(str(tmp_path), None)
+    trained, base = load_models(demo_app.TOY_BLOCK, demo_app.TOY_CHECKPOINT, device="cpu")
+    assert (trained.label, base.label) == ("block on toy base model", "block on toy base model, block bypassed")
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+@pytest.mark.slow
+def test_the_toy_picture_fills_the_image_box_and_the_legend_shows(toy_page):
+    from playwright.sync_api import sync_playwright
+
+    blocks, launch = toy_page
+    launch = {**launch, "server_port": free_port()}
+    demo_app.start(blocks, launch, wait=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(blocks.local_url)
+            page.click('#examples [data-testid="dataset-cell-0-0"]', timeout=30_000)
+            page.wait_for_function(
+                "(img => img && img.complete && img.naturalWidth > 0)(document.querySelector('#image img'))",
+                timeout=10_000,
+            )
+            shown = page.evaluate(
+                "(() => { const img = document.querySelector('#image img'); const box = img.getBoundingClientRect(); "
+                "return [img.naturalWidth, box.width, getComputedStyle(img).imageRendering]; })()"
+            )
+            legend = page.evaluate(
+                "[...document.querySelectorAll('#legend img')].map(img => [img.complete, img.naturalWidth])"
+            )
+        finally:
+            browser.close()
+    natural, width, rendering = shown
+    assert natural == 64 and width >= 4 * natural and rendering == "pixelated"
+    assert legend == [[True, 40]] * len(CATEGORIES)

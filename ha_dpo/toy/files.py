@@ -34,6 +34,8 @@ import random
 import time
 from dataclasses import asdict
 
+from tqdm import tqdm
+
 from eval.build_pope import build_pope_sets, question_text, write_pope_sets
 from post_decoder.atomic_files import atomic_directory, atomic_file
 from post_decoder.errors import InputError, run_command
@@ -183,7 +185,8 @@ def label_with_model(entries: list[dict], image_paths: dict[int, str], model_pat
     for entry in entries:
         by_image.setdefault(entry["image_id"], []).append(entry)
     labelled = []
-    for image_id, questions in by_image.items():
+    # The slowest part of the world (a minute on one core): a bar shows it moving.
+    for image_id, questions in tqdm(by_image.items(), desc="toy world: base model answers", unit="image"):
         answers = answerer.answer(open_image(image_paths[image_id]), [entry["question"] for entry in questions])
         for entry, answer in zip(questions, answers):
             labelled.append(
@@ -241,7 +244,7 @@ def write_world(
     images = generate_world(config)
     rng = random.Random(f"{config.seed}-text")  # text draws apart from the images' stream
     with atomic_directory(out) as root:
-        for image in images:
+        for image in tqdm(images, desc="toy world: drawing the images", unit="image"):
             path = image_path(root, image)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             save_jpeg(draw(image, config.image_size), path)
