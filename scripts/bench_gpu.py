@@ -52,9 +52,12 @@ BUDGETS = {  # seconds per step at 7B shape on an H100/H200 (a model build is ~1
     "pope": 150,
     "exact": 60,
     "cached": 90,
-    "chair": 90,
+    "chair": 120,
     "qwen2.5-vl": 90,
 }
+# Arguments that fit another script into its budget at 7B shape (its own defaults are for a full run).
+EXTRA_ARGUMENTS = {"chair": ["--images", "32", "--baseline-images", "4"]}
+EXTERNAL_STEPS = ("cached", "chair")
 
 
 def parse_arguments(argv) -> argparse.Namespace:
@@ -79,6 +82,13 @@ def parse_arguments(argv) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=480, help="seconds for the whole run")
     parser.add_argument(
         "--timeout", action="append", default=[], metavar="STEP=SECONDS", help="a step's (or group's) own limit"
+    )
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar='STEP="ARGS"',
+        help="arguments for another script's step (cached, chair), instead of EXTRA_ARGUMENTS' (e.g. for a short run)",
     )
     parser.add_argument("--only", default=None, help="comma-separated steps or groups (train, train/1, exact, ...)")
     parser.add_argument("--skip", default=None, help="comma-separated steps or groups not to run")
@@ -130,20 +140,35 @@ def settings_for(args) -> dict:
         "max_new_tokens": args.max_new_tokens,
         "exact_pairs": args.exact_pairs,
         "exact_images": args.exact_images,
+        "extra": extra_arguments(args.extra),
     }
 
 
-def script_command(script: str, extra: list[str], settings: dict) -> list[str]:
-    """`script` with those of our flags that its source mentions (it may not take --layers, say)."""
+def extra_arguments(entries: list[str]) -> dict[str, list[str]]:
+    extra = dict(EXTRA_ARGUMENTS)
+    for entry in entries:
+        name, separator, arguments = entry.partition("=")
+        if not separator or name not in EXTERNAL_STEPS:
+            raise InputError(f"--extra {entry}: expected STEP=ARGS with STEP one of {', '.join(EXTERNAL_STEPS)}")
+        try:
+            extra[name] = shlex.split(arguments)
+        except ValueError as error:
+            raise InputError(f"--extra {entry}: {error}") from None
+    return extra
+
+
+def script_command(script: str, arguments: list[str], settings: dict, name: str) -> list[str]:
+    """`script` with `arguments`, those of our flags that its source mentions (it may not take --layers, say),
+    and the step's extra arguments."""
     with open(os.path.join(SCRIPTS, script)) as handle:
         source = handle.read()
     flags = {"--shape": settings["shape"], "--device": settings["device"], "--dtype": settings["dtype"]}
     flags.update({"--threads": settings["threads"], "--layers": settings["layers"]})
-    command = [sys.executable, os.path.join(SCRIPTS, script), *extra]
+    command = [sys.executable, os.path.join(SCRIPTS, script), *arguments]
     for flag, value in flags.items():
         if value is not None and f'"{flag}"' in source:
             command += [flag, str(value)]
-    return command
+    return command + settings["extra"].get(name, [])
 
 
 def plan(settings: dict) -> list[dict]:
@@ -169,13 +194,13 @@ def plan(settings: dict) -> list[dict]:
         has_cached = '"--cached"' in handle.read()
     cached = {"name": "cached"}
     if has_cached:
-        cached["command"] = script_command("bench_train.py", ["--cached"], settings)
+        cached["command"] = script_command("bench_train.py", ["--cached"], settings, "cached")
     else:
         cached["skip"] = "not available in this checkout: scripts/bench_train.py has no --cached"
     planned.append(cached)
     chair = {"name": "chair"}
     if os.path.isfile(os.path.join(SCRIPTS, "bench_chair.py")):
-        chair["command"] = script_command("bench_chair.py", [], settings)
+        chair["command"] = script_command("bench_chair.py", [], settings, "chair")
     else:
         chair["skip"] = "not available in this checkout: no scripts/bench_chair.py"
     planned.append(chair)
