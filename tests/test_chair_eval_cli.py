@@ -10,6 +10,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -320,13 +321,20 @@ def test_bad_flags_exit_2_in_one_line(workspace, tmp_path, capsys, extra, messag
     assert not os.path.exists(tmp_path / "a.jsonl")
 
 
+def free_port() -> int:
+    """A port no one listens on (other test runs may share the machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_torchrun_on_two_processes_writes_the_same_descriptions_as_one(workspace, tmp_path):
     one = tmp_path / "one.jsonl"
     chair_eval_post.main(cli_args(workspace, one, "--num-images", "5"))
     two = tmp_path / "two.jsonl"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
         os.path.join(ROOT, "eval", "chair_eval_post.py"), *cli_args(workspace, two, "--num-images", "5"),
     ]  # fmt: skip
     result = subprocess.run(
