@@ -27,7 +27,6 @@ from eval.answer_files import AnswerWriter, existing_paths, part_path
 from eval.answer_provenance import AnswerSettings, check_same_settings, weights_fingerprint, write_settings
 from eval.chair_images import (
     absent,
-    coco_path_hint,
     ids_fingerprint,
     image_pool,
     listed_images,
@@ -38,7 +37,7 @@ from eval.chair_images import (
 from eval.chair_report import format_table, plot_chart, score_file, write_details
 from eval.description_files import merge_descriptions, read_descriptions
 from eval.description_generation import CHAIR_MAX_NEW_TOKENS, DESCRIPTION_PROMPT, BatchedDescriber
-from eval.pope_eval_post import _barrier, _gather
+from eval.pope_eval_post import _barrier, _coco_path_hint, _gather
 from eval.pope_report import write_metrics
 from post_decoder.builder import load_pretrained_model
 from post_decoder.dtypes import DTYPES
@@ -109,7 +108,13 @@ def choose_images(args):
     if args.image_ids:
         images = listed_images(listed, read_image_ids(args.image_ids), args.image_ids)
         return images, (None, len(images), ids_fingerprint(images))
-    images = sample_images(image_pool(listed, args.coco_path), args.num_images, args.seed)
+    pool = image_pool(listed, args.coco_path)
+    if not pool:
+        raise InputError(
+            f"--coco_path {args.coco_path}: none of the images listed in {', '.join(listed)} is in it"
+            f"{_coco_path_hint(args.coco_path)}"
+        )
+    images = sample_images(pool, args.num_images, args.seed)
     return images, (args.seed, len(images), ids_fingerprint(images))
 
 
@@ -117,7 +122,7 @@ def image_error(image, args, problem: str, others: int = 0) -> InputError:
     more = f" (and {others} more of the chosen images)" if others else ""
     return InputError(
         f"image {os.path.join(args.coco_path, image.file_name)} {problem} (image_id {image.image_id}, listed in "
-        f"{image.listed_in}){more}{coco_path_hint(args.coco_path)}; pass --skip-missing to count and skip such images"
+        f"{image.listed_in}){more}{_coco_path_hint(args.coco_path)}; pass --skip-missing to count and skip such images"
     )
 
 

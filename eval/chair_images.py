@@ -52,18 +52,13 @@ def _is_id(value) -> bool:
 
 
 def image_pool(listed: dict[str, list[CocoImage]], coco_path: str) -> list[CocoImage]:
-    """The images of the annotation files that describe `coco_path`, one per id, sorted by id."""
+    """The images of the annotation files that describe `coco_path`, one per id, sorted by id (none: empty)."""
     present = _present_names(coco_path)
     pool = {}
     for images in listed.values():
         if any(_is_present(image, coco_path, present) for image in images):
             for image in images:
                 pool.setdefault(image.image_id, image)
-    if not pool:
-        raise InputError(
-            f"--coco_path {coco_path}: none of the images listed in {', '.join(listed)} is in it"
-            f"{coco_path_hint(coco_path)}"
-        )
     return [pool[image_id] for image_id in sorted(pool)]
 
 
@@ -127,11 +122,6 @@ def ids_fingerprint(images: list[CocoImage]) -> str:
     """The chosen images, told apart in a short string (the same set in any order gives the same)."""
     ids = ",".join(str(image.image_id) for image in sorted(images, key=lambda image: image.image_id))
     return hashlib.sha256(ids.encode()).hexdigest()[:16]
-
-
-def coco_path_hint(coco_path: str) -> str:
-    inner = os.path.join(coco_path, "val2014")
-    return f" (--coco_path is the images' own folder: {inner}?)" if os.path.isdir(inner) else ""
 
 
 def _present_names(coco_path: str) -> set[str]:

@@ -284,6 +284,10 @@ def test_resume_refuses_another_model_prompt_or_sample(workspace, tmp_path):
 
 def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
     images = tmp_path / "val2014"
+    images.mkdir()
+    with pytest.raises(InputError, match="none of the images listed in .*instances_val2014.json.* is in it"):
+        chair_eval_post.main(cli_args(workspace, tmp_path / "a.jsonl", images=images))
+    images.rmdir()
     shutil.copytree(workspace / "val2014", images)
     os.remove(images / "COCO_val2014_000000000103.jpg")
     (images / "COCO_val2014_000000000104.jpg").write_bytes(b"not a jpeg")
@@ -310,6 +314,7 @@ def test_a_missing_image_is_named_or_counted(workspace, tmp_path, capsys):
         (["--prompt", "  "], "--prompt is empty"),
         (["--num-images", "9"], "--num-images 9: the annotation files list only 5 images"),
         (["--annotations", "nowhere"], "--annotations: nowhere: no such file or folder"),
+        (["--coco_path", "nowhere"], "--coco_path nowhere: no such folder"),
     ],
 )
 def test_bad_flags_exit_2_in_one_line(workspace, tmp_path, capsys, extra, message):
