@@ -257,11 +257,10 @@ def main(argv=None):
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     log_path = os.path.join(out, "log.txt")
-    open(log_path, "w").close()
+    open(log_path, "w").close()  # a fresh log for this run (it is appended to as steps go)
+    arguments = sys.argv[1:] if argv is None else argv
     results = {
-        "command": shlex.join(
-            ["python", os.path.relpath(__file__, os.getcwd()), *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "command": shlex.join(["python", os.path.relpath(__file__, os.getcwd()), *arguments]),
         "date": datetime.date.today().isoformat(),
         "settings": settings,
         "budget_s": args.budget,
@@ -271,52 +270,55 @@ def main(argv=None):
     for index, step in enumerate(planned, 1):
         name = step["name"]
         remaining = args.budget - (time.perf_counter() - start)
-        environment = results["steps"][0] if results["steps"] else None
         reason = step.get("skip")
         if reason is None and name != "environment":
             if (only and not _matches(name, only)) or _matches(name, skip):
                 reason = "not selected (--only / --skip)"
-            elif environment and environment["status"] != "ok":
+            elif results["steps"][0]["status"] != "ok":
                 reason = "the environment step failed"
             elif remaining < 1:
                 reason = f"the run's budget ({args.budget:.0f} s) was spent"
         print(f"[{index:>2}/{len(planned)}] {name:<18}", end=" ", flush=True)
-        if reason is not None:
-            outcome = Outcome("skipped", 0.0, reason=reason)
+        if reason is None:
+            outcome = run_step(step, settings, min(limits[name], remaining), log_path)
         else:
-            timeout = min(limits[name], max(remaining, 1))
-            with open(log_path, "a") as log:
-                log.write(f"\n===== {name} (limit {timeout:.0f} s) =====\n")
-            if "command" in step:
-                outcome = run_script(step["command"], timeout, log_path)
-            else:
-                kwargs = {"settings": settings, **step.get("kwargs", {})}
-                outcome = run_function(step["function"], kwargs, timeout, log_path)
-            outcome = partial_failure(outcome)
+            outcome = Outcome("skipped", 0.0, reason=reason)
         print(
-            f"{outcome.status} ({outcome.seconds:.1f} s){': ' + outcome.reason if outcome.reason else ''}", flush=True
+            f"{outcome.status} ({outcome.seconds:.1f} s)" + (f": {outcome.reason}" if outcome.reason else ""),
+            flush=True,
         )
-        entry = {
-            "name": name,
-            "status": outcome.status,
-            "seconds": round(outcome.seconds, 2),
-            "results": outcome.records,
-        }
-        if outcome.reason:
-            entry["reason"] = outcome.reason
-        if outcome.status != "skipped":
-            entry["budget_s"] = limits[name]
-        if "command" in step:
-            entry["command"] = shlex.join(step["command"])
-            entry["output_tail"] = outcome.output_tail
-        results["steps"].append(entry)
+        results["steps"].append(entry(step, outcome, limits[name]))
         if name == "environment" and outcome.records:
-            results.update(outcome.records[0])
+            results.update(outcome.records[0])  # versions and device
         results["elapsed_s"] = round(time.perf_counter() - start, 1)
         write_results(out, results)
     print(summary_table(results))
     print(f"results: {os.path.join(out, 'results.json')}, rows: {os.path.join(out, 'BENCHMARKS_rows.md')}")
     return 1 if any(step["status"] == "failed" for step in results["steps"]) else 0
+
+
+def run_step(step: dict, settings: dict, timeout: float, log_path: str) -> Outcome:
+    with open(log_path, "a") as log:
+        log.write(f"\n===== {step['name']} (limit {timeout:.0f} s) =====\n")
+    if "command" in step:
+        return run_script(step["command"], timeout, log_path)
+    kwargs = {"settings": settings, **step.get("kwargs", {})}
+    return partial_failure(run_function(step["function"], kwargs, timeout, log_path))
+
+
+def entry(step: dict, outcome: Outcome, limit: float) -> dict:
+    """A step as results.json lists it."""
+    listed = {"name": step["name"], "status": outcome.status, "seconds": round(outcome.seconds, 2)}
+    listed["results"] = outcome.records
+    if outcome.reason:
+        listed["reason"] = outcome.reason
+    if outcome.status != "skipped":
+        listed["budget_s"] = limit
+    if "command" in step:  # as a person would type it, from the checkout's root
+        shown = [os.path.relpath(part, REPOSITORY) if part.startswith(SCRIPTS) else part for part in step["command"]]
+        listed["command"] = shlex.join(["python", *shown[1:]])
+        listed["output_tail"] = outcome.output_tail
+    return listed
 
 
 def partial_failure(outcome: Outcome) -> Outcome:

@@ -71,6 +71,9 @@ def _child(target, kwargs, connection, log_path: str):
 
 def run_function(target, kwargs: dict, timeout: float, log_path: str) -> Outcome:
     """`target(emit=..., **kwargs)` in a forked child, for at most `timeout` seconds."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a forked child could not use it
+        raise RuntimeError("CUDA was initialized before forking a step: do CUDA work in steps only")
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(target, kwargs, sending, log_path))

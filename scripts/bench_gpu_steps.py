@@ -55,6 +55,8 @@ def environment(emit, settings):
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError(f"--device {device}: CUDA is not available to torch {torch.__version__}")
+        if (torch.device(device).index or 0) >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
         properties = torch.cuda.get_device_properties(device)
         description = {
             "name": properties.name,

@@ -218,3 +218,14 @@ def test_bad_flags_exit_2_with_one_line_naming_the_flag(tmp_path, capsys, flags,
     error = capsys.readouterr().err
     assert error.startswith("bench_gpu.py: error: ") and message in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "results.json").exists()
+
+
+def test_without_the_device_asked_for_the_environment_step_fails_and_the_rest_are_skipped(tmp_path, capsys):
+    assert bench_gpu.main(["--out", str(tmp_path), "--device", "cuda:99"]) == 1
+    results = json.loads((tmp_path / "results.json").read_text())
+    environment, *others = results["steps"]
+    assert environment["status"] == "failed" and "cuda:99" in environment["reason"]
+    assert {step["status"] for step in others} == {"skipped"}
+    assert all(step["reason"] for step in others)
+    assert "failed: environment" in capsys.readouterr().out
+    assert "environment step failed" in (tmp_path / "BENCHMARKS_rows.md").read_text()
