@@ -2,17 +2,21 @@
 
     python scripts/bench_gpu.py --out DIR                                   # on the GPU machine
     python scripts/bench_gpu.py --out DIR --device cpu --shape tiny --questions 200 --steps 1 --warmup 0
+    python scripts/bench_gpu.py --out DIR --only train/head,exact           # some steps again
 
-Steps: the environment (versions, device); the DPO training step (bench_train.py) at stages 1, 2 and
+Steps: the environment (versions, device); the DPO training step (bench_train.py's) at stages 1, 2 and
 head, at 4 and 8 pairs, ours, the usual recipe and TRL (when installed; head stage only); POPE
 (bench_pope.py's comparison: ours on every question, per-question `generate` on a subset, their answers'
 agreement); two exactness checks (shared vs two-model log-probs in fp32 and bf16, prefix-cached vs
 per-question answers in fp32); the cached-epoch speed-up (bench_train.py --cached), CHAIR
-(bench_chair.py) and the Qwen2.5-VL shape when this checkout has them. Each step runs in a process
-of its own with its own time limit: one that fails, runs out of memory or of time is reported and the
-rest still run. Data, read when present, from --data (default shared/data inside the checkout, else
-../shared/data): pope/ (the official question sets, else a synthetic set of the same shape, said so)
-and tokenizers/llama2/ (else a small trained tokenizer). Nothing comes from a hub.
+(bench_chair.py) and the Qwen2.5-VL shape when this checkout has them.
+
+Each step runs in a process of its own with its own time limit (BUDGETS, --timeout), inside the run's
+(--budget): one that fails, runs out of memory or of time is reported with its reason and what it
+measured before, and the rest still run. Data, read when present, from --data (default shared/data
+inside the checkout, else ../shared/data): pope/ (the official question sets, else a synthetic set of
+the same shape, said so) and tokenizers/llama2/ (else a small trained tokenizer). Nothing comes from a
+hub (HF_HUB_OFFLINE=1 unless set).
 
 Writes DIR/results.json (after every step), DIR/BENCHMARKS_rows.md and DIR/log.txt (every step's output),
 prints a summary table. Exit code 1 when a step failed, 2 on bad flags.
@@ -30,6 +34,8 @@ SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 REPOSITORY = os.path.dirname(SCRIPTS)
 sys.path.insert(0, REPOSITORY)
 sys.path.insert(0, SCRIPTS)
+if __name__ == "__main__":  # nothing from a hub (the GPU machine has no internet: a hub call would only wait)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Imported here, before any step forks, so that each step starts without importing torch again.
 import bench_gpu_steps as steps  # noqa: E402
@@ -49,7 +55,7 @@ BUDGETS = {  # seconds per step at 7B shape on an H100/H200 (a model build is ~1
     "environment": 60,
     "train": 60,
     "train/head/trl": 90,
-    "pope": 150,
+    "pope": 210,
     "exact": 60,
     "cached": 90,
     "chair": 120,

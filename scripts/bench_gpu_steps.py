@@ -212,8 +212,23 @@ def pope(emit, settings):
             {(image, text): answer for text, answer in zip(questions, answerer.answer(pictures[image], questions))}
         )
     _synchronize(device)
-    ours_seconds, peak = time.perf_counter() - start, _peak_gib(device)
-
+    ours_seconds = time.perf_counter() - start
+    rate = len(work) / ours_seconds
+    emit(  # before the slow per-question way: kept if that runs out of time
+        {
+            "part": "ours",
+            "questions": len(work),
+            "distinct_prompts": len(ours),
+            "images": len(texts),
+            "question_source": source,
+            "seconds": ours_seconds,
+            "questions_per_second": rate,
+            "seconds_for_9000": 9000 / rate,
+            "peak_gib": _peak_gib(device),
+            "max_new_tokens": settings["max_new_tokens"],
+            "batch_size": settings["batch_size"],
+        }
+    )
     baseline = work[: settings["baseline_questions"]]
     start = time.perf_counter()
     identical = sum(
@@ -223,24 +238,14 @@ def pope(emit, settings):
     )
     _synchronize(device)
     baseline_seconds = time.perf_counter() - start
-    rate, baseline_rate = len(work) / ours_seconds, len(baseline) / baseline_seconds
     emit(
         {
-            "questions": len(work),
-            "distinct_prompts": len(ours),
-            "images": len(texts),
-            "question_source": source,
-            "seconds": ours_seconds,
-            "questions_per_second": rate,
-            "seconds_for_9000": 9000 / rate,
-            "peak_gib": peak,
+            "part": "per-question generate",
             "baseline_questions": len(baseline),
             "baseline_seconds": baseline_seconds,
-            "baseline_questions_per_second": baseline_rate,
-            "speedup": rate / baseline_rate,
+            "baseline_questions_per_second": len(baseline) / baseline_seconds,
+            "speedup": rate / (len(baseline) / baseline_seconds),
             "identical_answers": identical,
-            "max_new_tokens": settings["max_new_tokens"],
-            "batch_size": settings["batch_size"],
         }
     )
 
