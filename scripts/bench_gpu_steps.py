@@ -87,6 +87,12 @@ def _prepare(settings, dtype=None):
     return DTYPES[dtype or settings["dtype"]]
 
 
+def _exact_float32():
+    """fp32 that is fp32 on CUDA too (no TF32 in matrix products or convolutions): the exactness checks' reference."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def _build(settings, dtype, with_block=True):
     return build_model(
         settings["shape"], settings["device"], dtype, with_block, settings["layers"], settings["tokenizer"]
@@ -124,7 +130,7 @@ def train(emit, settings, stage: str, method: str):
             else:
                 step = step or step_function(method, model, tokenizer, stage)
                 seconds = time_steps(step, batch, settings["warmup"], settings["steps"])
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # in every torch setup.py allows (torch.OutOfMemoryError: 2.5 on)
             del batch
             torch.cuda.empty_cache()
             emit({"pairs": pairs, "error": "out of GPU memory"})
@@ -268,6 +274,7 @@ def exact_logps(emit, settings):
     from bench_train import pairs_batch
 
     _prepare(settings)
+    _exact_float32()
     model, tokenizer, _ = _build(settings, torch.float32)
     batch = pairs_batch(model, tokenizer, settings["exact_pairs"], settings["answer_tokens"], settings["device"])
     tokens = settings["answer_tokens"]
@@ -307,6 +314,7 @@ def exact_logps(emit, settings):
 def exact_generation(emit, settings):
     """Prefix-cached batched answers vs per-question `generate`, float32, on the first images' questions."""
     _prepare(settings)
+    _exact_float32()
     model, tokenizer, answerer = _answerer(settings, torch.float32)
     work, source = question_work(settings)
     texts = dict(list(by_image(work).items())[: settings["exact_images"]])
