@@ -14,6 +14,7 @@ from transformers import TrainingArguments
 
 from post_decoder import VARIANTS
 from post_decoder.compat import activation_checkpointing_field
+from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError
 from post_decoder.family import conv_modes, default_conv_mode
 
@@ -224,6 +225,28 @@ class PostDecoderTrainingArguments(TrainingArguments):
         metadata={"help": "kept False: the collators build the batches, whatever the model's forward takes"},
     )
     plot: bool = field(default=True, metadata={"help": "write training_curves.png at the end"})
+    backbone_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "a folder for the frozen backbone's outputs: the first run computes them once over the data, "
+            "later epochs, runs and resumed runs read them instead of running the backbone (block and head runs)"
+        },
+    )
+    cache_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype the cache stores its states in (default: the dtype they come in)",
+            "choices": tuple(DTYPES),
+        },
+    )
+    cache_prompt_states: bool = field(
+        default=False,
+        metadata={
+            "help": "also store every prompt position's hidden states (transformer_block reads them; prompt length "
+            "x hidden size per pair more), so that one cache serves all variants; a transformer_block run that "
+            "starts a cache stores them anyway"
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -237,11 +260,17 @@ class PostDecoderTrainingArguments(TrainingArguments):
         super().__post_init__()
 
     def _refusals(self) -> list[str]:
+        refusals = []
         if self.group_by_modality_length:
-            return [
+            refusals.append(
                 "--group_by_modality_length True: not implemented (every preference pair has an image); drop the flag"
-            ]
-        return []
+            )
+        if self.backbone_cache is None:
+            if self.cache_dtype is not None:
+                refusals.append("--cache_dtype needs --backbone_cache DIR")
+            if self.cache_prompt_states:
+                refusals.append("--cache_prompt_states needs --backbone_cache DIR")
+        return refusals
 
 
 @dataclass
@@ -272,6 +301,13 @@ def check_arguments(model_args: ModelArguments, training_args: PostDecoderTraini
     and its note says so. The frozen backbone keeps no activations to recompute, and the Trainer would
     ask the preference wrapper, which has no such switch, to checkpoint."""
     notes = []
+    if model_args.lora_enable and training_args.backbone_cache is not None:
+        refuse(
+            [
+                f"--backbone_cache {training_args.backbone_cache} with --lora_enable: LoRA trains the backbone, so "
+                "its outputs change at every step and cannot be cached; drop --backbone_cache for the LoRA baseline"
+            ]
+        )
     checkpointing = activation_checkpointing_field()  # gradient_checkpointing before transformers 5.24
     if not model_args.lora_enable and (training_args.gradient_checkpointing or getattr(training_args, checkpointing)):
         notes.append(

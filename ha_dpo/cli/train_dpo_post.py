@@ -16,6 +16,8 @@ the arguments from a recipe's settings).
 
 from transformers import set_seed
 
+from ha_dpo.cache.identity import PREFERENCE
+from ha_dpo.cache.run import use_backbone_cache
 from ha_dpo.cli.arguments import ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments
 from ha_dpo.cli.training_run import parse, prepare_run, train_and_save
 from ha_dpo.data.collators import PreferenceCollator
@@ -75,6 +77,8 @@ def train_dpo(
         loss_type=training_args.loss_type,
         gamma=training_args.gamma,
     )
+    if training_args.backbone_cache:
+        use_backbone_cache(trainer, PREFERENCE, tokenizer, image_processor, data_args.conv_mode)
     return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
 
 

@@ -15,6 +15,8 @@ line and exit code 2; `--debug` shows the traceback instead.
 
 from transformers import set_seed
 
+from ha_dpo.cache.identity import SUPERVISED
+from ha_dpo.cache.run import use_backbone_cache
 from ha_dpo.cli.arguments import ModelArguments, PostDecoderTrainingArguments, SupervisedDataArguments
 from ha_dpo.cli.training_run import parse, prepare_run, train_and_save
 from ha_dpo.data.collators import SupervisedCollator
@@ -60,6 +62,8 @@ def train_sft(
         data_collator=SupervisedCollator(tokenizer, image_processor),
         processing_class=tokenizer,
     )
+    if training_args.backbone_cache:
+        use_backbone_cache(trainer, SUPERVISED, tokenizer, image_processor, data_args.conv_mode)
     return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
 
 

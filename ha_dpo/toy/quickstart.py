@@ -10,6 +10,7 @@ under `--out`:
     world/            the toy world's files (see ha_dpo/toy/files.py)
     base/             POPE answers and metrics of the base model
     stage1/           the training run (the block, training_curves.png) and its POPE answers and metrics
+    backbone_cache/   the frozen backbone's states of the DPO pairs (ha_dpo/cache), built once, read by training
 
 The recipe (ha_dpo/toy/recipe_stage1.json, which the training script also reads as `--config`) is
 HA-DPO's stage 1 with two changes that the toy base model needs: `pope_correct_pairs` true (the base
@@ -113,7 +114,9 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with steps.step("POPE on the base model"):
         metrics["base"] = pope(world, os.path.join(out, "base"), base_model)
     with steps.step(f"stage-1 DPO of the block ({variant})"):
-        train_stage1(world, trained, base_model, seed, variant)
+        train_stage1(
+            world, trained, base_model, seed, variant, {"backbone_cache": os.path.join(out, "backbone_cache")}
+        )
     with steps.step("POPE on base + block"):
         metrics["stage1"] = pope(world, trained, trained, base_model)
     summary = comparison(metrics)

@@ -14,6 +14,7 @@ import shutil
 from collections import defaultdict
 
 from torch import nn
+from torch.utils.data import Dataset
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -21,6 +22,7 @@ from post_decoder.atomic_files import atomic_directory
 
 from ..cli.reporting import CURVES_FILE, plot_training_curves, why_no_curves
 from ..objective.dpo_loss import preference_loss
+from ..objective.supervised_loss import needs_every_position, supervised_loss
 from .checkpoints import (
     TRAINER_STATE,
     gather_trainable_state,
@@ -36,7 +38,8 @@ PARTIAL_RESULT = ".partial-result"
 
 
 class SupervisedModel(nn.Module):
-    """The model's own forward with labels; only its trainable part is checkpointed."""
+    """The supervised loss on the label positions only (`objective.supervised_loss`; `transformer_block`,
+    which reads every position, keeps the model's own forward); only its trainable part is checkpointed."""
 
     def __init__(self, model):
         super().__init__()
@@ -46,10 +49,14 @@ class SupervisedModel(nn.Module):
     def config(self):
         return self.policy.config
 
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None):
-        return self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values
-        )
+    def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, **cached_states):
+        if needs_every_position(self.policy) and not cached_states:
+            output = self.policy(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values
+            )
+            return {"loss": output.loss}
+        batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values)
+        return {"loss": supervised_loss(self.policy, {**batch, **cached_states})}
 
 
 class TrainableOnlyTrainer(Trainer):
@@ -129,8 +136,30 @@ class TrainableOnlyTrainer(Trainer):
             shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
 
+    def first_epoch_batches(self) -> list[list[int]]:
+        """This process's micro-batches of the first epoch, as dataset indices in training order: the Trainer's
+        own data loader (sampler, seed, sharding over ranks) run over the indices instead of the items. The
+        random generators are left as they were (ha_dpo/cache/build.py puts them back)."""
+        dataset, collator = self.train_dataset, self.data_collator
+        self.train_dataset, self.data_collator = _Indices(len(dataset)), list
+        try:
+            return [[int(index) for index in batch] for batch in self.get_train_dataloader()]
+        finally:
+            self.train_dataset, self.data_collator = dataset, collator
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_trainable_checkpoint(self.accelerator.unwrap_model(model or self.model).policy, resume_from_checkpoint)
+
+
+class _Indices(Dataset):
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> int:
+        return index
 
 
 class PreferenceTrainer(TrainableOnlyTrainer):

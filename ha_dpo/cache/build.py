@@ -1,0 +1,66 @@
+"""Running the frozen backbone over the pairs (or samples) a cache still lacks.
+
+The build goes through this rank's batches of the run's first epoch, in the trainer's own order
+(`TrainableOnlyTrainer.first_epoch_batches`), and runs each batch that holds a missing entry exactly as
+training without a cache would (the same collator, device, autocast and backbone code). So the run
+that builds a cache trains its first epoch on states computed in the batches it trains on: bit for bit
+what it would compute itself. Under torchrun or DeepSpeed each rank builds its own batches, writes its
+own shards, and no rank reads the others' until all have passed the barrier at the end.
+"""
+
+import contextlib
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .store import ShardWriter
+
+
+@contextlib.contextmanager
+def random_state_kept():
+    """The build draws nothing the run would (the backbone has no dropout), but a data loader draws its
+    seed: every generator is put back, so the run's random numbers are those it would have had."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def missing_batches(batches: list[list[int]], source, store) -> list[list[int]]:
+    return [indices for indices in batches if any(key not in store for i in indices for key in source.keys_of(i))]
+
+
+def build(trainer, model, source, store, batches, cache_dtype, shard_bytes, show_progress: bool) -> int:
+    """Compute and write the entries of `batches` (index lists) that `store` lacks; returns the batches run."""
+    todo = missing_batches(batches, source, store)
+    writer = ShardWriter(store.directory, trainer.args.process_index, cache_dtype, shard_bytes)
+    was_training = model.training
+    model.eval()  # deterministic states (LLaVA's backbone has no dropout: the same as in training)
+    try:
+        with random_state_kept(), torch.no_grad():
+            for indices in tqdm(todo, desc="backbone cache", unit="batch", disable=not show_progress):
+                batch = trainer._prepare_inputs(source.batch(indices))  # the Trainer's device and dtype moves
+                with trainer.accelerator.autocast():
+                    for key, tensor in source.entries(model, indices, batch):
+                        if key not in store and key not in writer:
+                            writer.add(key, tensor)
+                writer.flush_if_full()
+        writer.flush()
+    finally:
+        model.train(was_training)
+    return len(todo)
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start

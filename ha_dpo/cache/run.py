@@ -1,0 +1,143 @@
+"""`--backbone_cache DIR` in the training scripts: check the run may use it, build what is missing, and
+switch the trainer's data to the cached states. Called once the trainer exists (the build follows the
+trainer's own first-epoch batches) and before `train()`.
+"""
+
+import os
+import shutil
+
+import torch
+from transformers.integrations import is_deepspeed_zero3_enabled
+
+from post_decoder.dtypes import DTYPES
+from post_decoder.errors import InputError
+from post_decoder.family import family_for
+
+from ..trainer.training_model import training_dtype
+from .build import build, timed
+from .identity import PREFERENCE, check_identity, identity_of, read_manifest, vision_source, write_manifest
+from .keys import file_digests
+from .preference import CachedPreferenceCollator, CachedPreferenceDataset, PreferenceSource
+from .store import SHARD_BYTES, StateStore
+from .supervised import CachedSupervisedCollator, CachedSupervisedDataset, SupervisedSource
+
+FREE_SPACE_MARGIN = 1.05
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{count:.0f} B"
+        count /= 1024
+    raise AssertionError
+
+
+def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode: str):
+    """Open (or start) the cache at `trainer.args.backbone_cache`, build the entries this run's data lacks
+    (what it will take on disk is printed first), and make the trainer read the states from it."""
+    args, model = trainer.args, trainer.accelerator.unwrap_model(trainer.model).policy
+    directory = args.backbone_cache
+    uses_self_attention = model.post_decoder is not None and model.post_decoder.config.uses_self_attention
+    _refuse_what_cannot_be_cached(directory, kind, uses_self_attention)
+    cache_dtype = DTYPES[args.cache_dtype] if args.cache_dtype else None
+    identity = identity_of(kind, model, tokenizer, image_processor, conv_mode, training_dtype(args), args.cache_dtype)
+    wanted_prompt_states = kind == PREFERENCE and (args.cache_prompt_states or uses_self_attention)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise InputError(f"--backbone_cache {directory} is a file: name a folder (new, or a cache to read)")
+    os.makedirs(directory, exist_ok=True)
+    if trainer.is_world_process_zero() and read_manifest(directory) is None:
+        built_from = {"model_name_or_path": getattr(model.config, "_name_or_path", "")}
+        write_manifest(directory, identity, wanted_prompt_states, built_from)
+    trainer.accelerator.wait_for_everyone()  # every rank reads the manifest rank 0 wrote
+    manifest = read_manifest(directory)
+    check_identity(directory, manifest, identity, explicit_cache_dtype=args.cache_dtype is not None)
+    stored = manifest["identity"]["cache_dtype"]
+    cache_dtype = DTYPES.get(stored, cache_dtype)
+    prompt_states = bool(manifest["prompt_states"])
+    if uses_self_attention and not prompt_states:
+        raise InputError(
+            f"--backbone_cache {directory} holds the hidden states at the answer positions only, and "
+            "transformer_block's self-attention also reads every prompt position's: name a new folder (this run "
+            "then stores them: prompt length x hidden size more per pair), or build the shared cache with "
+            "--cache_prompt_states True"
+        )
+
+    source = _source(kind, trainer, prompt_states)
+    store = StateStore(directory)
+    say = print if trainer.is_world_process_zero() else (lambda *_, **__: None)
+    say(_plan(directory, source, store, model, cache_dtype or training_dtype(args), trainer), flush=True)
+    trainer.accelerator.wait_for_everyone()  # every rank has scanned the shards before any rank adds one
+    batches = trainer.first_epoch_batches()
+    model.to(args.device)
+    show = trainer.is_local_process_zero() and not args.disable_tqdm
+    built, seconds = timed(build, trainer, model, source, store, batches, cache_dtype, SHARD_BYTES, show)
+    trainer.accelerator.wait_for_everyone()  # every rank's shards are complete before any rank reads them
+    store.refresh()
+    absent = sum(any(key not in store for key in source.keys_of(index)) for index in range(len(source)))
+    if absent:
+        raise RuntimeError(f"backbone cache {directory}: {absent} {source.unit} still missing after the build")
+    if built:
+        say(f"backbone cache {directory}: built in {seconds:.1f} s ({built} batches on the first process)", flush=True)
+    if kind == PREFERENCE:
+        trainer.train_dataset = CachedPreferenceDataset(source, store, read_prompt_states=uses_self_attention)
+        trainer.data_collator = CachedPreferenceCollator(tokenizer.pad_token_id)
+    else:
+        trainer.train_dataset = CachedSupervisedDataset(source, store)
+        trainer.data_collator = CachedSupervisedCollator()
+    say(f"backbone cache {directory}: {human_bytes(store.shard_bytes())} on disk; training reads it", flush=True)
+
+
+def _refuse_what_cannot_be_cached(directory: str, kind: str, uses_self_attention: bool):
+    if is_deepspeed_zero3_enabled():
+        raise InputError(
+            f"--backbone_cache {directory} with ZeRO-3: the cache runs the backbone outside DeepSpeed's engine, and "
+            "ZeRO-3 partitions its weights as the model loads; use scripts/zero2.json (the backbone is frozen: "
+            "ZeRO-3 only spreads its weights)"
+        )
+    if kind != PREFERENCE and uses_self_attention:
+        raise InputError(
+            f"--backbone_cache {directory}: transformer_block's self-attention reads every position of a sample, "
+            "so the cache would hold the whole sequence's hidden states; train it without --backbone_cache"
+        )
+
+
+def _source(kind: str, trainer, prompt_states: bool):
+    dataset, collator = trainer.train_dataset, trainer.data_collator
+    digests = file_digests(sample.image for sample, *_ in dataset.items if sample.image)
+    if kind == PREFERENCE:
+        return PreferenceSource(dataset, collator, digests, prompt_states)
+    return SupervisedSource(dataset, collator, digests)
+
+
+def _plan(directory, source, store, model, dtype: torch.dtype, trainer) -> str:
+    """What the build will add and the disk it will take (refused if the disk has not that much free)."""
+    family, config = family_for(model), model.config
+    sizes = family.block_sizes(config, vision_source(model))
+    item = torch.empty((), dtype=dtype).element_size()
+    missing_entries, missing_images = {}, set()
+    for index in range(len(source)):
+        key, image = source.entry_keys[index], source.image_keys[index]
+        if key not in store:
+            missing_entries[key] = source.rows(index)
+        if image and image not in store:
+            missing_images.add(image)
+    entry_bytes = sum(missing_entries.values()) * sizes["hidden_size"] * item
+    image_bytes = len(missing_images) * family.image_token_count(config) * sizes["vision_hidden_size"] * item
+    distinct = len(set(source.entry_keys))
+    if not missing_entries and not missing_images:
+        return f"backbone cache {directory}: all {distinct} {source.unit} are there"
+    total = entry_bytes + image_bytes
+    free = shutil.disk_usage(directory).free
+    if trainer.is_world_process_zero() and total * FREE_SPACE_MARGIN > free:
+        raise InputError(
+            f"--backbone_cache {directory} needs about {human_bytes(total)} more and the disk has "
+            f"{human_bytes(free)} free: free some space or name a folder on a larger disk"
+        )
+    per_entry = entry_bytes / max(len(missing_entries), 1)
+    per_image = image_bytes / max(len(missing_images), 1)
+    return (
+        f"backbone cache {directory}: {distinct - len(missing_entries)} of {distinct} distinct {source.unit} there; "
+        f"building {len(missing_entries)} {source.unit} and {len(missing_images)} images: about {human_bytes(total)} "
+        f"on disk ({human_bytes(per_entry)} per {source.unit[:-1]}, {human_bytes(per_image)} per image, "
+        f"{str(dtype).removeprefix('torch.')}; {human_bytes(free)} free)"
+    )
