@@ -45,6 +45,17 @@ class DropMessages(logging.Filter):
         return not any(pattern.search(message) for pattern in self.patterns)
 
 
+class DropDeepSpeedCpuLine(DropMessages):
+    """DeepSpeed's CPU line: dropped on a CPU build of torch, and in every process but the first."""
+
+    def __init__(self):
+        super().__init__(DEEPSPEED_CPU)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Decided when the line comes (deepspeed has imported torch by then), not when the filter is installed.
+        return super().filter(record) or (torch_has_gpu_build() and first_process())
+
+
 def torch_has_gpu_build() -> bool:
     import torch
 
@@ -64,8 +75,7 @@ def _add_filter(logger_name: str, drop: DropMessages):
 def quiet_expected_messages():
     """Install the filters (once; calling again changes nothing). Call before the libraries are used:
     DeepSpeed's line is logged when deepspeed is first imported."""
-    if not torch_has_gpu_build() or not first_process():
-        _add_filter("DeepSpeed", DropMessages(DEEPSPEED_CPU))
+    _add_filter("DeepSpeed", DropDeepSpeedCpuLine())
     _add_filter("accelerate.accelerator", DropMessages(ACCUMULATION_MISMATCH))
     warnings.filterwarnings("ignore", message=PIN_MEMORY, category=UserWarning)
     warnings.filterwarnings("ignore", message=ALL_GATHER, category=FutureWarning)
