@@ -54,6 +54,7 @@ setup(
             "post-decoder-train-dpo=ha_dpo.cli.train_dpo_post:command",
             "post-decoder-train-sft=ha_dpo.cli.train_llava_post:command",
             "post-decoder-pope=eval.pope_eval_post:command",
+            "post-decoder-chair=eval.chair_eval_post:command",
             "post-decoder-replace-bin=ha_dpo.cli.replace_bin:main",
         ]
     },
