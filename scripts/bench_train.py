@@ -19,6 +19,13 @@ Stages: 1 trains the block, 2 the block and lm_head, `head` lm_head alone (no bl
   Its optimizer is set as ours: AdamW 1e-5 constant, no clipping, no gradient checkpointing.
 Each method runs in its own process (same seed, same weights), so its peak memory is its own.
 Prints pairs/s, peak memory, ratios.
+
+    python scripts/bench_train.py --shape tiny --cached --threads 1                      # this CPU
+    python scripts/bench_train.py --shape 7b --device cuda --dtype bfloat16 --cached     # LLaVA-1.5-7B shape
+
+`--cached`: instead, one epoch of ours over the same `--epoch-pairs` pairs without and with the backbone cache
+(ha_dpo/cache), in one process: pairs/s of each, of the cache's build, and the cache's size per pair and per
+image (scripts/bench_cached_epoch.py).
 """
 
 import argparse
@@ -175,8 +182,13 @@ def main():
         "--threads", type=int, default=None, help="CPU threads (1 on a busy machine: OpenMP spins otherwise)"
     )
     parser.add_argument("--method", choices=METHODS, help="run one method in this process (used internally)")
+    parser.add_argument("--cached", action="store_true", help="an epoch without and with the backbone cache")
+    parser.add_argument("--epoch-pairs", type=int, default=64, help="pairs in the --cached epoch")
     args = parser.parse_args()
     args.answer_tokens = args.answer_tokens or (100 if args.shape == "7b" else 24)
+    if args.cached:
+        print_cached_table(args, run_cached(args))
+        return
     if args.method:
         print(json.dumps(run_one(args)))
         return
@@ -187,6 +199,50 @@ def main():
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[method] = json.loads(output.strip().splitlines()[-1])
     print_table(args, results)
+
+
+def run_cached(args) -> dict:
+    """The --cached comparison in this process (see scripts/bench_cached_epoch.py)."""
+    from bench_cached_epoch import cached_epoch_comparison
+
+    dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, tokenizer, image_processor = build_model(args.shape, args.device, dtype, with_block=args.stage != "head")
+    step = step_function("ours", model, tokenizer, args.stage)
+
+    def autocast():  # the step's own autocast: the cache holds what the step's backbone computes
+        return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    return {**cached_epoch_comparison(model, tokenizer, image_processor, step, autocast, args), "dtype": dtype}
+
+
+def print_cached_table(args, result: dict):
+    device = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU ({os.cpu_count()} cores, {args.threads or 'all'} threads)"
+    )
+    print(
+        f"shape {args.shape}, {device}, backbone {str(result['dtype']).replace('torch.', '')}, stage {args.stage}, "
+        f"{args.pairs} pairs/micro-batch, an epoch of {result['pairs']} pairs (one image each), answers "
+        f"{result['answer_tokens']:.0f} tokens on average"
+    )
+    uncached = result["uncached_pairs_per_second"]
+    rows = [
+        ("uncached epoch: images decoded, backbone, heads", uncached, ""),
+        ("cached epoch: states read from the cache, heads", result["cached_pairs_per_second"],
+         f"{result['cached_pairs_per_second'] / uncached:.2f}x"),
+        ("cache build (once): backbone, states written", result["build_pairs_per_second"], ""),
+    ]  # fmt: skip
+    print(f"{'':<52}{'pairs/s':>10}{'vs uncached':>13}")
+    for label, pairs_per_second, ratio in rows:
+        print(f"{label:<52}{pairs_per_second:>10.2f}{ratio:>13}")
+    print(
+        f"cache on disk ({result['states_dtype']}): {result['bytes_per_pair'] / 2**10:.1f} KiB per pair, "
+        f"{result['bytes_per_image'] / 2**10:.1f} KiB per image"
+    )
 
 
 def print_table(args, results: dict):

@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .store import ShardWriter
-
 
 @contextlib.contextmanager
 def random_state_kept():
@@ -39,17 +37,18 @@ def missing_batches(batches: list[list[int]], source, store) -> list[list[int]]:
     return [indices for indices in batches if any(key not in store for i in indices for key in source.keys_of(i))]
 
 
-def build(trainer, model, source, store, batches, cache_dtype, shard_bytes, show_progress: bool) -> int:
-    """Compute and write the entries of `batches` (index lists) that `store` lacks; returns the batches run."""
+def build(model, source, store, batches, writer, prepare, autocast, show_progress: bool = False) -> int:
+    """Compute the entries of `batches` (index lists) that `store` lacks and give them to `writer` (a
+    `ShardWriter`). `prepare` moves a collated batch as training would (the Trainer's `_prepare_inputs`),
+    `autocast` is training's autocast context. Returns how many batches ran the backbone."""
     todo = missing_batches(batches, source, store)
-    writer = ShardWriter(store.directory, trainer.args.process_index, cache_dtype, shard_bytes)
     was_training = model.training
     model.eval()  # deterministic states (LLaVA's backbone has no dropout: the same as in training)
     try:
         with random_state_kept(), torch.no_grad():
             for indices in tqdm(todo, desc="backbone cache", unit="batch", disable=not show_progress):
-                batch = trainer._prepare_inputs(source.batch(indices))  # the Trainer's device and dtype moves
-                with trainer.accelerator.autocast():
+                batch = prepare(source.batch(indices))
+                with autocast():
                     for key, tensor in source.entries(model, indices, batch):
                         if key not in store and key not in writer:
                             writer.add(key, tensor)

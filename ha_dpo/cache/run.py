@@ -18,7 +18,7 @@ from .build import build, timed
 from .identity import PREFERENCE, check_identity, identity_of, read_manifest, vision_source, write_manifest
 from .keys import file_digests
 from .preference import CachedPreferenceCollator, CachedPreferenceDataset, PreferenceSource
-from .store import SHARD_BYTES, StateStore
+from .store import SHARD_BYTES, ShardWriter, StateStore
 from .supervised import CachedSupervisedCollator, CachedSupervisedDataset, SupervisedSource
 
 FREE_SPACE_MARGIN = 1.05
@@ -30,6 +30,14 @@ def human_bytes(count: float) -> str:
             return f"{count:.1f} {unit}" if unit != "B" else f"{count:.0f} B"
         count /= 1024
     raise AssertionError
+
+
+def describe(store) -> str:
+    """'31.6 MiB on disk: 5926 pairs (4.8 KiB each), 1000 images (4.0 KiB each)'"""
+    kinds = ", ".join(
+        f"{count} {kind}s ({human_bytes(size / count)} each)" for kind, (count, size) in store.sizes_by_kind().items()
+    )
+    return f"{human_bytes(store.shard_bytes())} on disk: {kinds}"
 
 
 def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode: str):
@@ -70,7 +78,9 @@ def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode
     batches = trainer.first_epoch_batches()
     model.to(args.device)
     show = trainer.is_local_process_zero() and not args.disable_tqdm
-    built, seconds = timed(build, trainer, model, source, store, batches, cache_dtype, SHARD_BYTES, show)
+    writer = ShardWriter(directory, args.process_index, cache_dtype, SHARD_BYTES)
+    prepare, autocast = trainer._prepare_inputs, trainer.accelerator.autocast  # as training moves and casts
+    built, seconds = timed(build, model, source, store, batches, writer, prepare, autocast, show)
     trainer.accelerator.wait_for_everyone()  # every rank's shards are complete before any rank reads them
     store.refresh()
     absent = sum(any(key not in store for key in source.keys_of(index)) for index in range(len(source)))
@@ -84,7 +94,7 @@ def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode
     else:
         trainer.train_dataset = CachedSupervisedDataset(source, store)
         trainer.data_collator = CachedSupervisedCollator()
-    say(f"backbone cache {directory}: {human_bytes(store.shard_bytes())} on disk; training reads it", flush=True)
+    say(f"backbone cache {directory}: {describe(store)}; training reads it", flush=True)
 
 
 def _refuse_what_cannot_be_cached(directory: str, kind: str, uses_self_attention: bool):

@@ -12,6 +12,7 @@ from the first.
 """
 
 import glob
+import math
 import os
 import time
 
@@ -69,8 +70,26 @@ class StateStore:
     def shard_bytes(self) -> int:
         return sum(os.path.getsize(path) for path in set(self._shard_of.values()))
 
+    def sizes_by_kind(self) -> dict[str, tuple[int, int]]:
+        """kind -> (entries, bytes of their tensors as stored), e.g. {"pair": (5926, 29_000_000), "image": ...}."""
+        sizes: dict[str, tuple[int, int]] = {}
+        for path in set(self._shard_of.values()):
+            with safe_open(path, framework="pt") as handle:
+                for key in handle.keys():
+                    if self._shard_of[key] != path:
+                        continue
+                    kind, entry = key.split("/", 1)[0], handle.get_slice(key)
+                    stored = math.prod(entry.get_shape()) * _itemsize(entry.get_dtype())
+                    count, total = sizes.get(kind, (0, 0))
+                    sizes[kind] = (count + 1, total + stored)
+        return sizes
+
     def __getstate__(self):  # data-loader workers open their own handles
         return {**self.__dict__, "_handles": {}}
+
+
+def _itemsize(safetensors_dtype: str) -> int:
+    return {"F32": 4, "F16": 2, "BF16": 2}[safetensors_dtype]
 
 
 class ShardWriter:
