@@ -3,7 +3,11 @@ set as mean +- standard deviation over the seeds, and each set's change over the
 
     python scripts/toy_ablation.py --out runs/toy_ablation [--seeds 0 1 2] [--learning-rate 1e-3] [--threads 1]
 
-Prints a Markdown table and writes it to `ablation.md`, with every run's metrics in `ablation.json`.
+Every run reads one backbone cache (`--out/backbone_cache`, ha_dpo/cache): the first run computes the frozen
+backbone's states once, the other runs read them (with the prompt's states too when transformer_block is
+among the variants). Prints a Markdown table and writes it to `ablation.md`, with every run's metrics in
+`ablation.json`. The table also gives the share of POPE answers that differ from the base model's: a run
+whose answers are all the base's did not move the block enough to change one, which the table says.
 """
 
 import argparse
@@ -13,6 +17,7 @@ import statistics
 import sys
 
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file: the project
 
@@ -21,8 +26,10 @@ from ha_dpo.toy import DEFAULT_CHECKPOINT, STAGE1_RECIPE  # noqa: E402
 from ha_dpo.toy.quickstart import make_world, pope, train_stage1  # noqa: E402
 from post_decoder import VARIANTS  # noqa: E402
 from post_decoder.atomic_files import atomic_file  # noqa: E402
+from post_decoder.block.files import POST_DECODER_WEIGHTS  # noqa: E402
 
 SETS = ("random", "popular", "adversarial")
+ANSWERS = "pope_answers.jsonl"
 
 
 def spread(values: list[float]) -> str:
@@ -30,17 +37,49 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {deviation:.2f}"
 
 
+def answers(folder: str) -> dict[tuple[str, int], str]:
+    """(set, question_id) -> answer of a POPE answers file."""
+    with open(os.path.join(folder, ANSWERS)) as handle:
+        lines = [json.loads(line) for line in handle if line.strip()]
+    return {(line["set"], line["question_id"]): line["answer"] for line in lines}
+
+
+def changed_answers(base: str, trained: str) -> float:
+    """The share of POPE answers (0..1) that differ from the base model's."""
+    before, after = answers(base), answers(trained)
+    return sum(after[question] != answer for question, answer in before.items()) / len(before)
+
+
+def block_update(trained: str) -> float:
+    """The largest weight of the block's output projections: they start at zero (the block is the identity), so
+    this is how far training moved it; 0 means the block is still exactly the identity."""
+    weights = load_file(os.path.join(trained, POST_DECODER_WEIGHTS))
+    return max(tensor.abs().max().item() for name, tensor in weights.items() if name.endswith("o_proj.weight")
+               or name.endswith("down_proj.weight"))  # fmt: skip
+
+
 def table(base: dict, runs: dict[str, list[dict]]) -> str:
-    """F1 (%) per set, then the change over the base in points, mean ± std over seeds."""
+    """F1 (%) per set, then the change over the base in points, mean ± std over seeds, and the POPE answers
+    that differ from the base model's (%); a note names the runs that changed none."""
     lines = [
-        "| block | " + " | ".join([*(f"{name} F1" for name in SETS), *(f"{name} ΔF1" for name in SETS)]) + " |",
-        "|---" * (1 + 2 * len(SETS)) + "|",
-        "| (base model) | " + " | ".join(f"{100 * base[name]['f1']:.2f}" for name in SETS) + " |" + " |" * len(SETS),
-    ]
+        "| block | " + " | ".join([*(f"{name} F1" for name in SETS), *(f"{name} ΔF1" for name in SETS)])
+        + " | answers changed (%) |",
+        "|---" * (2 + 2 * len(SETS)) + "|",
+        "| (base model) | " + " | ".join(f"{100 * base[name]['f1']:.2f}" for name in SETS) + " |" * (len(SETS) + 1)
+        + " |",
+    ]  # fmt: skip
+    unmoved = []
     for variant, seeds in runs.items():
-        f1 = [spread([100 * metrics[name]["f1"] for metrics in seeds]) for name in SETS]
-        gain = [spread([100 * (metrics[name]["f1"] - base[name]["f1"]) for metrics in seeds]) for name in SETS]
-        lines.append(f"| {variant} | " + " | ".join(f1 + gain) + " |")
+        f1 = [spread([100 * run["metrics"][name]["f1"] for run in seeds]) for name in SETS]
+        gain = [spread([100 * (run["metrics"][name]["f1"] - base[name]["f1"]) for run in seeds]) for name in SETS]
+        changed = spread([100 * run["answers_changed"] for run in seeds])
+        lines.append(f"| {variant} | " + " | ".join([*f1, *gain, changed]) + " |")
+        unmoved += [f"{variant} seed {run['seed']}" for run in seeds if run["answers_changed"] == 0]
+    if unmoved:
+        lines.append(
+            f"\nDid not move the block enough to change one POPE answer (too little training for these settings: "
+            f"more --dpo-images, epochs or a higher --learning-rate): {', '.join(unmoved)}."
+        )
     return "\n".join(lines)
 
 
@@ -62,14 +101,29 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     world = make_world(args.out, args.dpo_images, args.pope_images, DEFAULT_CHECKPOINT)
-    base = pope(world, os.path.join(args.out, "base"), DEFAULT_CHECKPOINT)
-    recipe_changes = {"learning_rate": args.learning_rate, "plot": False, "disable_tqdm": True}
+    base_folder = os.path.join(args.out, "base")
+    base = pope(world, base_folder, DEFAULT_CHECKPOINT)
+    recipe_changes = {
+        "learning_rate": args.learning_rate,
+        "plot": False,
+        "disable_tqdm": True,
+        "backbone_cache": os.path.join(args.out, "backbone_cache"),  # one cache for every run
+        "cache_prompt_states": "transformer_block" in args.variants,
+    }
     runs = {}
     for variant in args.variants:
         for seed in args.seeds:
             trained = os.path.join(args.out, f"{variant}-seed{seed}")
             train_stage1(world, trained, DEFAULT_CHECKPOINT, seed, variant, changes=recipe_changes)
-            runs.setdefault(variant, []).append(pope(world, trained, trained, DEFAULT_CHECKPOINT))
+            metrics = pope(world, trained, trained, DEFAULT_CHECKPOINT)
+            runs.setdefault(variant, []).append(
+                {
+                    "seed": seed,
+                    "metrics": metrics,
+                    "answers_changed": changed_answers(base_folder, trained),
+                    "block_update": block_update(trained),
+                }  # fmt: skip
+            )
     report = table(base, runs)
     heading = f"seeds {args.seeds}, learning rate {args.learning_rate:g}, {args.pope_images} POPE images per set"
     with atomic_file(os.path.join(args.out, "ablation.md")) as temporary, open(temporary, "w") as handle:
