@@ -164,13 +164,20 @@ def test_a_block_and_a_new_head_leave_the_backbones_identity_as_it_was(plain_lla
     assert backbone_fingerprint(with_a_block) != backbone_fingerprint(without)
 
 
-def test_lora_and_cache_flags_without_a_cache_are_refused(base_and_data, tmp_path):
+def test_lora_and_the_cache_flags_without_a_cache_are_refused(base_and_data, tmp_path):
     lora = flags(base_and_data, tmp_path / "lora", "--backbone_cache", str(tmp_path / "cache"))
     lora[lora.index("--tune_post_decoder") : lora.index("--tune_post_decoder") + 2] = ["--lora_enable", "True"]
     with pytest.raises(ValueError, match="LoRA trains the backbone, so its outputs change at every step"):
         train(lora)
     with pytest.raises(ValueError, match="--cache_dtype needs --backbone_cache DIR"):
         train(flags(base_and_data, tmp_path / "dtype", "--cache_dtype", "bfloat16"))
+
+
+def test_zero3_is_refused_a_cache_before_anything_is_built(base_and_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_run, "is_deepspeed_zero3_enabled", lambda: True)  # as under scripts/zero3.json
+    with pytest.raises(ValueError, match="ZeRO-3 partitions its weights as the model loads; use scripts/zero2.json"):
+        train(flags(base_and_data, tmp_path / "run", "--backbone_cache", str(tmp_path / "cache")))
+    assert not (tmp_path / "cache").exists()
 
 
 def test_an_interrupted_build_keeps_its_shards_and_resumes(base_and_data, tmp_path, monkeypatch):
@@ -238,7 +245,7 @@ def test_another_seed_adds_only_its_own_pairs_and_a_second_epoch_reads_the_first
     """HA-DPO's description pairs are drawn with the seed: seed 1 shares the pope pairs with seed 0 and adds its
     own draws. A pair's states computed in another batch (another run's, or the first epoch's) differ from a
     recomputation in the last bits (padding changes the attention's op order): close, not equal."""
-    sgd, cache = ["--optim", "sgd"], ["--backbone_cache", str(tmp_path / "cache")]
+    sgd, cache = ["--optim", "sgd", "--per_device_train_batch_size", "4"], ["--backbone_cache", str(tmp_path / "c")]
     train(flags(base_and_data, tmp_path / "seed0", *sgd, *cache), capsys)
     seed1 = ["--seed", "1", *sgd]
     cached, printed = train(flags(base_and_data, tmp_path / "seed1", *seed1, *cache), capsys)
@@ -249,8 +256,27 @@ def test_another_seed_adds_only_its_own_pairs_and_a_second_epoch_reads_the_first
 
     epochs = ["--num_train_epochs", "3", "--max_steps", "-1", *sgd]
     plain, _ = train(flags(base_and_data, tmp_path / "epochs_plain", *epochs))
-    cached, _ = train(flags(base_and_data, tmp_path / "epochs", *epochs, "--backbone_cache", str(tmp_path / "c")))
+    cached, _ = train(flags(base_and_data, tmp_path / "epochs", *epochs, "--backbone_cache", str(tmp_path / "e")))
     assert_close_updates(cached, plain, relative=1e-5)
+
+
+class FakeSource:
+    """Pairs 0..n-1, each its own entry key and no image."""
+
+    entry_keys = [f"pair/{index}" for index in range(100)]
+
+    def keys_of(self, index):
+        return [self.entry_keys[index]]
+
+
+def test_a_batch_mostly_missing_runs_whole_and_the_few_missing_pairs_of_other_batches_run_together():
+    from ha_dpo.cache.build import batches_to_run
+
+    held = {f"pair/{index}" for index in (0, 1, 2, 4, 5, 6, 9, 10, 12, 13, 14, 15)}
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [3, 16, 17, 18]]
+    # [8, 9, 10, 11] and [3, 16, 17, 18] miss half or more: they run as training runs them; 3 (in the last
+    # one too) and 7, alone in their batches, would run together: 7 does; [12 .. 15] runs nothing.
+    assert batches_to_run(batches, FakeSource(), held) == [[8, 9, 10, 11], [3, 16, 17, 18], [7]]
 
 
 def free_port() -> int:
