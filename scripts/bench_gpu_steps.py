@@ -163,7 +163,7 @@ def question_work(settings) -> tuple[list[tuple[str, str]], str]:
 
 
 def random_pictures(names, size: int) -> dict:
-    """Random images standing in for COCO (wider than tall, so LLaVA's 'pad' preprocessing works)."""
+    """Random images standing in for COCO, wider than tall (LLaVA's 'pad' preprocessing has work to do)."""
     rng = np.random.default_rng(0)
     return {name: Image.fromarray(rng.integers(0, 256, (size, size + 37, 3), dtype=np.uint8)) for name in names}
 
@@ -205,15 +205,15 @@ def pope(emit, settings):
     dtype, device = _prepare(settings), settings["device"]
     model, tokenizer, answerer = _answerer(settings, dtype)
     work, source = question_work(settings)
-    texts = by_image(work)
-    pictures = random_pictures(texts, model.config.vision_config.image_size)
+    questions_by_image = by_image(work)
+    pictures = random_pictures(questions_by_image, model.config.vision_config.image_size)
     answerer.answer(next(iter(pictures.values())), ["Is there a dog in the image?"])  # warm-up
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     _synchronize(device)
     start = time.perf_counter()
     ours = {}
-    for image, questions in texts.items():
+    for image, questions in questions_by_image.items():
         ours.update(
             {(image, text): answer for text, answer in zip(questions, answerer.answer(pictures[image], questions))}
         )
@@ -225,7 +225,7 @@ def pope(emit, settings):
             "part": "ours",
             "questions": len(work),
             "distinct_prompts": len(ours),
-            "images": len(texts),
+            "images": len(questions_by_image),
             "question_source": source,
             "seconds": ours_seconds,
             "questions_per_second": rate,
@@ -317,10 +317,10 @@ def exact_generation(emit, settings):
     _exact_float32()
     model, tokenizer, answerer = _answerer(settings, torch.float32)
     work, source = question_work(settings)
-    texts = dict(list(by_image(work).items())[: settings["exact_images"]])
-    pictures = random_pictures(texts, model.config.vision_config.image_size)
+    questions_by_image = dict(list(by_image(work).items())[: settings["exact_images"]])
+    pictures = random_pictures(questions_by_image, model.config.vision_config.image_size)
     compared = identical = 0
-    for image, questions in texts.items():
+    for image, questions in questions_by_image.items():
         for text, answer in zip(questions, answerer.answer(pictures[image], questions)):
             compared += 1
             identical += answer == per_question_answer(
