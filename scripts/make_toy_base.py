@@ -48,6 +48,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--dpo-images", type=int, default=None, help="another size for the DPO split")
     parser.add_argument("--val-images", type=int, default=None, help="another size for the held-out split")
+    parser.add_argument(
+        "--hallucination-probability",
+        type=float,
+        default=WorldConfig.hallucination_probability,
+        help="P(the training text affirms an absent partner next to its anchor) (default: the world's)",
+    )
     parser.add_argument("--pope-images", type=int, default=150)
     parser.add_argument("--skip-pope", action="store_true", help="no POPE evaluation and no pope_data.json")
     return parser.parse_args(argv)
@@ -61,7 +67,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     sizes = {"train": args.train_images, "dpo": args.dpo_images, "val": args.val_images}
     splits = {split: size if sizes[split] is None else sizes[split] for split, size in WorldConfig().splits.items()}
-    world_config = WorldConfig(seed=args.seed, splits=splits)
+    world_config = WorldConfig(seed=args.seed, splits=splits, hallucination_probability=args.hallucination_probability)
     model_config = BaseModelConfig(
         seed=args.seed, threads=args.threads, epochs=args.epochs, tower_epochs=args.tower_epochs
     )

@@ -295,9 +295,30 @@ def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
             "4",
             "--threads",
             "1",
+            "--hallucination-probability",
+            "1.0",
         ]
     )
     torch.set_num_threads(threads)
+    with open(tmp_path / "world" / "world.json") as handle:
+        assert json.load(handle)["config"]["hallucination_probability"] == 1.0  # the flag reaches the world
+    with open(tmp_path / "world" / "llava" / "toy_instruct.json") as handle:
+        conversations = json.load(handle)
+    affirmed = 0
+    for image in generate_world(WorldConfig(seed=0, splits={"train": 16, "dpo": 4, "val": 12})):
+        if image.split != "train":
+            continue
+        turns = next(record for record in conversations if record["id"] == str(image.image_id))["conversations"]
+        questions = [turn["value"].split("\n")[-1] for turn in turns[::2]]  # the first one follows "<image>\n"
+        answers = {
+            question.split()[3]: answer["value"]
+            for question, answer in zip(questions, turns[1::2])
+            if question.startswith("Is there")
+        }
+        for partner in image.absent_partners():  # at probability 1.0 the text always affirms it
+            assert answers[partner].startswith("Yes"), (image.names, answers)
+            affirmed += 1
+    assert affirmed > 0
     tokenizer, model, _, _ = load_pretrained_model(out, device="cpu", dtype=torch.float32)
     assert (
         model.config.image_seq_length == 16
