@@ -47,22 +47,12 @@ def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode
     directory = args.backbone_cache
     uses_self_attention = model.post_decoder is not None and model.post_decoder.config.uses_self_attention
     _refuse_what_cannot_be_cached(directory, kind, uses_self_attention)
-    cache_dtype = DTYPES[args.cache_dtype] if args.cache_dtype else None
     identity = identity_of(kind, model, tokenizer, image_processor, conv_mode, training_dtype(args), args.cache_dtype)
-    wanted_prompt_states = kind == PREFERENCE and (args.cache_prompt_states or uses_self_attention)
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise InputError(f"--backbone_cache {directory} is a file: name a folder (new, or a cache to read)")
-    os.makedirs(directory, exist_ok=True)
-    if trainer.is_world_process_zero() and read_manifest(directory) is None:
-        built_from = {"model_name_or_path": getattr(model.config, "_name_or_path", "")}
-        write_manifest(directory, identity, wanted_prompt_states, built_from)
-    trainer.accelerator.wait_for_everyone()  # every rank reads the manifest rank 0 wrote
-    manifest = read_manifest(directory)
-    check_identity(directory, manifest, identity, explicit_cache_dtype=args.cache_dtype is not None)
-    stored = manifest["identity"]["cache_dtype"]
-    cache_dtype = DTYPES.get(stored, cache_dtype)
-    prompt_states = bool(manifest["prompt_states"])
-    if uses_self_attention and not prompt_states:
+    manifest = _opened(
+        trainer, directory, identity, kind == PREFERENCE and (args.cache_prompt_states or uses_self_attention)
+    )
+    cache_dtype = DTYPES.get(manifest["identity"]["cache_dtype"])  # None: the states' own dtype
+    if uses_self_attention and not manifest["prompt_states"]:
         raise InputError(
             f"--backbone_cache {directory} holds the hidden states at the answer positions only, and "
             "transformer_block's self-attention also reads every prompt position's: name a new folder (this run "
@@ -70,16 +60,16 @@ def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode
             "--cache_prompt_states True"
         )
 
-    source = _source(kind, trainer, prompt_states)
+    source = _source(kind, trainer, bool(manifest["prompt_states"]))
     store = StateStore(directory)
     say = print if trainer.is_world_process_zero() else (lambda *_, **__: None)
-    say(_plan(directory, source, store, model, cache_dtype or training_dtype(args), trainer), flush=True)
+    say(_plan(directory, source, store, model, cache_dtype or training_dtype(args)), flush=True)
     trainer.accelerator.wait_for_everyone()  # every rank has scanned the shards before any rank adds one
     batches = trainer.first_epoch_batches()
     model.to(args.device)
-    show = trainer.is_local_process_zero() and not args.disable_tqdm
     writer = ShardWriter(directory, args.process_index, cache_dtype, SHARD_BYTES)
     prepare, autocast = trainer._prepare_inputs, trainer.accelerator.autocast  # as training moves and casts
+    show = trainer.is_local_process_zero() and not args.disable_tqdm
     built, seconds = timed(build, model, source, store, batches, writer, prepare, autocast, show)
     trainer.accelerator.wait_for_everyone()  # every rank's shards are complete before any rank reads them
     store.refresh()
@@ -95,6 +85,20 @@ def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode
         trainer.train_dataset = CachedSupervisedDataset(source, store)
         trainer.data_collator = CachedSupervisedCollator()
     say(f"backbone cache {directory}: {describe(store)}; training reads it", flush=True)
+
+
+def _opened(trainer, directory: str, identity, prompt_states: bool) -> dict:
+    """The cache's manifest (written by the first process if the folder has none), checked against `identity`."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise InputError(f"--backbone_cache {directory} is a file: name a folder (new, or a cache to read)")
+    os.makedirs(directory, exist_ok=True)
+    model = trainer.accelerator.unwrap_model(trainer.model).policy
+    if trainer.is_world_process_zero() and read_manifest(directory) is None:
+        write_manifest(directory, identity, prompt_states, {"model_name_or_path": model.config._name_or_path})
+    trainer.accelerator.wait_for_everyone()  # every rank reads the manifest rank 0 wrote
+    manifest = read_manifest(directory)
+    check_identity(directory, manifest, identity, explicit_cache_dtype=trainer.args.cache_dtype is not None)
+    return manifest
 
 
 def _refuse_what_cannot_be_cached(directory: str, kind: str, uses_self_attention: bool):
@@ -119,7 +123,7 @@ def _source(kind: str, trainer, prompt_states: bool):
     return SupervisedSource(dataset, collator, digests)
 
 
-def _plan(directory, source, store, model, dtype: torch.dtype, trainer) -> str:
+def _plan(directory, source, store, model, dtype: torch.dtype) -> str:
     """What the build will add and the disk it will take (refused if the disk has not that much free)."""
     family, config = family_for(model), model.config
     sizes = family.block_sizes(config, vision_source(model))
@@ -138,7 +142,7 @@ def _plan(directory, source, store, model, dtype: torch.dtype, trainer) -> str:
         return f"backbone cache {directory}: all {distinct} {source.unit} are there"
     total = entry_bytes + image_bytes
     free = shutil.disk_usage(directory).free
-    if trainer.is_world_process_zero() and total * FREE_SPACE_MARGIN > free:
+    if total * FREE_SPACE_MARGIN > free:  # every rank decides alike: none is left waiting at a barrier
         raise InputError(
             f"--backbone_cache {directory} needs about {human_bytes(total)} more and the disk has "
             f"{human_bytes(free)} free: free some space or name a folder on a larger disk"
