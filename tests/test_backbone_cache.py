@@ -93,8 +93,7 @@ def cache_bytes(directory) -> int:
     return sum(os.path.getsize(path) for path in glob.glob(os.path.join(directory, store_module.SHARD_GLOB)))
 
 
-@pytest.mark.parametrize("stage", ["1", pytest.param("2", marks=pytest.mark.slow),
-                                   pytest.param("head", marks=pytest.mark.slow)])  # fmt: skip
+@pytest.mark.parametrize("stage", ["1", "2", "head"])
 def test_training_from_the_cache_equals_training_without_it_bit_for_bit(
     base_and_data, tmp_path, capsys, monkeypatch, stage
 ):
