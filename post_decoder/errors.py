@@ -28,6 +28,10 @@ def without_debug_flag(argv=None) -> list[str]:
 def run_command(main, argv=None, program: str | None = None):
     """`main(argv)` with `InputError` turned into `program: error: message` and exit code 2."""
     program = program or os.path.basename(sys.argv[0])
+    if not debugging(argv):  # expected library chatter on this path; --debug shows everything
+        from .quiet import quiet_expected_messages
+
+        quiet_expected_messages()
     try:
         return main(without_debug_flag(argv))
     except InputError as error:
