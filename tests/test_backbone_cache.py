@@ -117,6 +117,18 @@ def test_training_from_the_cache_equals_training_without_it_bit_for_bit(
     assert moved and all(not torch.equal(plain[name], base.get(name, torch.zeros_like(plain[name]))) for name in moved)
 
 
+def test_bf16_runs_and_data_loader_workers_read_the_cache_bit_for_bit(base_and_data, tmp_path):
+    settings = ["--bf16", "True", "--dataloader_num_workers", "2"]  # bf16 autocast; the store opened in workers
+    plain, _ = train(flags(base_and_data, tmp_path / "plain", *settings))
+    cache = tmp_path / "cache"
+    built, _ = train(flags(base_and_data, tmp_path / "built", *settings, "--backbone_cache", str(cache)))
+    read, _ = train(flags(base_and_data, tmp_path / "read", *settings, "--backbone_cache", str(cache)))
+    assert_same_weights(plain, built)
+    assert_same_weights(plain, read)
+    manifest = json.loads((cache / MANIFEST).read_text())
+    assert manifest["identity"]["compute_dtype"] == "bfloat16"
+
+
 @pytest.mark.slow
 def test_transformer_block_reads_the_prompt_states_a_cache_stores_for_it(base_and_data, tmp_path, capsys):
     variant = ["--post_decoder_variant", "transformer_block"]
