@@ -6,11 +6,13 @@ import copy
 import glob
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -127,6 +129,23 @@ def test_bf16_runs_and_data_loader_workers_read_the_cache_bit_for_bit(base_and_d
     assert_same_weights(plain, read)
     manifest = json.loads((cache / MANIFEST).read_text())
     assert manifest["identity"]["compute_dtype"] == "bfloat16"
+
+
+def test_training_starts_from_the_random_state_it_would_have_without_a_cache(base_and_data, tmp_path, monkeypatch):
+    from ha_dpo.trainer.trainer import PreferenceTrainer
+
+    states, real_train = [], PreferenceTrainer.train
+
+    def train_recording(trainer, *args, **kwargs):
+        states.append((torch.get_rng_state(), random.getstate(), np.random.get_state()[1]))
+        return real_train(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(PreferenceTrainer, "train", train_recording)
+    train(flags(base_and_data, tmp_path / "plain", steps=1))
+    train(flags(base_and_data, tmp_path / "cached", "--backbone_cache", str(tmp_path / "cache"), steps=1))
+    (torch_plain, python_plain, numpy_plain), (torch_cached, python_cached, numpy_cached) = states
+    assert torch.equal(torch_plain, torch_cached) and python_plain == python_cached
+    assert (numpy_plain == numpy_cached).all()
 
 
 @pytest.mark.slow

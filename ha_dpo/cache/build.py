@@ -4,8 +4,8 @@ The build goes through this rank's batches of the run's first epoch, in the trai
 (`TrainableOnlyTrainer.first_epoch_batches`), and runs them as training without a cache would (the same
 collator, device, autocast and backbone code). So the run that starts a cache trains its first epoch on
 states computed in the batches it trains on: bit for bit what it would compute itself. A later run runs
-only the pairs it adds (`batches_to_run`). Under torchrun or DeepSpeed each rank builds its own batches, writes its
-own shards, and no rank reads the others' until all have passed the barrier at the end.
+only the pairs it adds (`batches_to_run`). Under torchrun or DeepSpeed each rank builds its own batches,
+writes its own shards, and no rank reads the others' until all have passed the barrier at the end.
 """
 
 import contextlib
@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 @contextlib.contextmanager
 def random_state_kept():
-    """The build draws nothing the run would (the backbone has no dropout), but a data loader draws its
-    seed: every generator is put back, so the run's random numbers are those it would have had."""
+    """The build draws nothing the run would (the backbone has no dropout), but a data loader draws its seed:
+    around the build every generator is put back, so the run's random numbers are those it would have had."""
     states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
@@ -43,8 +43,9 @@ def batches_to_run(batches: list[list[int]], source, store) -> list[list[int]]:
         missing = [index for index in indices if any(key not in store for key in source.keys_of(index))]
         if 2 * len(missing) >= len(indices) > 0:
             whole.append(indices)
-        for index in missing if 2 * len(missing) < len(indices) else []:
-            pooled.setdefault(source.entry_keys[index], index)  # a pair repeated in the data runs once
+        else:
+            for index in missing:
+                pooled.setdefault(source.entry_keys[index], index)  # a pair repeated in the data runs once
     size = max(map(len, batches), default=1)
     in_whole = {source.entry_keys[index] for indices in whole for index in indices}
     rest = [index for key, index in pooled.items() if key not in in_whole]
@@ -59,7 +60,7 @@ def build(model, source, store, batches, writer, prepare, autocast, show_progres
     was_training = model.training
     model.eval()  # deterministic states (LLaVA's backbone has no dropout: the same as in training)
     try:
-        with random_state_kept(), torch.no_grad():
+        with torch.no_grad():
             for indices in tqdm(todo, desc="backbone cache", unit="batch", disable=not show_progress):
                 batch = prepare(source.batch(indices))
                 with autocast():

@@ -14,7 +14,7 @@ from post_decoder.errors import InputError
 from post_decoder.family import family_for
 
 from ..trainer.training_model import training_dtype
-from .build import build, timed
+from .build import build, random_state_kept, timed
 from .identity import PREFERENCE, check_identity, identity_of, read_manifest, vision_source, write_manifest
 from .keys import file_digests
 from .preference import CachedPreferenceCollator, CachedPreferenceDataset, PreferenceSource
@@ -65,12 +65,13 @@ def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode
     say = print if trainer.is_world_process_zero() else (lambda *_, **__: None)
     say(_plan(directory, source, store, model, cache_dtype or training_dtype(args)), flush=True)
     trainer.accelerator.wait_for_everyone()  # every rank has scanned the shards before any rank adds one
-    batches = trainer.first_epoch_batches()
     model.to(args.device)
     writer = ShardWriter(directory, args.process_index, cache_dtype, SHARD_BYTES)
     prepare, autocast = trainer._prepare_inputs, trainer.accelerator.autocast  # as training moves and casts
     show = trainer.is_local_process_zero() and not args.disable_tqdm
-    built, seconds = timed(build, model, source, store, batches, writer, prepare, autocast, show)
+    with random_state_kept():
+        batches = trainer.first_epoch_batches()
+        built, seconds = timed(build, model, source, store, batches, writer, prepare, autocast, show)
     trainer.accelerator.wait_for_everyone()  # every rank's shards are complete before any rank reads them
     store.refresh()
     absent = sum(any(key not in store for key in source.keys_of(index)) for index in range(len(source)))

@@ -138,8 +138,8 @@ class TrainableOnlyTrainer(Trainer):
 
     def first_epoch_batches(self) -> list[list[int]]:
         """This process's micro-batches of the first epoch, as dataset indices in training order: the Trainer's
-        own data loader (sampler, seed, sharding over ranks) run over the indices instead of the items. The
-        random generators are left as they were (ha_dpo/cache/build.py puts them back)."""
+        own data loader (sampler, seed, sharding over ranks) run over the indices instead of the items. A data
+        loader draws from the global generators: the caller puts them back (`ha_dpo.cache.build.random_state_kept`)."""
         dataset, collator = self.train_dataset, self.data_collator
         self.train_dataset, self.data_collator = _Indices(len(dataset)), list
         try:
