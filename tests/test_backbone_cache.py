@@ -148,6 +148,27 @@ def test_training_starts_from_the_random_state_it_would_have_without_a_cache(bas
     assert (numpy_plain == numpy_cached).all()
 
 
+def test_pairs_the_first_epoch_leaves_out_are_built_too(base_and_data, tmp_path, capsys, monkeypatch):
+    """--dataloader_drop_last drops the first epoch's last, short batch; a later epoch may serve its pairs."""
+    from ha_dpo.trainer.trainer import TrainableOnlyTrainer
+
+    base, data = base_and_data
+    pope_only = (base, data[:2] + data[4:])  # the 3 usable pope pairs, each once: a batch of 2, 1 left out
+    first_epoch, real_batches = [], TrainableOnlyTrainer.first_epoch_batches
+
+    def recorded(trainer):
+        first_epoch.append(real_batches(trainer))
+        return first_epoch[-1]
+
+    monkeypatch.setattr(TrainableOnlyTrainer, "first_epoch_batches", recorded)
+    dropping = ["--dataloader_drop_last", "True", "--per_device_train_batch_size", "2", "--max_steps", "-1",
+                "--num_train_epochs", "2", "--backbone_cache", str(tmp_path / "cache")]  # fmt: skip
+    train(flags(pope_only, tmp_path / "run", *dropping), capsys)
+    assert [len(batch) for batch in first_epoch[0]] == [2]
+    _, printed = train(flags(pope_only, tmp_path / "again", "--backbone_cache", str(tmp_path / "cache")), capsys)
+    assert "all 3 pairs are there" in printed
+
+
 @pytest.mark.slow
 def test_transformer_block_reads_the_prompt_states_a_cache_stores_for_it(base_and_data, tmp_path, capsys):
     variant = ["--post_decoder_variant", "transformer_block"]

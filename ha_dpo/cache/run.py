@@ -72,7 +72,15 @@ def use_backbone_cache(trainer, kind: str, tokenizer, image_processor, conv_mode
     with random_state_kept():
         batches = trainer.first_epoch_batches()
         built, seconds = timed(build, model, source, store, batches, writer, prepare, autocast, show)
-    trainer.accelerator.wait_for_everyone()  # every rank's shards are complete before any rank reads them
+        trainer.accelerator.wait_for_everyone()  # every rank's shards are complete before any rank reads them
+        store.refresh()
+        # What the first epoch did not hold (--dataloader_drop_last leaves out its last pairs; a later epoch may
+        # serve them): the ranks share it out alike, since all of them see the same shards now.
+        absent = [index for index in range(len(source)) if any(key not in store for key in source.keys_of(index))]
+        size, mine = max(map(len, batches), default=1), absent[args.process_index :: args.world_size]
+        leftover = [mine[start : start + size] for start in range(0, len(mine), size)]
+        built += build(model, source, store, leftover, writer, prepare, autocast)
+        trainer.accelerator.wait_for_everyone()
     store.refresh()
     absent = sum(any(key not in store for key in source.keys_of(index)) for index in range(len(source)))
     if absent:
