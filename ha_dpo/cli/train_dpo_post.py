@@ -6,9 +6,11 @@
         --tune_post_decoder True --bf16 True --output_dir runs/stage1 --per_device_train_batch_size 4 \\
         --learning_rate 2e-4 --beta 0.1 --num_train_epochs 1
 
-Also runs under `python` and `torchrun`, and installed as `post-decoder-train-dpo`. `--help` lists every
-flag; `--config FILE` reads a JSON recipe of them (flags given beside it override it). Bad input (a flag,
-a file, an output folder) stops with one line and exit code 2; `--debug` shows the traceback instead.
+`--backbone_cache DIR` computes the frozen backbone's outputs once and reads them in every later epoch and
+run (ha_dpo/cache). Also runs under `python` and `torchrun`, and installed as `post-decoder-train-dpo`.
+`--help` lists every flag; `--config FILE` reads a JSON recipe of them (flags given beside it override it).
+Bad input (a flag, a file, an output folder) stops with one line and exit code 2; `--debug` shows the
+traceback instead.
 
 From Python, `train_dpo(model_args, data_args, training_args)` is the same run (`arguments_from` builds
 the arguments from a recipe's settings).
