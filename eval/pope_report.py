@@ -30,15 +30,16 @@ def write_metrics(metrics_by_set: dict[str, dict], path: str):
 
 def format_table(runs: dict[str, dict[str, dict]]) -> str:
     """runs: run name -> set -> metrics (fractions). Printed as percentages."""
-    header = f"{'run':<16}{'set':<13}" + "".join(f"{name:>11}" for name in METRICS) + f"{'TP/FP/TN/FN':>22}"
+    width = max([16] + [len(run) + 2 for run in runs])  # long run names (the ablation's) keep their column
+    header = f"{'run':<{width}}{'set':<13}" + "".join(f"{name:>11}" for name in METRICS) + f"{'TP/FP/TN/FN':>22}"
     lines = [header, "-" * len(header)]
     for run, metrics_by_set in runs.items():
         for set_name, metrics in metrics_by_set.items():
             counts = "/".join(str(metrics[key]) for key in ("tp", "fp", "tn", "fn"))
             values = "".join(f"{100 * metrics[name]:>11.2f}" for name in METRICS)
-            lines.append(f"{run:<16}{set_name:<13}{values}{counts:>22}")
+            lines.append(f"{run:<{width}}{set_name:<13}{values}{counts:>22}")
         if len(metrics_by_set) > 1:
-            lines.append(f"{run:<16}{'mean F1':<13}{'':>33}{100 * mean_f1(metrics_by_set):>11.2f}")
+            lines.append(f"{run:<{width}}{'mean F1':<13}{'':>33}{100 * mean_f1(metrics_by_set):>11.2f}")
     return "\n".join(lines)
 
 
