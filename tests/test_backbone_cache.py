@@ -24,7 +24,7 @@ from ha_dpo.cache.identity import MANIFEST, backbone_fingerprint, config_digest
 from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.families.llava import LlavaPostDecoderForConditionalGeneration
 from post_decoder.families.llava.tiny import save_llava_hf
-from tests.helpers import add_noise, named, with_block
+from tests.helpers import add_noise, free_port, named, with_block
 from tests.helpers.data_files import write_hadpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -328,14 +328,6 @@ def test_a_batch_mostly_missing_runs_whole_and_the_few_missing_pairs_of_other_ba
     # [8, 9, 10, 11] and [3, 16, 17, 18] miss half or more: they run as training runs them; 3 (in the last
     # one too) and 7, alone in their batches, would run together: 7 does; [12 .. 15] runs nothing.
     assert batches_to_run(batches, FakeSource(), held) == [[8, 9, 10, 11], [3, 16, 17, 18], [7]]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run(command):

@@ -10,7 +10,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -31,7 +30,7 @@ from post_decoder.families.llava.conversation import question_prompt, tokenize_w
 from post_decoder.families.llava.image_processing import load_image_processor
 from post_decoder.families.llava.tiny import clip_preprocessor_config
 from post_decoder.images import open_image, preprocess_images
-from tests.helpers import add_noise, eos_banned, with_block
+from tests.helpers import add_noise, eos_banned, free_port, with_block
 from tests.helpers.charts import BLUE, assert_bars_show, chart_pixels
 from tests.test_chair_scoring import ANNOTATIONS, write_coco
 
@@ -324,13 +323,6 @@ def test_bad_flags_exit_2_in_one_line(workspace, tmp_path, capsys, extra, messag
     assert exit_info.value.code == 2
     assert error.startswith("chair_eval_post.py: error: ") and message in error and error.count("\n") == 1
     assert not os.path.exists(tmp_path / "a.jsonl")
-
-
-def free_port() -> int:
-    """A port no one listens on (other test runs may share the machine)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 
 import gradio as gr
@@ -34,17 +33,11 @@ from post_decoder.families.llava.image_processing import load_image_processor
 from post_decoder.families.llava.tiny import clip_preprocessor_config, save_llava_hf
 from post_decoder.images import preprocess_images
 from post_decoder.saving import save_model_folder
-from tests.helpers import with_block
+from tests.helpers import free_port, with_block
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MAX_NEW_TOKENS = 8
 QUESTION = "Is there a dog in the image?"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -39,9 +39,27 @@ ALL_GATHER_LINE = (
 EXPECTED = ("Setting accelerator to CPU", "Gradient accumulation steps mismatch", "'pin_memory'", "all_gather_into")
 
 
+MAKE_SETTINGS = (
+    "VENV",
+    "PYTHON",
+    "TORCH_VERSION",
+    "TORCH_INDEX",
+    "EXTRAS",
+    "PINS",
+    "OUT",
+    "QUICKSTART_ARGS",
+    "PYTEST_ARGS",
+)
+
+
 def dry_run(*arguments: str) -> list[str]:
     """The commands `make -n` would run (nothing is run)."""
-    result = subprocess.run([MAKE, "-n", *arguments], cwd=ROOT, capture_output=True, text=True, check=True)
+    # Under `make test` (CI) the parent make hands its settings down (MAKEFLAGS, exported VENV=...): start clean.
+    inherited = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", *MAKE_SETTINGS}
+    environment = {name: value for name, value in os.environ.items() if name not in inherited}
+    result = subprocess.run(
+        [MAKE, "-n", *arguments], cwd=ROOT, env=environment, capture_output=True, text=True, check=True
+    )
     return result.stdout.splitlines()
 
 
@@ -261,7 +279,7 @@ def test_two_deepspeed_ranks_on_the_cpu_print_none_of_the_expected_messages(tiny
     """Each rank would print DeepSpeed's CPU line, the pin_memory and all_gather warnings, and rank 0
     accelerate's mismatch (gradient accumulation 2). The launcher's own two CPU lines are DeepSpeed's
     process, not ours: `DS_ACCELERATOR=cpu deepspeed ...` (README) silences them."""
-    from tests.test_train_cli import free_port
+    from tests.helpers import free_port
 
     _, flags = tiny_run
     logs = tmp_path / "rank_logs"

@@ -12,6 +12,7 @@ from eval.answering import PrefixCachedAnswerer
 from eval.pope_report import main as report_main
 from eval.pope_scoring import score_answers
 from post_decoder.errors import InputError
+from tests.helpers import free_port
 from tests.helpers.charts import BLUE, ORANGE, assert_pope_chart
 from tests.helpers.pope_workspace import cli_args, read_lines
 
@@ -130,7 +131,7 @@ def test_torchrun_on_two_processes_writes_the_same_answers_as_one(pope_workspace
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(free_port()),
         os.path.join(ROOT, "eval", "pope_eval_post.py"),
         *cli_args(pope_workspace, two),
     ]

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.builder import load_pretrained_model
 from post_decoder.families.llava.tiny import save_llava_hf
-from tests.helpers import named
+from tests.helpers import free_port, named
 from tests.helpers.charts import assert_curve_panels
 from tests.helpers.data_files import write_hadpo, write_llava
 
@@ -64,15 +64,6 @@ def run(command, **kwargs):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kwargs)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-20000:]
     return result.stdout + result.stderr
-
-
-def free_port() -> int:
-    """A port no other test run holds now (a fixed one collides when two runs of the suite overlap)."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def merge(stage, model, trained, output):

@@ -3,6 +3,7 @@ Fixtures live in tests/conftest.py; the data sets, the POPE workspace, the prefe
 chart checks in this package's modules."""
 
 import os
+import socket
 from contextlib import contextmanager
 
 import pytest
@@ -89,3 +90,10 @@ def eos_banned(model):
 def named(name):
     """A `msg` for torch.testing.assert_close that puts `name` (a weight, a field) before its report."""
     return lambda report: f"{name}: {report}"
+
+
+def free_port() -> int:
+    """A port no one listens on now (multi-process tests; other runs may share the machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
