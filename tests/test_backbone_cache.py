@@ -22,9 +22,9 @@ from ha_dpo.cache import run as cache_run
 from ha_dpo.cache import store as store_module
 from ha_dpo.cache.identity import MANIFEST, backbone_fingerprint, config_digest
 from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
-from post_decoder.families.llava import LlavaPostDecoderForConditionalGeneration
 from post_decoder.families.llava.tiny import save_llava_hf
 from tests.helpers import add_noise, free_port, named, with_block
+from tests.helpers.backbone_cache import BackboneCalls, assert_same_weights
 from tests.helpers.data_files import write_hadpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,19 +50,6 @@ def flags(base_and_data, output_dir, *extra, stage="1", steps=4):
             *extra]  # fmt: skip
 
 
-class BackboneCalls:
-    """Counts the backbone passes of every model (patched on the class: the CLI loads its own model)."""
-
-    def __init__(self, monkeypatch):
-        self.count, real = 0, LlavaPostDecoderForConditionalGeneration.backbone_forward
-
-        def counted(model, *args, **kwargs):
-            self.count += 1
-            return real(model, *args, **kwargs)
-
-        monkeypatch.setattr(LlavaPostDecoderForConditionalGeneration, "backbone_forward", counted)
-
-
 def train(argv, capsys=None):
     """The training command in this process; returns (trained tensors, what it printed)."""
     from ha_dpo.cli.train_dpo_post import main
@@ -71,12 +58,6 @@ def train(argv, capsys=None):
     output = capsys.readouterr().out if capsys is not None else ""
     output_dir = argv[argv.index("--output_dir") + 1]
     return load_file(os.path.join(output_dir, TRAINABLE_WEIGHTS)), output
-
-
-def assert_same_weights(one, two):
-    assert set(one) == set(two)
-    for name in one:
-        assert torch.equal(one[name], two[name]), f"{name}: max |difference| {(one[name] - two[name]).abs().max()}"
 
 
 def assert_close_updates(one, two, relative):

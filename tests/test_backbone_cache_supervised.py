@@ -12,8 +12,8 @@ from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from ha_dpo.trainer.trainer import SupervisedModel
 from post_decoder.families.llava.tiny import save_llava_hf
 from tests.helpers import add_noise, image_batch, with_block
+from tests.helpers.backbone_cache import BackboneCalls, assert_same_weights
 from tests.helpers.data_files import write_llava
-from tests.test_backbone_cache import BackboneCalls, assert_same_weights
 
 
 @pytest.mark.parametrize("variant", ["post_interaction", "no_cross_attn", "transformer_block"])

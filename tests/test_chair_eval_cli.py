@@ -32,7 +32,7 @@ from post_decoder.families.llava.tiny import clip_preprocessor_config
 from post_decoder.images import open_image, preprocess_images
 from tests.helpers import add_noise, eos_banned, free_port, with_block
 from tests.helpers.charts import BLUE, assert_bars_show, chart_pixels
-from tests.test_chair_scoring import ANNOTATIONS, write_coco
+from tests.helpers.coco import ANNOTATIONS, write_coco
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "Please describe this image in detail."
