@@ -37,8 +37,8 @@ from eval.chair_images import (
 from eval.chair_report import format_table, plot_chart, score_file, write_details
 from eval.description_files import merge_descriptions, read_descriptions
 from eval.description_generation import CHAIR_MAX_NEW_TOKENS, DESCRIPTION_PROMPT, BatchedDescriber
-from eval.pope_eval_post import _barrier, _coco_path_hint, _gather
 from eval.pope_report import write_metrics
+from eval.run_helpers import barrier, coco_path_hint, gather
 from post_decoder.builder import load_pretrained_model
 from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
@@ -112,7 +112,7 @@ def choose_images(args):
     if not pool:
         raise InputError(
             f"--coco_path {args.coco_path}: none of the images listed in {', '.join(listed)} is in it"
-            f"{_coco_path_hint(args.coco_path)}"
+            f"{coco_path_hint(args.coco_path)}"
         )
     images = sample_images(pool, args.num_images, args.seed)
     return images, (args.seed, len(images), ids_fingerprint(images))
@@ -122,7 +122,7 @@ def image_error(image, args, problem: str, others: int = 0) -> InputError:
     more = f" (and {others} more of the chosen images)" if others else ""
     return InputError(
         f"image {os.path.join(args.coco_path, image.file_name)} {problem} (image_id {image.image_id}, listed in "
-        f"{image.listed_in}){more}{_coco_path_hint(args.coco_path)}; pass --skip-missing to count and skip such images"
+        f"{image.listed_in}){more}{coco_path_hint(args.coco_path)}; pass --skip-missing to count and skip such images"
     )
 
 
@@ -204,7 +204,7 @@ def main(argv=None):
             check_same_settings(args.answers_file, settings)
             merge_descriptions(args.answers_file)  # one clean file (a torn last line dropped) before anyone appends
         write_settings(args.answers_file, settings)
-    _barrier(world_size)
+    barrier(world_size)
 
     done = read_descriptions(existing_paths(args.answers_file)) if resuming else {}
     left_out = {image.image_id for image in missing} | set(done)
@@ -214,12 +214,12 @@ def main(argv=None):
         unreadable = describe_images(describer, pending[rank::world_size], args, writer, rank == 0)
     finally:
         writer.close()
-    skipped = missing + _gather(unreadable, world_size)
+    skipped = missing + gather(unreadable, world_size)
     metrics = None
     if rank == 0:
         merge_descriptions(args.answers_file)
         metrics = report(args, skipped)
-    _barrier(world_size)
+    barrier(world_size)
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return metrics

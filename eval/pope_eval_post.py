@@ -36,6 +36,7 @@ from eval.answering import LLAVA_MAX_NEW_TOKENS, PrefixCachedAnswerer
 from eval.pope_questions import POPE_SETS, SET_ALIASES, pope_file, read_questions
 from eval.pope_report import format_table, mean_f1, plot_chart, write_metrics
 from eval.pope_scoring import score_answers
+from eval.run_helpers import barrier, coco_path_hint, gather
 from post_decoder.builder import load_pretrained_model
 from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
@@ -142,7 +143,7 @@ def image_error(args, question_sets, image_name: str, problem: str) -> InputErro
     )  # fmt: skip
     return InputError(
         f"image {os.path.join(args.coco_path, image_name)} {problem} (question_id {question['question_id']} of "
-        f"{pope_file(args.pope_path, set_name)} asks about it){_coco_path_hint(args.coco_path)}; "
+        f"{pope_file(args.pope_path, set_name)} asks about it){coco_path_hint(args.coco_path)}; "
         "pass --skip-missing to count and skip such images"
     )
 
@@ -174,11 +175,6 @@ def answer_images(answerer, images, pending, args, writer, show_progress, questi
                 }
             )
     return unreadable
-
-
-def _coco_path_hint(coco_path: str) -> str:
-    inner = os.path.join(coco_path, "val2014")
-    return f" (--coco_path is the images' own folder: {inner}?)" if os.path.isdir(inner) else ""
 
 
 def score_sets(question_sets, answers, missing_images=(), pope_path=None) -> dict[str, dict]:
@@ -279,7 +275,7 @@ def main(argv=None):
             check_same_settings(args.answers_file, settings)
             merge_answers(args.answers_file)  # one clean file (a torn last line dropped) before anyone appends
         write_settings(args.answers_file, settings)
-    _barrier(world_size)
+    barrier(world_size)
 
     done = read_answers(existing_paths(args.answers_file)) if resuming else {}
     pending = pending_by_image(question_sets, done)
@@ -289,27 +285,14 @@ def main(argv=None):
         unreadable = answer_images(answerer, my_images, pending, args, writer, rank == 0, question_sets)
     finally:
         writer.close()
-    missing = missing + _gather(unreadable, world_size)
+    missing = missing + gather(unreadable, world_size)
     if rank == 0:
         answers = merge_answers(args.answers_file)
         metrics = report(question_sets, answers, args, os.path.basename(os.path.normpath(args.model_path)), missing)
-    _barrier(world_size)
+    barrier(world_size)
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return metrics if rank == 0 else None
-
-
-def _barrier(world_size):
-    if world_size > 1:
-        torch.distributed.barrier()
-
-
-def _gather(items: list, world_size: int) -> list:
-    if world_size == 1:
-        return items
-    gathered = [None] * world_size
-    torch.distributed.all_gather_object(gathered, items)
-    return [item for part in gathered for item in part]
 
 
 def command():
