@@ -47,10 +47,11 @@ venv:
 quickstart: venv
 	$(VENV_PYTHON) -m ha_dpo.toy.quickstart --out $(OUT) $(QUICKSTART_ARGS)
 
-# The test extra holds every other extra's packages too.
+# The test extra holds every other extra's packages too. The environment's bin/ goes first on PATH for
+# pytest: the multi-process tests launch its `deepspeed` and `torchrun`.
 test: EXTRAS = test
 test: venv
 	$(VENV_PYTHON) -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 	$(VENV_PYTHON) -m ruff check .
 	$(VENV_PYTHON) -m ruff format --check .
-	$(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV_PYTHON) -m pytest -q $(PYTEST_ARGS) tests

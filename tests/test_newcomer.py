@@ -104,7 +104,8 @@ def test_make_test_installs_the_test_extra_then_lints_and_runs_the_suite():
         r'pip install -q -e "\.\[test\]"\s*$',
         r"^\.venv/bin/python -m ruff check \.$",
         r"^\.venv/bin/python -m ruff format --check \.$",
-        r"^\.venv/bin/python -m pytest -q -m 'not slow' tests$",
+        # the environment's bin/ first, so the DeepSpeed tests find its launcher (else they skip)
+        r"^PATH=\"/\S+/\.venv/bin:\$PATH\" \.venv/bin/python -m pytest -q -m 'not slow' tests$",
     ]
     positions = [index_of(lines, step) for step in steps]
     assert positions == sorted(positions)
