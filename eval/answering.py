@@ -1,10 +1,12 @@
 """Greedy answers to many questions about one image, with the image's prompt prefix computed once.
 
 Every POPE prompt of an image starts with the same tokens: the system text, "USER: " and the
-image's 576 tokens. That prefix (and the block's vision keys/values) is computed once; each batch
+image's 576 tokens (LLaVA-1.5; Qwen-VL: its chat template's head and the image's own number of tokens,
+from its grid). That prefix (and the block's vision keys/values) is computed once; each batch
 of questions continues from a copy of its KV cache. The questions' own tokens are left-padded
-after the prefix with explicit position ids, so each answer is the one `generate` gives the
-question alone. Greedy decoding stops a row at `</s>` (the model's EOS) and the batch when every
+after the prefix with explicit position ids, numbered on from the prefix's own positions (the family's:
+1-D, or Qwen-VL's M-RoPE, whose text after an image starts past the image's grid), so each answer is the one
+`generate` gives the question alone. Greedy decoding stops a row at `</s>` (the model's EOS) and the batch when every
 row has stopped, so a large `max_new_tokens` (LLaVA's 128) costs nothing for one-word answers.
 """
 
@@ -15,7 +17,7 @@ import torch
 from post_decoder.compat import CACHE_KWARG, output_cache
 from post_decoder.errors import InputError
 from post_decoder.family import family_for
-from post_decoder.images import pixel_values
+from post_decoder.images import model_image_inputs, pixel_values
 
 LLAVA_MAX_NEW_TOKENS = 128  # LLaVA's model_vqa_loader.py default
 
@@ -44,30 +46,47 @@ class PrefixCachedAnswerer:
         self.prompt_suffix = prompt_suffix
         self.conv_mode = conv_mode or self.family.default_conv_mode
 
-    def prompt_ids(self, question: str, image=None) -> list[int]:
-        """`image`: the question's image, for a family whose image-token count depends on it (None: not at hand)."""
+    def prompt_ids(self, question: str, image=None, image_tokens: list[int] | None = None) -> list[int]:
+        """The question's prompt ids, its image's placeholder expanded to `image_tokens` (from
+        `image_inputs`), else to `image`'s count under the processor's resize rule (None: not at hand)."""
         prompt = self.family.question_prompt(question, suffix=self.prompt_suffix, conv_mode=self.conv_mode)
         images = None if image is None else [image]
-        return self.family.tokenize_prompt(prompt, self.tokenizer, self.model.config, images=images)
+        return self.family.tokenize_prompt(
+            prompt, self.tokenizer, self.model.config, images, self.image_processor, image_tokens
+        )
+
+    def image_inputs(self, image) -> dict[str, torch.Tensor]:
+        """The model's inputs for one image (the family's: LLaVA's `pixel_values`, Qwen-VL's with its grid)."""
+        return model_image_inputs(self.model, self.image_processor, [image])
 
     def pixel_values(self, image) -> torch.Tensor:
+        """For a family whose image inputs are pixel values only (LLaVA-1.5)."""
         return pixel_values(self.model, self.image_processor, [image])
 
     @torch.no_grad()
     def answer(self, image, questions: list[str]) -> list[str]:
-        sequences = [self.prompt_ids(question, image) for question in questions]
+        image_inputs = self.image_inputs(image)
+        counts = self.family.image_token_counts(self.model.config, image_inputs)
+        sequences = [self.prompt_ids(question, image_tokens=counts) for question in questions]
         prefix_length = _shared_prefix_length(sequences)
         prefix = torch.tensor([sequences[0][:prefix_length]], device=self.model.device)
+        prefix_mask = torch.ones_like(prefix)
+        prefix_positions = self.family.prompt_position_ids(self.model, prefix, prefix_mask, image_inputs)
         prefix_output = self.model(
-            input_ids=prefix, pixel_values=self.pixel_values(image), use_cache=True, logits_to_keep=1
+            input_ids=prefix,
+            attention_mask=prefix_mask,
+            position_ids=prefix_positions,
+            **image_inputs,
+            use_cache=True,
+            logits_to_keep=1,
         )
         answers = []
         for start in range(0, len(sequences), self.batch_size):
             batch = [ids[prefix_length:] for ids in sequences[start : start + self.batch_size]]
-            answers.extend(self._continue(prefix, prefix_output, batch))
+            answers.extend(self._continue(prefix, prefix_positions, prefix_output, batch))
         return answers
 
-    def _continue(self, prefix: torch.Tensor, prefix_output, suffixes: list[list[int]]) -> list[str]:
+    def _continue(self, prefix: torch.Tensor, prefix_positions, prefix_output, suffixes: list[list[int]]) -> list[str]:
         count, prefix_length = len(suffixes), prefix.shape[1]
         longest = max(map(len, suffixes))
         pad = self.tokenizer.pad_token_id
@@ -82,8 +101,9 @@ class PrefixCachedAnswerer:
         suffix_mask = torch.tensor(masks, device=device)
         attention_mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         # A suffix's padding takes its first token's position: each row continues the prefix as if alone.
-        positions = self.family.position_ids(prefix_mask), self.family.position_ids(suffix_mask, prefix_mask)
-        position_ids = torch.cat(positions, dim=1)
+        prefix_positions = prefix_positions.expand(*prefix_positions.shape[:-2], count, -1)
+        suffix_positions = self.family.continued_position_ids(suffix_mask, prefix_positions, prefix_mask)
+        position_ids = torch.cat([prefix_positions, suffix_positions], dim=-1)
         cache = copy.deepcopy(output_cache(prefix_output))
         cache.batch_repeat_interleave(count)
         extra = {}

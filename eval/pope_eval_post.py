@@ -1,4 +1,4 @@
-"""POPE evaluation of LLaVA-1.5, with or without a post-decoder block.
+"""POPE evaluation of any registered family's model (LLaVA-1.5, Qwen-VL), with or without a post-decoder block.
 
     torchrun --nproc_per_node 8 eval/pope_eval_post.py --model-path runs/stage1/merged \\
         --pope_path POPE/output/coco --coco_path coco/val2014 --set all \\
@@ -10,6 +10,8 @@ Ranks take every world_size-th image; rank 0 merges the answers and scores them.
 
 Protocols: LLaVA's own (scripts/v1_5/eval/pope.sh) is `--conv-mode vicuna_v1` with the suffix
 LLAVA_SUFFIX; HA-DPO's (ha_dpo/models/llava-v1_5/pope_eval.py) is `--conv-mode llava_v1` with none.
+Without --conv-mode the model's family's own template is used (LLaVA-1.5: vicuna_v1; Qwen-VL: its chat template).
+`--min_pixels` / `--max_pixels` reach a dynamic-resolution family's image processor (Qwen-VL's).
 `--resume` continues only the answers of the same weights and settings (eval/answer_provenance.py).
 """
 
@@ -40,7 +42,7 @@ from eval.run_helpers import barrier, coco_path_hint, gather
 from post_decoder.builder import load_pretrained_model
 from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
-from post_decoder.family import conv_modes, default_conv_mode
+from post_decoder.family import conv_modes
 from post_decoder.images import open_image
 
 LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -66,9 +68,19 @@ def parse_args(argv=None):
     parser.add_argument(
         "--conv-mode",
         choices=tuple(conv_modes()),
-        default=default_conv_mode(),
-        help="LLaVA's template: vicuna_v1 (LLaVA's own POPE script) or llava_v1 (HA-DPO's)",
+        default=None,
+        help="the prompt template (default: the model family's own). LLaVA-1.5: vicuna_v1 (LLaVA's own POPE "
+        "script, the default) or llava_v1 (HA-DPO's)",
     )
+    for bound in ("min", "max"):
+        parser.add_argument(
+            f"--{bound}_pixels",
+            f"--{bound}-pixels",
+            dest=f"{bound}_pixels",
+            type=int,
+            default=None,
+            help=f"Qwen-VL: the image processor's {bound}imum pixels per image (default: the model folder's)",
+        )
     parser.add_argument("--prompt-suffix", default="", help=f"HA-DPO's protocol: empty; LLaVA's: {LLAVA_SUFFIX!r}")
     parser.add_argument(
         "--max-new-tokens",
@@ -90,6 +102,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not args.score_only and not (args.model_path and args.coco_path):
         parser.error("--model-path and --coco_path are needed unless --score-only")
+    for flag in ("min_pixels", "max_pixels"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise InputError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     for flag in ("batch_size", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
@@ -256,7 +271,12 @@ def main(argv=None):
 
     dtype = DTYPES[args.dtype] if args.dtype else None
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path, args.model_base, device=device, dtype=dtype
+        args.model_path,
+        args.model_base,
+        device=device,
+        dtype=dtype,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
     )
     answerer = PrefixCachedAnswerer(
         model, tokenizer, image_processor, args.max_new_tokens, args.batch_size, args.prompt_suffix, args.conv_mode
@@ -265,7 +285,7 @@ def main(argv=None):
         settings = AnswerSettings(
             weights=weights_fingerprint(model),
             dtype=str(model.dtype).removeprefix("torch."),
-            conv_mode=args.conv_mode,
+            conv_mode=answerer.conv_mode,
             prompt_suffix=args.prompt_suffix,
             max_new_tokens=args.max_new_tokens,
             model_path=args.model_path,

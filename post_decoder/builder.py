@@ -43,13 +43,19 @@ def load_pretrained_model(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     post_decoder: str | PostDecoderConfig | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ):
-    """Returns `(tokenizer, model, image_processor, context_len)`.
+    """Returns `(tokenizer, model, image_processor, context_len)`. The image processor is the family's: LLaVA-1.5's
+    `pad` CLIP processor; for Qwen-VL the image processor alone (`Qwen2VLImageProcessorPil`, read from the folder's
+    preprocessor_config.json), not the full `AutoProcessor` (the prompt is the family's, `post_decoder.family`).
 
     post_decoder: a variant name or a `PostDecoderConfig` attaches a new block at its identity
         initialisation; `None` keeps whatever the checkpoint holds (no block for a plain LLaVA).
     model_name: accepted for LLaVA compatibility; the format is read from the files, not the name.
     dtype: defaults to float16 on CUDA and float32 on the CPU, as LLaVA's builder.
+    min_pixels, max_pixels: the image processor's resize bounds (Qwen-VL's; None: the folder's own). A family
+        with one image size refuses them.
     """
     if load_8bit or load_4bit:
         raise NotImplementedError("8-bit and 4-bit loading are not supported yet; load in float16 or bfloat16")
@@ -85,7 +91,10 @@ def load_pretrained_model(
         )
 
     family = family_for_checkpoint(raw_config, full_path)
-    tokenizer, model, image_processor = family.load(full_path, raw_config, dtype, device_map)
+    image_options = {
+        name: value for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value is not None
+    }
+    tokenizer, model, image_processor = family.load(full_path, raw_config, dtype, device_map, **image_options)
     if block_config is not None:
         model.attach_post_decoder(block_config)
         load_post_decoder_weights(model.post_decoder, model_path)

@@ -14,11 +14,16 @@ that registers an instance of a `BackboneFamily` subclass (`register_family`) an
       `forward` is `lm_head(block(h, v))`; `attach_post_decoder`; the attribute `post_decoder` (None:
       no block), and `generation_module` names the module whose `generate` steps carry the block's
       state (`BlockGenerationMixin`);
-  [ ] `position_ids`: positions of prompt tokens, or of tokens continuing a cached prompt (1-D RoPE
-      for LLaVA; 3-D M-RoPE for Qwen-VL);
-  [ ] the prompt: `conv_modes`, `conversation`, `question_prompt`, `tokenize_with_image`,
-      `image_token_id`, `image_token_count` (per image: Qwen-VL's count depends on the image's size);
-  [ ] loading: `claims` (a checkpoint's config.json), `load` (tokenizer, model, image processor);
+  [ ] positions: `prompt_position_ids` (a left-padded prompt's, from its tokens and images: 1-D RoPE for
+      LLaVA, 3-D M-RoPE for Qwen-VL, whose image positions follow each image's grid) and
+      `continued_position_ids` (tokens continuing a cached prompt, numbered on from that prompt's positions,
+      never from its mask alone);
+  [ ] images: `image_inputs` (a batch's PIL images -> the model's keyword inputs), `image_token_counts`
+      (each image's placeholder count, read from those inputs), `image_token_count` (one image's count
+      without its pixels: for data length checks);
+  [ ] the prompt: `conv_modes`, `conversation`, `question_prompt`, `tokenize_with_image`, `image_token_id`;
+  [ ] loading: `claims` (a checkpoint's config.json), `load` (tokenizer, model, image processor; image options
+      such as Qwen-VL's `min_pixels`/`max_pixels` for a family whose processor takes them);
   [ ] `lora_targets` and `modules_trained_with_lora` (the projector under --tune_mm_mlp_adapter);
   [ ] `key_layout`: the checkpoint key layouts it reads and rewrites (`KeyLayout`), `head_key`,
       `backbone_config` and `config_with_block` for replace_bin;
@@ -33,6 +38,7 @@ import torch
 from transformers import Cache
 
 from .errors import InputError
+from .images import preprocess_images
 
 DEFAULT_FAMILY = "llava"  # the model_type whose family answers when nothing names one (a CLI's default template)
 
@@ -84,6 +90,21 @@ def pack_images_per_sample(
     return packed, mask
 
 
+def next_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B]: the position the token after each row's prompt takes: its largest real position (on any axis of
+    [A, B, P] positions) + 1. `attention_mask` [B, P] (or [B, more]: its last P columns are the prompt's)."""
+    positions = position_ids if position_ids.dim() == 3 else position_ids.unsqueeze(0)
+    real = attention_mask[:, -positions.shape[-1] :].bool().unsqueeze(0).expand_as(positions)
+    return positions.masked_fill(~real, -1).amax(dim=(0, 2)) + 1
+
+
+def continue_positions(attention_mask: torch.Tensor, start: torch.Tensor, axes: int | None = None) -> torch.Tensor:
+    """Positions of the tokens `attention_mask` [B, T] covers, row b numbered on from `start[b]` (left padding
+    takes the first real token's position): [B, T], or [axes, B, T] with the same numbers on every axis."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + start.to(attention_mask.device).view(-1, 1)
+    return positions if axes is None else positions.unsqueeze(0).expand(axes, -1, -1).contiguous()
+
+
 @dataclass(frozen=True)
 class KeyLayout:
     """One way a family's checkpoints name their tensors: prefix renames to and from our model's names
@@ -128,13 +149,35 @@ class BackboneFamily(ABC):
     def position_ids(
         self, attention_mask: torch.Tensor, past_attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Position ids [B, T] of the tokens `attention_mask` [B, T] covers (left padding takes the first real
-        token's position), after a cached prompt whose mask is `past_attention_mask` [B, P]: 1-D RoPE's.
-        A family with other positions (Qwen-VL's 3-D M-RoPE) overrides this."""
+        """1-D RoPE's position ids [B, T] of the tokens `attention_mask` [B, T] covers (left padding takes the first
+        real token's position), after a cached prompt whose mask is `past_attention_mask` [B, P]. A shortcut for
+        families whose positions are the count of real tokens (LLaVA); code for any family calls
+        `prompt_position_ids` and `continued_position_ids`."""
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         if past_attention_mask is not None:
             positions = positions + past_attention_mask.long().sum(-1, keepdim=True)
         return positions
+
+    def prompt_position_ids(
+        self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_inputs: dict | None = None
+    ) -> torch.Tensor:
+        """Position ids of a (left-padded) prompt, as the model's forward takes them: [B, T] for 1-D RoPE (this
+        default: the count of real tokens before each one), [3, B, T] for Qwen-VL's M-RoPE (from `input_ids`'
+        image placeholders and `image_inputs`' grids). `image_inputs`: what `image_inputs` gave for the prompt's
+        images, in order (None: no image)."""
+        return self.position_ids(attention_mask)
+
+    def continued_position_ids(
+        self, attention_mask: torch.Tensor, prompt_position_ids: torch.Tensor, prompt_attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Position ids of the tokens `attention_mask` [B, T] covers when they continue a cached prompt whose
+        positions were `prompt_position_ids` ([B, P] or [A, B, P], what `prompt_position_ids` gave) and mask
+        `prompt_attention_mask` [B, P]: each row numbered on from its prompt's largest real position + 1, on every
+        axis (left padding takes the first real token's position). The shape follows the prompt's: [B, T] or
+        [A, B, T]. Correct for any family whose text positions advance by one on every axis (LLaVA, Qwen-VL)."""
+        axes = prompt_position_ids.shape[0] if prompt_position_ids.dim() == 3 else None
+        start = next_positions(prompt_position_ids, prompt_attention_mask)
+        return continue_positions(attention_mask, start, axes)
 
     # --- the prompt ---
 
@@ -153,23 +196,48 @@ class BackboneFamily(ABC):
         """Token ids of `prompt`, each image placeholder expanded to `image_tokens` ids (a list: one count per
         image, in order). Data code tokenizes with 1 and expands later."""
 
-    def tokenize_prompt(self, prompt: str, tokenizer, config, images: list | None = None) -> list[int]:
-        """Token ids of `prompt` as the model takes them: each image placeholder expanded to
-        `image_token_count` of its image (`images`, in order; None: not at hand)."""
-        if images is None:
-            counts = self.image_token_count(config)
-        else:
-            counts = [self.image_token_count(config, image) for image in images]
-        return self.tokenize_with_image(prompt, tokenizer, self.image_token_id(config), counts)
+    def tokenize_prompt(
+        self,
+        prompt: str,
+        tokenizer,
+        config,
+        images: list | None = None,
+        image_processor=None,
+        image_tokens: list[int] | None = None,
+    ) -> list[int]:
+        """Token ids of `prompt` as the model takes them, each image placeholder expanded to its image's count:
+        `image_tokens` (from `image_token_counts`, the counts the model will check) when given, else each of
+        `images`' `image_token_count` (under `image_processor`'s resize rule), else the count of an image not yet
+        seen (which a family whose count varies refuses)."""
+        if image_tokens is None:
+            if images is None:
+                image_tokens = self.image_token_count(config)
+            else:
+                image_tokens = [self.image_token_count(config, image, image_processor) for image in images]
+        return self.tokenize_with_image(prompt, tokenizer, self.image_token_id(config), image_tokens)
 
     @abstractmethod
     def image_token_id(self, config) -> int:
         """The id that marks image positions in `input_ids`."""
 
     @abstractmethod
-    def image_token_count(self, config, image=None) -> int:
-        """How many tokens `image` (a PIL image) takes in the prompt; None: the count for an image not yet
-        seen, which a family whose count varies refuses."""
+    def image_token_count(self, config, image=None, image_processor=None) -> int:
+        """How many tokens `image` (a PIL image) takes in the prompt, found without computing its pixels (data
+        length checks); None: the count for an image not yet seen, which a family whose count varies refuses.
+        `image_processor`: the family's processor (a family whose count depends on its resize rule needs it)."""
+
+    # --- images ---
+
+    def image_inputs(self, images: list, image_processor) -> dict[str, torch.Tensor]:
+        """One batch's PIL images (in order, every sample's) -> the keyword inputs the model's forward and
+        `generate` take for them, on the CPU in float32: this default, `pixel_values` [I, 3, H, W] (LLaVA);
+        Qwen-VL's flattened patches `pixel_values` [sum of patches, C*T*P*P] and `image_grid_thw` [I, 3]."""
+        return {"pixel_values": preprocess_images(images, image_processor)}
+
+    def image_token_counts(self, config, image_inputs: dict) -> list[int]:
+        """Each image's placeholder count in `image_inputs` (what `image_inputs` gave), in order: this default,
+        `image_token_count(config)` for every row of `pixel_values`; Qwen-VL's from `image_grid_thw`."""
+        return [self.image_token_count(config)] * len(image_inputs["pixel_values"])
 
     # --- loading ---
 
@@ -178,8 +246,10 @@ class BackboneFamily(ABC):
         return raw_config.get("model_type") in self.model_types
 
     @abstractmethod
-    def load(self, model_path: str, raw_config: dict, dtype: torch.dtype, device_map=None):
-        """(tokenizer, model, image_processor) of a full checkpoint of this family, block included if it has one."""
+    def load(self, model_path: str, raw_config: dict, dtype: torch.dtype, device_map=None, **image_options):
+        """(tokenizer, model, image_processor) of a full checkpoint of this family, block included if it has one.
+        `image_options` (only when a caller sets one, e.g. Qwen-VL's `min_pixels`, `max_pixels`) go to its image
+        processor; a family whose processor takes none refuses them with an InputError."""
 
     # --- training ---
 

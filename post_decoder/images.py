@@ -1,5 +1,9 @@
-"""Images in, pixel values out: decoding any file PIL reads into RGB, then the family's image processor
+"""Images in, model inputs out: decoding any file PIL reads into RGB, then the family's image processor
 (`family.load` returns it; LLaVA-1.5's is in `families/llava/image_processing.py`).
+
+`model_image_inputs` is what any family's model takes (`family.image_inputs`: LLaVA's `pixel_values`, Qwen-VL's
+`pixel_values` and `image_grid_thw`); `preprocess_images` and `pixel_values` are the pixel values alone, for families
+whose images are nothing more (LLaVA-1.5).
 """
 
 import os
@@ -51,5 +55,21 @@ def preprocess_images(images: list[Image.Image], processor) -> torch.Tensor:
 
 
 def pixel_values(model, processor, images: list[Image.Image]) -> torch.Tensor:
-    """`images`' pixel values on the model's device, in its dtype: what its forward and `generate` take."""
-    return preprocess_images(images, processor).to(model.device, model.dtype)
+    """`images`' pixel values on the model's device, in its dtype: what its forward and `generate` take, for a
+    family whose image inputs are pixel values only (LLaVA-1.5; others: `model_image_inputs`)."""
+    inputs = model_image_inputs(model, processor, images)
+    if set(inputs) != {"pixel_values"}:
+        raise ValueError(f"this model's images take {sorted(inputs)}: call model_image_inputs, not pixel_values")
+    return inputs["pixel_values"]
+
+
+def model_image_inputs(model, processor, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+    """`images`' keyword inputs for `model` (its family's `image_inputs`) on its device, floats in its dtype."""
+    from .family import family_for  # here: family.py imports this module
+
+    inputs = family_for(model).image_inputs([to_rgb(image) for image in images], processor)
+    return {name: _on_model(model, value) for name, value in inputs.items()}
+
+
+def _on_model(model, value: torch.Tensor) -> torch.Tensor:
+    return value.to(model.device, model.dtype) if value.is_floating_point() else value.to(model.device)

@@ -7,9 +7,10 @@
     print(answer(model, tokenizer, image_processor, "photo.jpg", "Is there a dog in the image?"))
 
 The prompt is the model's family's single-turn template (`conv_mode`; LLaVA-1.5's are in
-`post_decoder/families/llava/conversation.py`), the image goes through the family's preprocessing
-(LLaVA-1.5's `pad`), and the answer is `model.generate`'s: greedy with at most 128 new tokens unless
-`generation_kwargs` say otherwise (LLaVA's defaults).
+`post_decoder/families/llava/conversation.py`, Qwen-VL's is its chat template), the image goes through the
+family's preprocessing (LLaVA-1.5's `pad`; Qwen-VL's dynamic resolution, each image its own number of tokens),
+and the answer is `model.generate`'s: greedy with at most 128 new tokens unless `generation_kwargs` say
+otherwise (LLaVA's defaults).
 `answer_batch` asks many questions at once, left-padded in batches, with the same answers.
 """
 
@@ -20,7 +21,7 @@ from PIL import Image
 
 from .errors import InputError
 from .family import family_for
-from .images import open_image, pixel_values
+from .images import model_image_inputs, open_image
 
 DEFAULT_GENERATION = {"do_sample": False, "max_new_tokens": 128}  # LLaVA's evaluation: temperature 0, 128 tokens
 
@@ -63,8 +64,9 @@ def answer_batch(
     )
     if settings.get("num_return_sequences", 1) != 1:
         raise InputError("num_return_sequences must be 1: answer_batch returns one answer per question")
+    family = family_for(model)
     prompts = [
-        _prompt_ids(model, tokenizer, question, image is not None, conv_mode, max_new_tokens, index)
+        _question_prompt(family, question, image is not None, conv_mode, index)
         for index, (image, question) in enumerate(zip(images, questions))
     ]
     for index, image in enumerate(images):  # a wrong path fails now, not after the batches before it
@@ -73,9 +75,12 @@ def answer_batch(
     for start in range(0, len(prompts), batch_size):
         batch = range(start, min(start + batch_size, len(prompts)))
         pictures = [None if images[index] is None else _as_image(images[index], index) for index in batch]
-        answers += _generate(
-            model, tokenizer, image_processor, [prompts[index] for index in batch], pictures, settings
-        )
+        image_inputs, counts = _image_inputs(model, image_processor, pictures)
+        ids = []
+        for index, picture in zip(batch, pictures):  # each image's own token count, in order
+            image_tokens = None if picture is None else [counts.pop(0)]
+            ids.append(_prompt_ids(model, tokenizer, prompts[index], image_tokens, max_new_tokens, index))
+        answers += _generate(model, tokenizer, ids, image_inputs, settings)
     return answers
 
 
@@ -83,13 +88,24 @@ def _pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _prompt_ids(
-    model, tokenizer, question, with_image: bool, conv_mode: str | None, max_new_tokens: int, index: int
-) -> list[int]:
+def _question_prompt(family, question, with_image: bool, conv_mode: str | None, index: int) -> str:
     if not isinstance(question, str) or not question.strip():
         raise InputError(f"question {index} is empty ({question!r}): pass the text to ask")
+    return family.question_prompt(question, with_image, conv_mode=conv_mode)
+
+
+def _image_inputs(model, image_processor, pictures: list) -> tuple[dict, list[int]]:
+    """The model inputs of a batch's images (those not None, in order) and each one's token count."""
+    with_image = [picture for picture in pictures if picture is not None]
+    if not with_image:
+        return {}, []
+    inputs = model_image_inputs(model, image_processor, with_image)
+    return inputs, family_for(model).image_token_counts(model.config, inputs)
+
+
+def _prompt_ids(model, tokenizer, prompt: str, image_tokens, max_new_tokens: int, index: int) -> list[int]:
     config, family = model.config, family_for(model)
-    ids = family.tokenize_prompt(family.question_prompt(question, with_image, conv_mode=conv_mode), tokenizer, config)
+    ids = family.tokenize_prompt(prompt, tokenizer, config, image_tokens=image_tokens)
     context = config.text_config.max_position_embeddings
     if len(ids) + max_new_tokens > context:
         raise InputError(
@@ -121,16 +137,15 @@ def _as_image(image, index: int) -> Image.Image:
 
 
 @torch.no_grad()
-def _generate(model, tokenizer, image_processor, prompts: list[list[int]], images: list, settings: dict) -> list[str]:
+def _generate(model, tokenizer, prompts: list[list[int]], image_inputs: dict, settings: dict) -> list[str]:
     pad, width = settings["pad_token_id"], max(map(len, prompts))
     rows = [[pad] * (width - len(ids)) + ids for ids in prompts]  # left padding: every row's answer starts at `width`
     masks = [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts]
-    inputs = {
-        "input_ids": torch.tensor(rows, device=model.device),
-        "attention_mask": torch.tensor(masks, device=model.device),
-    }
-    with_image = [image for image in images if image is not None]
-    if with_image:  # one row of pixel values per image, in order: the model matches them to the image tokens
-        inputs["pixel_values"] = pixel_values(model, image_processor, with_image)
+    input_ids = torch.tensor(rows, device=model.device)
+    attention_mask = torch.tensor(masks, device=model.device)
+    # The images' inputs in order (the model matches them to the image tokens), and the positions the family gives
+    # the prompt (M-RoPE's follow each image's grid); generate numbers the answer on from them.
+    position_ids = family_for(model).prompt_position_ids(model, input_ids, attention_mask, image_inputs or None)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, **image_inputs}
     output = model.generate(**inputs, **settings)
     return [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]

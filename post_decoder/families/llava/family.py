@@ -39,15 +39,24 @@ class LlavaFamily(BackboneFamily):
     def image_token_id(self, config) -> int:
         return config.image_token_id
 
-    def image_token_count(self, config, image=None) -> int:
+    def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.image_seq_length  # CLIP's patches: the same for every image (it is padded and resized)
+
+    # `image_inputs` (`pixel_values` [I, 3, H, W], the `pad` preprocessing), `image_token_counts` (every image
+    # `image_seq_length`) and the 1-D positions (`prompt_position_ids`, `continued_position_ids`) are the
+    # interface's defaults, which are LLaVA's answers.
 
     # --- loading ---
 
     def claims(self, raw_config: dict) -> bool:
         return is_original_llava_config(raw_config) or super().claims(raw_config)
 
-    def load(self, model_path, raw_config, dtype, device_map=None):
+    def load(self, model_path, raw_config, dtype, device_map=None, **image_options):
+        if image_options:
+            raise InputError(
+                f"{', '.join('--' + name for name in image_options)}: LLaVA-1.5 resizes every image to one size; "
+                "leave the option out for this model"
+            )
         from .loading import load_llava  # here: the loaders pull in the tokenizer and the conversion code
 
         return load_llava(model_path, raw_config, dtype, device_map)
