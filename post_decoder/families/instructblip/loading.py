@@ -1,0 +1,55 @@
+"""A full InstructBLIP checkpoint (the hub's layout, or our saved folders) -> (tokenizer, model, processor)."""
+
+import os
+
+import torch
+from transformers import AutoTokenizer, InstructBlipConfig, InstructBlipProcessor
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+from ...errors import InputError
+from ...saving import listing
+from .configuration import InstructBlipPostDecoderConfig
+from .modeling import InstructBlipPostDecoderForConditionalGeneration
+
+QFORMER_TOKENIZER_FOLDER = "qformer_tokenizer"  # where InstructBlipProcessor keeps the Q-Former's tokenizer
+
+
+def load_instructblip(model_path: str, raw_config: dict, dtype: torch.dtype, device_map=None):
+    """The hub's `Salesforce/instructblip-vicuna-*` folders and ours (`model_type: instructblip_post_decoder`)."""
+    if raw_config.get("model_type") == InstructBlipPostDecoderConfig.model_type:
+        config = InstructBlipPostDecoderConfig.from_pretrained(model_path)
+    else:
+        config = InstructBlipPostDecoderConfig.from_instructblip_config(InstructBlipConfig.from_pretrained(model_path))
+    model, info = InstructBlipPostDecoderForConditionalGeneration.from_pretrained(
+        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
+    )
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected or info["mismatched_keys"]:
+        raise InputError(
+            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
+            + listing("missing", missing)
+            + listing("unexpected", unexpected)
+            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
+        )
+    processor = load_processor(model_path, config.num_query_tokens)
+    return processor.tokenizer, model, processor
+
+
+def load_processor(model_path: str, num_query_tokens: int) -> InstructBlipProcessor:
+    """InstructBLIP's processor, built from its parts so that every machine preprocesses alike: the PIL image
+    processor (torchvision's, where installed, resizes a little differently), the language model's tokenizer, the
+    Q-Former's (BERT's, in `qformer_tokenizer/`)."""
+    for name, where in (("preprocessor_config.json", model_path), ("tokenizer_config.json", model_path)):
+        if os.path.isdir(where) and not os.path.isfile(os.path.join(where, name)):
+            raise InputError(f"{model_path} has no {name}: copy the checkpoint's processor files into it")
+    qformer_path = os.path.join(model_path, QFORMER_TOKENIZER_FOLDER)
+    if os.path.isdir(model_path) and not os.path.isdir(qformer_path):
+        raise InputError(
+            f"{model_path} has no {QFORMER_TOKENIZER_FOLDER}/ (the Q-Former's tokenizer): copy it from the checkpoint"
+        )
+    return InstructBlipProcessor(
+        image_processor=BlipImageProcessorPil.from_pretrained(model_path),
+        tokenizer=AutoTokenizer.from_pretrained(model_path),
+        qformer_tokenizer=AutoTokenizer.from_pretrained(model_path, subfolder=QFORMER_TOKENIZER_FOLDER),
+        num_query_tokens=num_query_tokens,
+    )

@@ -1,0 +1,249 @@
+"""InstructBLIP with a post-interaction block between the language model's final norm and its `lm_head`."""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import InstructBlipForConditionalGeneration
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ...block import PostDecoderConfig, PostDecoderState, PostInteractionBlock
+from ...compat import CACHE_KWARG, output_cache
+from ...family import BackboneOutput, pack_images_per_sample
+from ...wrapped_model import PostDecoderMixin
+from .configuration import InstructBlipPostDecoderConfig
+from .language_model import language_model_class
+
+
+@dataclass
+class InstructBlipPostDecoderOutput(CausalLMOutputWithPast):
+    """The logits and KV cache of the language model, the block's state (pass it back with the KV cache) and, if
+    asked, its cross-attention probabilities per layer [B, heads, T, N]."""
+
+    post_decoder_state: PostDecoderState | None = None
+    post_decoder_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ImageInputs:
+    """What one pass of the vision encoder, the Q-Former and the projection gives the language model and the block."""
+
+    inputs_embeds: torch.Tensor  # [B, T, D]: the prompt's embeddings, each image's query outputs in its image tokens
+    vision_features: torch.Tensor  # [B, N, Dv]: each sample's images, for the block
+    vision_mask: torch.Tensor  # [B, N]
+
+
+class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, InstructBlipForConditionalGeneration):
+    """`InstructBlipForConditionalGeneration` whose logits are `lm_head(block(h, v))`, h the language model's
+    output after its final norm and v, by default, the vision encoder's output after its final layer norm
+    (`vision_model.post_layernorm`, the original work's `ln_vision`: [257, 1408] per 224-pixel image).
+
+    With `config.post_decoder_config = None` it is exactly the plain InstructBLIP. `generate` hands off to the
+    language model's `generate`, as InstructBLIP's does; the block runs there (see `language_model.py`).
+    """
+
+    config_class = InstructBlipPostDecoderConfig
+
+    def __init__(self, config):
+        if not config.use_decoder_only_language_model:
+            raise ValueError(
+                f"the post-decoder block needs a decoder-only language model; this InstructBLIP's is "
+                f"{config.text_config.model_type!r} (an encoder-decoder, as Flan-T5): use a Vicuna InstructBLIP"
+            )
+        super().__init__(config)
+
+    def post_init(self):
+        # InstructBLIP's __init__ built its language model from the Auto class: rebuild it once with the block's
+        # hooks (at load time both are built on the meta device, so this costs no memory).
+        base = type(self.language_model)
+        if not hasattr(base, "link_host"):
+            self.language_model = language_model_class(base)._from_config(self.config.text_config)
+        self.language_model.link_host(self)
+        super().post_init()
+
+    def attach_post_decoder(self, post_decoder_config: PostDecoderConfig | str) -> PostInteractionBlock:
+        self.language_model.link_host(self)
+        return super().attach_post_decoder(post_decoder_config)
+
+    def generation_language_model(self):
+        """The module whose `generate` steps run the block, linked to this model (a copy of a model shares its
+        language model, so the link is renewed whenever it is asked for)."""
+        self.language_model.link_host(self)
+        return self.language_model
+
+    # --- the backbone (see post_decoder/family.py) ---
+
+    def image_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        qformer_input_ids: torch.Tensor,
+        qformer_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> ImageInputs:
+        """One pass of the vision encoder and the Q-Former (which reads each image's question) over the images,
+        in order; each sample's images are those its `num_query_tokens`-long runs of image tokens stand for."""
+        if input_ids is None:
+            raise ValueError("with an image, pass input_ids: the block finds each sample's image by its image tokens")
+        if qformer_input_ids is None:
+            raise ValueError("with an image, pass qformer_input_ids: InstructBLIP's Q-Former reads the question")
+        image = self.get_image_features(
+            pixel_values,
+            qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        if self.post_decoder is not None and self.post_decoder.config.vision_source == "projector":
+            per_image = image.pooler_output  # [I, num_query_tokens, D]: the query outputs after the projection
+        else:
+            per_image = image.last_hidden_state  # [I, 257, 1408]: after vision_model.post_layernorm (ln_vision)
+        images_per_sample = (input_ids == self.config.image_token_id).sum(dim=1) // self.config.num_query_tokens
+        vision_features, vision_mask = pack_images_per_sample(per_image, images_per_sample * per_image.shape[1])
+        # The projected queries go into the embeddings here, as InstructBLIP's forward does, so the encoders run once.
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        projected = image.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+        image_positions = self.get_placeholder_mask(input_ids, inputs_embeds)
+        return ImageInputs(inputs_embeds.masked_scatter(image_positions, projected), vision_features, vision_mask)
+
+    def backbone_forward(
+        self,
+        input_ids=None,
+        pixel_values=None,
+        qformer_input_ids=None,
+        qformer_attention_mask=None,
+        attention_mask=None,
+        position_ids=None,
+        inputs_embeds=None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> BackboneOutput:
+        """One pass of the vision encoder, the Q-Former and the language model: h, v (+ mask), the KV cache.
+        The cache goes in `kwargs` under `compat.CACHE_KWARG` (its name depends on transformers)."""
+        vision_features, vision_mask = None, None
+        if pixel_values is not None:
+            image = self.image_inputs(
+                input_ids,
+                pixel_values,
+                qformer_input_ids,
+                qformer_attention_mask,
+                inputs_embeds,
+                interpolate_pos_encoding,
+            )
+            inputs_embeds, input_ids = image.inputs_embeds, None
+            vision_features, vision_mask = image.vision_features, image.vision_mask
+        outputs = self.language_model.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return BackboneOutput(outputs.last_hidden_state, vision_features, vision_mask, output_cache(outputs))
+
+    # --- forward and generate ---
+
+    def forward(
+        self,
+        pixel_values=None,
+        qformer_input_ids=None,
+        qformer_attention_mask=None,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        logits_to_keep=0,
+        interpolate_pos_encoding: bool = False,
+        post_decoder_state: PostDecoderState | None = None,
+        output_post_decoder_attentions: bool = False,
+        **kwargs,
+    ):
+        """As InstructBLIP's forward (which needs the image), or, with a block, any step of a cached sequence:
+        pixel values on the first call only, the returned `post_decoder_state` (the block's vision keys/values)
+        and the KV cache (in `kwargs` under `compat.CACHE_KWARG`) on the later ones."""
+        if self.post_decoder is None:
+            if position_ids is not None:
+                kwargs["position_ids"] = position_ids
+            return super().forward(
+                pixel_values=pixel_values,
+                qformer_input_ids=qformer_input_ids,
+                qformer_attention_mask=qformer_attention_mask,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        backbone = self.backbone_forward(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            **kwargs,
+        )
+        logits, post_decoder_state, attentions = self.block_then_head(
+            backbone, attention_mask, logits_to_keep, post_decoder_state, output_post_decoder_attentions
+        )
+        loss = None
+        if labels is not None:
+            vocab_size = self.config.text_config.vocab_size
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+        return InstructBlipPostDecoderOutput(
+            loss=loss,
+            logits=logits,
+            **{CACHE_KWARG: backbone.past_key_values},
+            post_decoder_state=post_decoder_state,
+            post_decoder_attentions=attentions,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values=None,
+        qformer_input_ids=None,
+        qformer_attention_mask=None,
+        input_ids=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        interpolate_pos_encoding: bool = False,
+        **generate_kwargs,
+    ):
+        """InstructBLIP's `generate`: the image is encoded here, the language model's `generate` does the rest.
+        With a block, the image's vision features go along for the block (see `language_model.py`)."""
+        if self.post_decoder is None:
+            return super().generate(
+                pixel_values=pixel_values,
+                qformer_input_ids=qformer_input_ids,
+                qformer_attention_mask=qformer_attention_mask,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                **generate_kwargs,
+            )
+        language_model = self.generation_language_model()
+        if attention_mask is None and input_ids is not None:
+            attention_mask = torch.ones_like(input_ids)
+        if pixel_values is None:  # no image: the plain language model (the block leaves text-only rows alone)
+            return language_model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **generate_kwargs
+            )
+        image = self.image_inputs(
+            input_ids, pixel_values, qformer_input_ids, qformer_attention_mask, inputs_embeds, interpolate_pos_encoding
+        )
+        return language_model.generate(
+            input_ids=input_ids,
+            inputs_embeds=image.inputs_embeds,
+            attention_mask=attention_mask,
+            post_decoder_vision=image.vision_features,
+            post_decoder_vision_mask=image.vision_mask,
+            **generate_kwargs,
+        )
