@@ -37,16 +37,21 @@ def load_instructblip(model_path: str, raw_config: dict, dtype: torch.dtype, dev
 
 def load_processor(model_path: str, num_query_tokens: int) -> InstructBlipProcessor:
     """InstructBLIP's processor, built from its parts so that every machine preprocesses alike: the PIL image
-    processor (torchvision's, where installed, resizes a little differently), the language model's tokenizer, the
-    Q-Former's (BERT's, in `qformer_tokenizer/`)."""
-    for name, where in (("preprocessor_config.json", model_path), ("tokenizer_config.json", model_path)):
-        if os.path.isdir(where) and not os.path.isfile(os.path.join(where, name)):
-            raise InputError(f"{model_path} has no {name}: copy the checkpoint's processor files into it")
-    qformer_path = os.path.join(model_path, QFORMER_TOKENIZER_FOLDER)
-    if os.path.isdir(model_path) and not os.path.isdir(qformer_path):
-        raise InputError(
-            f"{model_path} has no {QFORMER_TOKENIZER_FOLDER}/ (the Q-Former's tokenizer): copy it from the checkpoint"
-        )
+    processor (transformers would pick torchvision's where it is installed; the settings are in the hub's
+    preprocessor_config.json or inside processor_config.json, as transformers 5 saves them), the language model's
+    tokenizer, the Q-Former's (BERT's, in `qformer_tokenizer/`)."""
+    if os.path.isdir(model_path):  # (a hub id: from_pretrained says what is missing)
+        present = set(os.listdir(model_path))
+        if not present & {"preprocessor_config.json", "processor_config.json"}:
+            raise InputError(
+                f"{model_path} has no preprocessor_config.json or processor_config.json: copy the checkpoint's "
+                "processor files into it"
+            )
+        if QFORMER_TOKENIZER_FOLDER not in present:
+            raise InputError(
+                f"{model_path} has no {QFORMER_TOKENIZER_FOLDER}/ (the Q-Former's tokenizer): copy it from the "
+                "checkpoint"
+            )
     return InstructBlipProcessor(
         image_processor=BlipImageProcessorPil.from_pretrained(model_path),
         tokenizer=AutoTokenizer.from_pretrained(model_path),
