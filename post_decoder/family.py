@@ -328,7 +328,7 @@ def family_for_checkpoint(raw_config: dict, where: str) -> BackboneFamily:
 
 def conv_modes() -> list[str]:
     """Every registered family's prompt templates (a command's choices before a model is loaded)."""
-    return [mode for family in registered_families() for mode in family.conv_modes]
+    return list(dict.fromkeys(mode for family in registered_families() for mode in family.conv_modes))
 
 
 def default_conv_mode() -> str:

@@ -1,0 +1,107 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL as backbone families: the answers `post_decoder.family.BackboneFamily`
+asks for. One class, one instance per version (they differ in config and model classes, vision widths and the
+default system message)."""
+
+import torch
+
+from ...errors import InputError
+from ...family import BackboneFamily, KeyLayout
+from .configuration import qwen_vl_block_sizes, with_block_config
+from .conversation import CONV_MODES, Conversation, question_prompt, tokenize_with_image
+from .key_layouts import HUB, LAYOUTS, TRANSFORMERS
+
+
+class QwenVLFamily(BackboneFamily):
+    # LoRA on the LLM's linear layers, never on the vision encoder, merger or lm_head; --tune_mm_mlp_adapter
+    # trains the patch merger (Qwen's "projector") beside them.
+    lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    modules_trained_with_lora = ("model.visual.merger",)
+    conv_modes = CONV_MODES
+
+    def __init__(self, name, config_class, plain_config_class, model_class, default_conv_mode):
+        self.name = name
+        self.config_class, self.plain_config_class, self.model_class = config_class, plain_config_class, model_class
+        self.model_types = (config_class.model_type, plain_config_class.model_type)
+        self.default_conv_mode = default_conv_mode
+
+    def with_block(self, backbone_config, post_decoder_config=None):
+        """Our config (this family's model type) of a plain or our Qwen-VL config, with the block's if given."""
+        return with_block_config(self.config_class, backbone_config, post_decoder_config)
+
+    def block_sizes(self, config, vision_source: str) -> dict[str, int]:
+        return qwen_vl_block_sizes(config, vision_source)
+
+    # --- positions: M-RoPE ---
+
+    def position_ids(self, attention_mask, past_attention_mask=None):
+        raise ValueError(
+            f"{self.name}'s M-RoPE positions depend on the images: call prompt_position_ids for a prompt and "
+            "continued_position_ids for tokens continuing it"
+        )
+
+    def prompt_position_ids(self, model, input_ids, attention_mask, image_inputs=None) -> torch.Tensor:
+        grid = None if image_inputs is None else image_inputs.get("image_grid_thw")
+        return model.prompt_position_ids(input_ids, attention_mask, grid)
+
+    # --- images: dynamic resolution ---
+
+    def image_inputs(self, images: list, image_processor) -> dict[str, torch.Tensor]:
+        inputs = image_processor(images=images, return_tensors="pt")
+        return {"pixel_values": inputs["pixel_values"], "image_grid_thw": inputs["image_grid_thw"]}
+
+    def image_token_counts(self, config, image_inputs: dict) -> list[int]:
+        merge = config.vision_config.spatial_merge_size
+        return (image_inputs["image_grid_thw"].prod(-1) // (merge * merge)).tolist()
+
+    def image_token_count(self, config, image=None, image_processor=None) -> int:
+        if image is None or image_processor is None:
+            raise ValueError(
+                f"{self.name}'s image-token count depends on the image's size and the processor's resize rule: "
+                "pass both (or count from image_inputs with image_token_counts)"
+            )
+        patches = image_processor.get_number_of_image_patches(image.height, image.width)
+        return patches // image_processor.merge_size**2
+
+    # --- the prompt: the chat template ---
+
+    def conversation(self, conv_mode: str | None = None) -> Conversation:
+        return Conversation.for_mode(conv_mode or self.default_conv_mode)
+
+    def question_prompt(self, question, with_image=True, suffix="", conv_mode=None) -> str:
+        return question_prompt(question, with_image, suffix, conv_mode or self.default_conv_mode)
+
+    def tokenize_with_image(self, prompt, tokenizer, image_token_id, image_tokens) -> list[int]:
+        return tokenize_with_image(prompt, tokenizer, image_token_id, image_tokens)
+
+    def image_token_id(self, config) -> int:
+        return config.image_token_id
+
+    # --- loading ---
+
+    def load(self, model_path, raw_config, dtype, device_map=None, **image_options):
+        from .loading import load_qwen_vl  # here: the loader pulls in the image processor
+
+        return load_qwen_vl(self, model_path, raw_config, dtype, device_map, **image_options)
+
+    # --- checkpoint files ---
+
+    def key_layout(self, raw_config: dict, keys: list[str], where: str) -> KeyLayout:
+        if any(key.startswith("model.language_model.") for key in keys):
+            return LAYOUTS[TRANSFORMERS]
+        if any(key.startswith("visual.") for key in keys) and any(key.startswith("model.") for key in keys):
+            return LAYOUTS[HUB]
+        raise InputError(f"{where} is not a {self.name} checkpoint: no model.language_model.* or visual.* keys")
+
+    def backbone_config(self, raw_config: dict, folder: str):
+        if raw_config.get("model_type") == self.config_class.model_type:
+            return self.config_class.from_pretrained(folder)
+        return self.plain_config_class.from_pretrained(folder)
+
+    def config_with_block(self, raw_config: dict, block_values: dict) -> dict:
+        """A plain folder becomes our model type, so that transformers and load_pretrained_model build the block."""
+        return {
+            **raw_config,
+            "post_decoder_config": block_values,
+            "model_type": self.config_class.model_type,
+            "architectures": [self.model_class.__name__],
+        }
