@@ -48,8 +48,11 @@ class InstructBlipFamily(BackboneFamily):
             )
         return config.image_token_id
 
-    def image_token_count(self, config, image=None) -> int:
+    def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.num_query_tokens  # the Q-Former's query outputs: the same for every image
+
+    # `image_inputs` (`pixel_values` [I, 3, H, W]: the processor resizes every image to one square),
+    # `image_token_counts` (every image `num_query_tokens`) and the 1-D positions are the interface's defaults.
 
     def qformer_inputs(self, texts: list[str], processor) -> dict:
         """The Q-Former's own tokens of each sample's prompt text (`qformer_input_ids`, `qformer_attention_mask`,
@@ -61,7 +64,12 @@ class InstructBlipFamily(BackboneFamily):
 
     # --- loading ---
 
-    def load(self, model_path, raw_config, dtype, device_map=None):
+    def load(self, model_path, raw_config, dtype, device_map=None, **image_options):
+        if image_options:
+            raise InputError(
+                f"{', '.join('--' + name for name in image_options)}: InstructBLIP resizes every image to one size; "
+                "leave the option out for this model"
+            )
         from .loading import load_instructblip  # here: loading pulls in the tokenizers and the processor
 
         return load_instructblip(model_path, raw_config, dtype, device_map)
