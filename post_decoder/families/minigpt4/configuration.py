@@ -1,0 +1,69 @@
+"""MiniGPT-4's config: transformers' BLIP-2 config (EVA ViT-g vision model, Q-Former, a Llama text config) with
+which MiniGPT-4 it is and an optional block.
+
+MiniGPT-4 comes in two shapes (Vision-CAIR/MiniGPT-4, minigpt4/models/minigpt4.py):
+  - Vicuna (`pretrain_vicuna0`): the image's ViT features, after `ln_vision`, go through BLIP-2's Q-Former (32
+    queries); `llama_proj` maps each query output (768) to the LLM's width: transformers' `language_projection`.
+  - Llama-2-chat (`pretrain_llama2`, the one HA-DPO trains): no Q-Former (`has_qformer: False`); the 256 patch
+    features after `ln_vision` (CLS dropped) are taken four neighbours at a time (256 x 1408 -> 64 x 5632) and
+    `llama_proj` maps each group to the LLM's width: 64 image tokens.
+"""
+
+from transformers import Blip2Config
+
+from ...block import PostDecoderConfig
+from ...compat import SubConfigSpec
+
+GROUPED_PATCHES = 4  # the Llama-2 version concatenates this many neighbouring patch features per image token
+
+
+class MiniGPT4Config(Blip2Config):
+    """`Blip2Config` with a Llama `text_config`, `has_qformer` (False: the Llama-2 version) and an optional
+    `post_decoder_config` (None: the plain MiniGPT-4)."""
+
+    model_type = "minigpt4"
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            **Blip2Config.sub_configs_defaults,
+            "post_decoder_config": SubConfigSpec(PostDecoderConfig, optional=True),
+        }
+    else:  # transformers < 5.20
+        sub_configs = {**Blip2Config.sub_configs, "post_decoder_config": PostDecoderConfig}
+
+    has_qformer: bool = True
+    post_decoder_config: dict | PostDecoderConfig | None = None
+
+    def __post_init__(self, **kwargs):
+        # Built here, not left to SubConfigSpec: before transformers 5.20 each config builds its own sub-configs.
+        if isinstance(self.post_decoder_config, dict):
+            values = {key: value for key, value in self.post_decoder_config.items() if key != "model_type"}
+            self.post_decoder_config = PostDecoderConfig(**values)
+        super().__post_init__(**kwargs)
+
+    @property
+    def image_seq_length(self) -> int:
+        """Image tokens per image in the prompt: the Q-Former's queries, or the grouped patches."""
+        if self.has_qformer:
+            return self.num_query_tokens
+        vision = self.vision_config
+        return (vision.image_size // vision.patch_size) ** 2 // GROUPED_PATCHES
+
+    @property
+    def projector_input_size(self) -> int:
+        """`llama_proj`'s input width: the Q-Former's (768) or four ViT features side by side (5632)."""
+        if self.has_qformer:
+            return self.qformer_config.hidden_size
+        return GROUPED_PATCHES * self.vision_config.hidden_size
+
+
+def minigpt4_block_sizes(config: MiniGPT4Config, vision_source: str) -> dict[str, int]:
+    """The block's sizes on MiniGPT-4: the LLM's width, heads and MLP width; the vision features' width is the
+    ViT's after `ln_vision` (`vision_tower`, 1408) or the projected image tokens', the LLM's width (`projector`)."""
+    text = config.text_config
+    vision_hidden = text.hidden_size if vision_source == "projector" else config.vision_config.hidden_size
+    return {
+        "hidden_size": text.hidden_size,
+        "vision_hidden_size": vision_hidden,
+        "num_attention_heads": text.num_attention_heads,
+        "intermediate_size": text.intermediate_size,
+    }

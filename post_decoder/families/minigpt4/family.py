@@ -1,0 +1,69 @@
+"""MiniGPT-4 as a backbone family: the answers `post_decoder.family.BackboneFamily` asks for."""
+
+from ...errors import InputError
+from ...family import BackboneFamily, KeyLayout
+from .configuration import MiniGPT4Config, minigpt4_block_sizes
+from .conversation import CONV_MODES, DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
+from .modeling import MiniGPT4ForConditionalGeneration
+
+# Converted folders are saved by transformers under our own names: one layout, nothing renamed.
+MINIGPT4_LAYOUT = KeyLayout("MiniGPT-4 (transformers BLIP-2 names)")
+
+
+class MiniGPT4Family(BackboneFamily):
+    name = "MiniGPT-4"
+    model_types = (MiniGPT4Config.model_type,)
+    config_class = MiniGPT4Config
+    model_class = MiniGPT4ForConditionalGeneration
+    conv_modes = CONV_MODES
+    default_conv_mode = DEFAULT_CONV_MODE  # the Llama-2 version's, which HA-DPO trains
+    head_key = "language_model.lm_head.weight"
+    # LoRA on the LLM's linear layers only (the Q-Former's are named query/key/value, the ViT's qkv);
+    # --tune_mm_mlp_adapter trains MiniGPT-4's llama_proj beside them.
+    lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    modules_trained_with_lora = ("language_projection",)
+
+    def block_sizes(self, config, vision_source: str) -> dict[str, int]:
+        return minigpt4_block_sizes(config, vision_source)
+
+    # --- the prompt ---
+
+    def conversation(self, conv_mode: str | None = None) -> Conversation:
+        return Conversation.for_mode(conv_mode or self.default_conv_mode)
+
+    def question_prompt(self, question, with_image=True, suffix="", conv_mode=None) -> str:
+        return question_prompt(question, with_image, suffix, conv_mode or self.default_conv_mode)
+
+    def tokenize_with_image(self, prompt, tokenizer, image_token_id, image_tokens) -> list[int]:
+        return tokenize_with_image(prompt, tokenizer, image_token_id, image_tokens)
+
+    def image_token_id(self, config) -> int:
+        return config.image_token_id
+
+    def image_token_count(self, config, image=None, image_processor=None) -> int:
+        return config.image_seq_length  # every image is resized to one size: 32 queries, or 64 groups of patches
+
+    # --- loading ---
+
+    def load(self, model_path, raw_config, dtype, device_map=None, **image_options):
+        if image_options:
+            raise InputError(
+                f"{', '.join('--' + name for name in image_options)}: MiniGPT-4 resizes every image to one size; "
+                "leave the option out for this model"
+            )
+        from .loading import load_minigpt4
+
+        return load_minigpt4(model_path, dtype, device_map)
+
+    # --- checkpoint files ---
+
+    def key_layout(self, raw_config: dict, keys: list[str], where: str) -> KeyLayout:
+        if not any(key.startswith("language_model.") for key in keys):
+            raise InputError(f"{where} is not a converted MiniGPT-4 checkpoint: no language_model.* keys")
+        return MINIGPT4_LAYOUT
+
+    def backbone_config(self, raw_config: dict, folder: str):
+        return MiniGPT4Config.from_pretrained(folder)
+
+    def config_with_block(self, raw_config: dict, block_values: dict) -> dict:
+        return {**raw_config, "post_decoder_config": block_values}
