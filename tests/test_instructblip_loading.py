@@ -129,3 +129,8 @@ def test_weights_that_do_not_fit_the_config_are_listed(hub_folder, tmp_path):
         json.dump(raw, handle)
     with pytest.raises(InputError, match=r"(?s)do not fit its config.json.*missing \(\d+\):.*layers\.2\."):
         load_pretrained_model(odd, device="cpu", dtype=torch.float32)
+
+
+def test_image_size_options_are_refused_by_name(hub_folder):
+    with pytest.raises(InputError, match="--min_pixels: InstructBLIP resizes every image to one size"):
+        load_pretrained_model(hub_folder, device="cpu", dtype=torch.float32, min_pixels=1024)

@@ -11,6 +11,7 @@ from transformers import InstructBlipConfig, InstructBlipVisionConfig, T5Config
 from post_decoder import VARIANTS
 from post_decoder.compat import CACHE_KWARG, output_cache
 from post_decoder.families.instructblip import INSTRUCTBLIP, InstructBlipPostDecoderForConditionalGeneration
+from post_decoder.families.instructblip.answering import answer_about_one_image
 from post_decoder.families.instructblip.configuration import InstructBlipPostDecoderConfig
 from post_decoder.families.instructblip.language_model import LanguageModelBlockMixin
 from post_decoder.families.instructblip.tiny import (
@@ -241,3 +242,28 @@ def test_an_encoder_decoder_instructblip_is_refused():
     with pytest.raises(ValueError, match="needs a decoder-only language model; this InstructBLIP's is 't5'"):
         InstructBlipPostDecoderForConditionalGeneration(config)
     assert InstructBlipConfig(text_config=t5.to_dict()).use_decoder_only_language_model is False
+
+
+@pytest.mark.parametrize("variant", [None, "post_interaction", "transformer_block"])
+def test_pope_style_answers_encode_the_image_once_and_equal_one_by_one_generate(plain, processor, variant):
+    """The Q-Former reads the question, so no prompt prefix is shared; the vision encoder's output is."""
+    model = with_block(plain, variant or "post_interaction", perturb=0.05)
+    if variant is None:
+        model.post_decoder, model.config.post_decoder_config = None, None
+    (image,) = pictures(1, seed=5)
+    questions = QUESTIONS + ["Is there a person in the image?"]
+    calls = []
+    hook = model.vision_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        answers = answer_about_one_image(model, processor, image, questions, max_new_tokens=5, batch_size=3)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    tokenizer = processor.tokenizer
+    for question, answer in zip(questions, answers):
+        alone = question_batch(model, processor, [image], [question])
+        with torch.no_grad():
+            single = model.generate(**alone, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        width = alone["input_ids"].shape[1]
+        assert answer == tokenizer.decode(single[0, width:], skip_special_tokens=True).strip()
+    assert any(answers)  # something was said

@@ -72,38 +72,62 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
 
     # --- the backbone (see post_decoder/family.py) ---
 
+    def encode_images(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """[I, 1 + patches, Dv]: the vision encoder's output after its final layer norm (LAVIS's
+        `ln_vision(visual_encoder(image))`). The expensive part: a question's Q-Former pass can reuse it."""
+        return self.vision_model(
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+        ).last_hidden_state
+
+    def query_outputs(
+        self, image_embeds: torch.Tensor, qformer_input_ids: torch.Tensor, qformer_attention_mask=None
+    ) -> torch.Tensor:
+        """[I, num_query_tokens, D]: the Q-Former's query outputs for each image and its instruction, projected into
+        the language model (what `get_image_features` gives as `pooler_output`, from encoded images)."""
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        query_mask = torch.ones(queries.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        if qformer_attention_mask is None:
+            qformer_attention_mask = torch.ones_like(qformer_input_ids)
+        outputs = self.qformer(
+            input_ids=qformer_input_ids,
+            attention_mask=torch.cat([query_mask, qformer_attention_mask.to(query_mask.device)], dim=1),
+            query_embeds=queries,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device),
+            return_dict=True,
+        )
+        return self.language_projection(outputs.last_hidden_state[:, : queries.shape[1]])
+
     def image_inputs(
         self,
         input_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None,
         qformer_input_ids: torch.Tensor,
         qformer_attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        image_embeds: torch.Tensor | None = None,
     ) -> ImageInputs:
-        """One pass of the vision encoder and the Q-Former (which reads each image's question) over the images,
-        in order; each sample's images are those its `num_query_tokens`-long runs of image tokens stand for."""
+        """One pass of the vision encoder (skipped when `image_embeds`, its output, is given) and the Q-Former (which
+        reads each image's question) over the images, in order; each sample's images are those its
+        `num_query_tokens`-long runs of image tokens stand for."""
         if input_ids is None:
             raise ValueError("with an image, pass input_ids: the block finds each sample's image by its image tokens")
         if qformer_input_ids is None:
             raise ValueError("with an image, pass qformer_input_ids: InstructBLIP's Q-Former reads the question")
-        image = self.get_image_features(
-            pixel_values,
-            qformer_input_ids=qformer_input_ids,
-            qformer_attention_mask=qformer_attention_mask,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            return_dict=True,
-        )
+        if image_embeds is None:
+            image_embeds = self.encode_images(pixel_values, interpolate_pos_encoding)
+        projected = self.query_outputs(image_embeds, qformer_input_ids, qformer_attention_mask)
         if self.post_decoder is not None and self.post_decoder.config.vision_source == "projector":
-            per_image = image.pooler_output  # [I, num_query_tokens, D]: the query outputs after the projection
+            per_image = projected  # [I, num_query_tokens, D]: the query outputs after the projection
         else:
-            per_image = image.last_hidden_state  # [I, 257, 1408]: after vision_model.post_layernorm (ln_vision)
+            per_image = image_embeds  # [I, 257, 1408]: after vision_model.post_layernorm (ln_vision)
         images_per_sample = (input_ids == self.config.image_token_id).sum(dim=1) // self.config.num_query_tokens
         vision_features, vision_mask = pack_images_per_sample(per_image, images_per_sample * per_image.shape[1])
         # The projected queries go into the embeddings here, as InstructBLIP's forward does, so the encoders run once.
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        projected = image.pooler_output.to(inputs_embeds.device, inputs_embeds.dtype)
+        projected = projected.to(inputs_embeds.device, inputs_embeds.dtype)
         image_positions = self.get_placeholder_mask(input_ids, inputs_embeds)
         return ImageInputs(inputs_embeds.masked_scatter(image_positions, projected), vision_features, vision_mask)
 
@@ -214,11 +238,14 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
         attention_mask=None,
         inputs_embeds=None,
         interpolate_pos_encoding: bool = False,
+        image_embeds: torch.Tensor | None = None,
         **generate_kwargs,
     ):
         """InstructBLIP's `generate`: the image is encoded here, the language model's `generate` does the rest.
-        With a block, the image's vision features go along for the block (see `language_model.py`)."""
-        if self.post_decoder is None:
+        With a block, the image's vision features go along for the block (see `language_model.py`).
+        `image_embeds` (instead of `pixel_values`): the images already through the vision encoder
+        (`encode_images`), e.g. one image's, repeated for a batch of questions about it."""
+        if self.post_decoder is None and image_embeds is None:
             return super().generate(
                 pixel_values=pixel_values,
                 qformer_input_ids=qformer_input_ids,
@@ -232,18 +259,23 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
         language_model = self.generation_language_model()
         if attention_mask is None and input_ids is not None:
             attention_mask = torch.ones_like(input_ids)
-        if pixel_values is None:  # no image: the plain language model (the block leaves text-only rows alone)
+        if pixel_values is None and image_embeds is None:  # no image: the plain language model
             return language_model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **generate_kwargs
             )
         image = self.image_inputs(
-            input_ids, pixel_values, qformer_input_ids, qformer_attention_mask, inputs_embeds, interpolate_pos_encoding
+            input_ids,
+            pixel_values,
+            qformer_input_ids,
+            qformer_attention_mask,
+            inputs_embeds,
+            interpolate_pos_encoding,
+            image_embeds,
         )
+        if self.post_decoder is not None:  # the block's image goes along (see language_model.py)
+            generate_kwargs.update(
+                post_decoder_vision=image.vision_features, post_decoder_vision_mask=image.vision_mask
+            )
         return language_model.generate(
-            input_ids=input_ids,
-            inputs_embeds=image.inputs_embeds,
-            attention_mask=attention_mask,
-            post_decoder_vision=image.vision_features,
-            post_decoder_vision_mask=image.vision_mask,
-            **generate_kwargs,
+            input_ids=input_ids, inputs_embeds=image.inputs_embeds, attention_mask=attention_mask, **generate_kwargs
         )
