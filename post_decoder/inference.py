@@ -78,7 +78,7 @@ def answer_batch(
         image_inputs, counts = _image_inputs(model, image_processor, pictures)
         ids = []
         for index, picture in zip(batch, pictures):  # each image's own token count, in order
-            image_tokens = None if picture is None else [counts.pop(0)]
+            image_tokens = [] if picture is None else [counts.pop(0)]
             ids.append(_prompt_ids(model, tokenizer, prompts[index], image_tokens, max_new_tokens, index))
         answers += _generate(model, tokenizer, ids, image_inputs, settings)
     return answers

@@ -33,12 +33,16 @@ def test_a_checkpoint_is_claimed_by_its_config_json():
     assert family_for_checkpoint({"model_type": "llava"}, "here") is LLAVA
     original = {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "mm_vision_tower": "clip"}
     assert family_for_checkpoint(original, "here") is LLAVA
-    with pytest.raises(InputError, match="here is not a LLaVA-1.5 checkpoint: config.json has model_type 'bert'"):
+    with pytest.raises(
+        InputError, match=r"here is not a (.* or )?LLaVA-1.5( or .*)? checkpoint: config.json has model_type 'bert'"
+    ):
         family_for_checkpoint({"model_type": "bert"}, "here")
 
 
 def test_conversation_modes_name_their_family():
-    assert conv_modes() == ["vicuna_v1", "llava_v1"] and default_conv_mode() == "vicuna_v1"
+    modes = conv_modes()
+    assert len(modes) == len(set(modes)) and {"vicuna_v1", "llava_v1", "qwen2_vl", "qwen3_vl"} <= set(modes)
+    assert default_conv_mode() == "vicuna_v1"
     assert family_for_conv_mode("llava_v1") is family_for_conv_mode(None) is LLAVA
     with pytest.raises(InputError, match="unknown conversation mode 'chatml'"):
         family_for_conv_mode("chatml")
@@ -62,6 +66,26 @@ def test_position_ids_of_a_prompt_and_of_tokens_continuing_it():
     assert LLAVA.position_ids(prompt_mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
     continuation = torch.tensor([[0, 1, 1], [1, 1, 1]])  # left-padded continuation: its padding takes its first
     assert LLAVA.position_ids(continuation, prompt_mask).tolist() == [[3, 3, 4], [5, 6, 7]]
+    # The interface's calls give LLaVA the same numbers: a prompt's, then its continuation's from its positions.
+    prompt_positions = LLAVA.prompt_position_ids(None, None, prompt_mask)
+    assert torch.equal(prompt_positions, LLAVA.position_ids(prompt_mask))
+    continued = LLAVA.continued_position_ids(continuation, prompt_positions, prompt_mask)
+    assert continued.tolist() == [[3, 3, 4], [5, 6, 7]]
+
+
+def test_continued_positions_start_past_the_largest_prompt_position_on_every_axis():
+    # M-RoPE: an image of 2x3 merged tokens after 2 text tokens takes positions 2..4 (its rows and columns), and
+    # the text after it starts at max + 1 = 5, not at the token count (8). Row 0 is left-padded by one token.
+    prompt = torch.tensor(
+        [
+            [[0, 0, 1, 2, 2, 2, 2, 2, 2], [0, 0, 1, 2, 2, 2, 3, 3, 3], [0, 0, 1, 2, 3, 4, 2, 3, 4]],
+            [[0, 1, 2, 3, 4, 5, 6, 7, 8]] * 3,  # a text-only row of 9 tokens
+        ]
+    ).transpose(0, 1)  # [3 axes, 2 rows, 9 positions]
+    prompt_mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1], [1] * 9])
+    continued = LLAVA.continued_position_ids(torch.tensor([[0, 1, 1], [1, 1, 1]]), prompt, prompt_mask)
+    assert continued.shape == (3, 2, 3)
+    assert continued[0].tolist() == continued[2].tolist() == [[5, 5, 6], [9, 10, 11]]
 
 
 def test_prompt_tokens_ask_the_image_token_count_per_image(plain_llava, llava_tokenizer):
@@ -78,6 +102,26 @@ def test_prompt_tokens_ask_the_image_token_count_per_image(plain_llava, llava_to
     assert ids.count(config.image_token_id) == 5
     with pytest.raises(ValueError, match="1 image-token counts for 2 <image>"):
         family.tokenize_with_image(two, llava_tokenizer, config.image_token_id, [2])
+    assert family.tokenize_prompt(two, llava_tokenizer, config, image_tokens=[2, 3]) == ids
+
+
+def test_llavas_image_inputs_are_its_pixel_values_with_one_count_per_image(plain_llava, tmp_path):
+    import json
+
+    from post_decoder.families.llava.image_processing import load_image_processor
+    from post_decoder.families.llava.tiny import clip_preprocessor_config
+    from post_decoder.images import model_image_inputs, pixel_values, preprocess_images
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(clip_preprocessor_config(32)))
+    processor = load_image_processor(str(tmp_path))
+    images = [Image.new("RGB", (40, 30), (200, 0, 0)), Image.new("RGB", (20, 50), (0, 200, 0))]
+    inputs = LLAVA.image_inputs(images, processor)
+    assert list(inputs) == ["pixel_values"] and torch.equal(
+        inputs["pixel_values"], preprocess_images(images, processor)
+    )
+    assert LLAVA.image_token_counts(plain_llava.config, inputs) == [plain_llava.config.image_seq_length] * 2
+    on_model = model_image_inputs(plain_llava, processor, images)
+    assert torch.equal(on_model["pixel_values"], pixel_values(plain_llava, processor, images))
 
 
 def test_a_conversation_in_the_default_mode_is_vicuna_v1():
