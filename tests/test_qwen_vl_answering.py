@@ -80,7 +80,9 @@ def test_answer_batch_equals_answer_one_by_one_with_images_of_different_sizes(ti
             answer(model, tiny.tokenizer, tiny.processor, image, question, max_new_tokens=5)
             for image, question in zip(images, questions)
         ]
-        batched = answer_batch(model, tiny.tokenizer, tiny.processor, images, questions, batch_size=3, max_new_tokens=5)
+        batched = answer_batch(
+            model, tiny.tokenizer, tiny.processor, images, questions, batch_size=3, max_new_tokens=5
+        )
         answerer = PrefixCachedAnswerer(model, tiny.tokenizer, tiny.processor, max_new_tokens=5)
         for index in (0, 2, 3):
             assert [one_by_one[index]] == answerer.answer(images[index], [questions[index]])
