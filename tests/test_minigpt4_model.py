@@ -67,9 +67,14 @@ def test_logits_at_initialisation_equal_the_plain_model(plain, tokenizer, varian
 def test_the_plain_vicuna_version_is_transformers_blip2(tokenizer):
     """Without a block, the Vicuna version's logits are those of transformers' own class on the same weights."""
     plain = make_tiny_minigpt4(len(tokenizer) - 2, has_qformer=True)
-    values = {key: value for key, value in plain.config.to_dict().items() if key not in ("model_type", "has_qformer")}
+    values = {
+        key: value
+        for key, value in plain.config.to_dict().items()
+        if key not in ("model_type", "has_qformer", "ln_vision_eps")
+    }
     values.pop("post_decoder_config", None)
     library = Blip2ForConditionalGeneration(Blip2Config(**values)).eval()
+    library.vision_model.post_layernorm.eps = 1e-5  # MiniGPT-4's ln_vision's (see MiniGPT4Config.ln_vision_eps)
     library.load_state_dict(plain.state_dict())
     batch = minigpt4_batch(plain, tokenizer, QUESTIONS[:1])
     with torch.no_grad():
@@ -83,13 +88,14 @@ def test_the_block_reads_ln_vision_of_the_vit_and_llama2_tokens_are_four_patches
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         vision, tokens = plain.encode_images(pixels)
-        blocks = plain.vision_model(pixels, output_hidden_states=True).hidden_states[-1]
+        vit = plain.vision_model
+        blocks = vit.encoder(inputs_embeds=vit.embeddings(pixels)).last_hidden_state  # the ViT's last block
         ln_vision = torch.nn.functional.layer_norm(
             blocks,
             (blocks.shape[-1],),
             plain.vision_model.post_layernorm.weight,
             plain.vision_model.post_layernorm.bias,
-            1e-6,
+            1e-5,  # MiniGPT-4's ln_vision: torch's LayerNorm
         )
     assert vision.shape == (2, 17, 176) and tokens.shape == (2, 4, 64)
     torch.testing.assert_close(vision, ln_vision)

@@ -31,6 +31,8 @@ class MiniGPT4Config(Blip2Config):
         sub_configs = {**Blip2Config.sub_configs, "post_decoder_config": PostDecoderConfig}
 
     has_qformer: bool = True
+    # MiniGPT-4's `ln_vision` is torch's LayerNorm (eps 1e-5); BLIP-2's config has one eps (EVA's 1e-6) for every norm.
+    ln_vision_eps: float = 1e-5
     post_decoder_config: dict | PostDecoderConfig | None = None
 
     def __post_init__(self, **kwargs):

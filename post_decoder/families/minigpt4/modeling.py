@@ -49,6 +49,7 @@ class MiniGPT4ForConditionalGeneration(PostDecoderMixin, _GenerateOnThisModel, B
 
     def __init__(self, config: MiniGPT4Config):
         super().__init__(config)
+        self.vision_model.post_layernorm.eps = config.ln_vision_eps
         if not config.has_qformer:  # the Llama-2 version: no Q-Former, a wider projection
             del self.qformer
             del self.query_tokens

@@ -149,7 +149,7 @@ def vision_config_of(vit: dict[str, torch.Tensor], vit_layers: int, where: str) 
         image_size=grid * patch,
         patch_size=patch,
         hidden_act="gelu",
-        layer_norm_eps=1e-6,  # EVA's blocks (ln_vision's own is torch's 1e-5: one eps per config here)
+        layer_norm_eps=1e-6,  # EVA's blocks; ln_vision's is MiniGPT4Config.ln_vision_eps
         qkv_bias=True,
     )
 
