@@ -218,5 +218,9 @@ class Qwen3VLPostDecoderForConditionalGeneration(QwenVLPostDecoderMixin, Qwen3VL
     def _image_kwargs_for_language_model(self, image_outputs, image_positions) -> dict:
         """Deepstack: the encoder's intermediate features, merged, added at the image positions of the first
         layers (as Qwen3VLModel does)."""
-        deepstack = [torch.cat(features) for features in image_outputs.deepstack_features]
+        # Split per image from transformers 5.2x on, one tensor per layer before.
+        deepstack = [
+            features if isinstance(features, torch.Tensor) else torch.cat(features)
+            for features in image_outputs.deepstack_features
+        ]
         return {"visual_pos_masks": image_positions, "deepstack_visual_embeds": deepstack}
