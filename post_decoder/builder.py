@@ -10,6 +10,10 @@ accepted `model_path`s (local folders or hub ids, e.g. `llava-hf/llava-1.5-7b-hf
   - a folder holding only a block (`post_decoder_config.json` + `post_decoder.safetensors`),
     with the base it was trained on as `model_base` (`--model-base` on the command line).
 
+For Qwen2.5-VL, Qwen2-VL and Qwen3-VL: folders in the hub's layout (`Qwen/Qwen2.5-VL-7B-Instruct`: config.json,
+safetensors shards, preprocessor_config.json, tokenizer files, chat_template), our saved folders (model types
+`qwen2_5_vl_post_decoder`, ...) and a block alone with its base; `min_pixels` / `max_pixels` reach the image processor.
+
 LLaVA's tokenizer comes from `families/llava/tokenizer.load_tokenizer`: LLaVA's own (slow, SentencePiece) token ids
 whenever the folder ships `tokenizer.model`. A problem with the folders named is an `InputError` that names them.
 """
@@ -72,7 +76,7 @@ def load_pretrained_model(
         if _read_config(model_base).get("post_decoder_config") is not None:
             raise InputError(
                 f"model_base {model_base} already holds a block (post_decoder_config in its config.json); the base "
-                f"for the block in {model_path} must not: pass the plain LLaVA-1.5 it was trained on"
+                f"for the block in {model_path} must not: pass the plain model it was trained on"
             )
         block_config = read_post_decoder_config(model_path)
         full_path = model_base
@@ -112,7 +116,8 @@ def _read_config(model_path: str) -> dict:
         path = cached_file(model_path, "config.json")
     except (OSError, ValueError):  # no such folder, no config.json in it, or a hub id out of reach
         raise InputError(
-            f"{model_path} has no config.json: name a LLaVA-1.5 checkpoint folder (or a hub id, with internet)"
+            f"{model_path} has no config.json: name a model's checkpoint folder (LLaVA-1.5, Qwen-VL, ...; "
+            "or a hub id, with internet)"
         ) from None
     try:
         with open(path) as handle:
