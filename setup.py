@@ -49,6 +49,7 @@ setup(
     entry_points={
         "console_scripts": [
             "post-decoder-convert-llava=post_decoder.families.llava.original:main",
+            "post-decoder-convert-minigpt4=post_decoder.families.minigpt4.original:main",
             "post-decoder-demo=demo.app:main",
             # the training, evaluation and merge commands (their scripts keep working under python/deepspeed)
             "post-decoder-train-dpo=ha_dpo.cli.train_dpo_post:command",
