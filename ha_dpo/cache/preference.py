@@ -31,13 +31,17 @@ class PreferenceSource:
 
     def __init__(self, dataset: PreferenceDataset, collator, digests: dict[str, str], prompt_states: bool):
         self.dataset, self.collator, self.prompt_states = dataset, collator, prompt_states
-        self.lengths, self.entry_keys, self.image_keys = [], [], []
+        self.lengths, self.entry_keys, self.image_keys, self.image_token_counts = [], [], [], []
         for sample, prompt, chosen, rejected in dataset.items:
             digest = digests[sample.image] if sample.image else None
-            prompt_length = expanded_length(prompt, dataset.image_token_id, dataset.image_seq_length)
+            counts = dataset.image_counts(sample)
+            prompt_length = expanded_length(prompt, dataset.image_token_id, counts)
             self.lengths.append((prompt_length, len(chosen), len(rejected)))
-            self.entry_keys.append(entry_key("pair", digest, prompt, chosen, rejected, [dataset.image_seq_length]))
+            # The image's own count in the key (LLaVA's: the one count of every image).
+            image_tokens = dataset.image_tokens.key(sample.image)
+            self.entry_keys.append(entry_key("pair", digest, prompt, chosen, rejected, image_tokens))
             self.image_keys.append(image_key(digest) if digest else None)
+            self.image_token_counts.append(sum(counts))
 
     def __len__(self) -> int:
         return len(self.dataset)

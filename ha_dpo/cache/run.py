@@ -134,18 +134,18 @@ def _source(kind: str, trainer, prompt_states: bool):
 
 def _plan(directory, source, store, model, dtype: torch.dtype) -> str:
     """What the build will add and the disk it will take (refused if the disk has not that much free)."""
-    family, config = family_for(model), model.config
-    sizes = family.block_sizes(config, vision_source(model))
+    sizes = family_for(model).block_sizes(model.config, vision_source(model))
     item = torch.empty((), dtype=dtype).element_size()
-    missing_entries, missing_images = {}, set()
+    missing_entries, missing_images = {}, {}
     for index in range(len(source)):
         key, image = source.entry_keys[index], source.image_keys[index]
         if key not in store:
             missing_entries[key] = source.rows(index)
         if image and image not in store:
-            missing_images.add(image)
+            missing_images[image] = source.image_token_counts[index]
     entry_bytes = sum(missing_entries.values()) * sizes["hidden_size"] * item
-    image_bytes = len(missing_images) * family.image_token_count(config) * sizes["vision_hidden_size"] * item
+    # One row per image token: LLaVA's exact; Qwen-VL's vision encoder (before its merger) has merge_size**2 each.
+    image_bytes = sum(missing_images.values()) * sizes["vision_hidden_size"] * item
     distinct = len(set(source.entry_keys))
     if not missing_entries and not missing_images:
         return f"backbone cache {directory}: all {distinct} {source.unit} are there"

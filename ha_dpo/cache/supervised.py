@@ -30,13 +30,15 @@ class SupervisedSource:
 
     def __init__(self, dataset: SupervisedDataset, collator, digests: dict[str, str]):
         self.dataset, self.collator = dataset, collator
-        self.targets, self.entry_keys, self.image_keys = [], [], []
+        self.targets, self.entry_keys, self.image_keys, self.image_token_counts = [], [], [], []
         for sample, ids, spans in dataset.items:
             digest = digests[sample.image] if sample.image else None
             self.targets.append(_targets(ids, spans))
             span_array = np.asarray(spans, dtype=np.int64).reshape(-1)
-            self.entry_keys.append(entry_key("sample", digest, ids, span_array, [dataset.image_seq_length]))
+            image_tokens = dataset.image_tokens.key(sample.image)  # the image's own count (LLaVA's: the one)
+            self.entry_keys.append(entry_key("sample", digest, ids, span_array, image_tokens))
             self.image_keys.append(image_key(digest) if digest else None)
+            self.image_token_counts.append(sum(dataset.image_counts(sample)))
 
     def __len__(self) -> int:
         return len(self.dataset)

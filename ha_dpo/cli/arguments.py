@@ -16,17 +16,16 @@ from post_decoder import VARIANTS
 from post_decoder.compat import activation_checkpointing_field
 from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError
-from post_decoder.family import conv_modes, default_conv_mode
+from post_decoder.family import conv_modes
 
 from ..objective.dpo_loss import LOSS_TYPES
 
 CONV_MODE_HELP = (
-    "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template; HA-DPO trained "
-    "LLaVA-1.5 with it, as --version v1) or llava_v1 (HA-DPO's POPE evaluation of LLaVA-1.5 used it)"
+    "the prompt template of the samples; default: the model family's own (LLaVA-1.5: vicuna_v1, its own training "
+    "template, as HA-DPO's --version v1; llava_v1 is HA-DPO's POPE evaluation's. Qwen2-VL/Qwen2.5-VL: qwen2_vl, "
+    "Qwen3-VL: qwen3_vl, their chat templates)"
 )
-SFT_CONV_MODE_HELP = (
-    "LLaVA's prompt template of the samples: vicuna_v1 (LLaVA-1.5's own training template) or llava_v1"
-)
+SFT_CONV_MODE_HELP = CONV_MODE_HELP
 LORA_ONLY = "(--lora_enable True runs only)"
 
 # transformers 5 renamed these; HA-DPO's and LLaVA's commands still use the old names
@@ -82,6 +81,14 @@ class ModelArguments:
     )
     mm_projector_lr: float | None = field(
         default=None, metadata={"help": "LLaVA's separate projector learning rate: not implemented, refused if given"}
+    )
+    min_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Qwen-VL: the image processor's smallest image (pixels; default the checkpoint's own)"},
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Qwen-VL: the image processor's largest image (pixels; default the checkpoint's own)"},
     )
 
     def __post_init__(self):
@@ -170,7 +177,7 @@ class PreferenceDataArguments:
     lazy_preprocess: bool = field(
         default=True, metadata={"help": "LLaVA's flag: images are always read lazily (False is refused)"}
     )
-    conv_mode: str = field(default=default_conv_mode(), metadata={"help": CONV_MODE_HELP, "choices": conv_modes()})
+    conv_mode: str | None = field(default=None, metadata={"help": CONV_MODE_HELP, "choices": conv_modes()})
 
     def __post_init__(self):
         refusals = _data_refusals(self.image_aspect_ratio, self.lazy_preprocess)
@@ -202,7 +209,7 @@ class SupervisedDataArguments:
             "refused, --keep_text_only False drops the samples without one"
         },
     )
-    conv_mode: str = field(default=default_conv_mode(), metadata={"help": SFT_CONV_MODE_HELP, "choices": conv_modes()})
+    conv_mode: str | None = field(default=None, metadata={"help": SFT_CONV_MODE_HELP, "choices": conv_modes()})
 
     def __post_init__(self):
         refusals = _data_refusals(self.image_aspect_ratio, self.lazy_preprocess)

@@ -24,16 +24,18 @@ from ha_dpo.cli.arguments import ModelArguments, PreferenceDataArguments, Prefer
 from ha_dpo.cli.training_run import parse, prepare_run, train_and_save
 from ha_dpo.data.collators import PreferenceCollator
 from ha_dpo.data.hadpo_data import read_hadpo_pairs
+from ha_dpo.data.image_tokens import ImageTokens
 from ha_dpo.data.preference_data import PreferenceDataset
 from ha_dpo.data.skips import SkipCounter
 from ha_dpo.trainer.trainer import PreferenceTrainer
-from ha_dpo.trainer.training_model import load_for_training, preference_model
+from ha_dpo.trainer.training_model import conv_mode_for, load_for_training, preference_model
 from post_decoder.errors import run_command
 from post_decoder.family import family_for
 
 
-def preference_data(data_args, training_args, tokenizer, image_processor, model_config):
-    """HA-DPO's pairs (its mix, or every pair), tokenized and checked; bad samples counted in `skips`."""
+def preference_data(data_args, training_args, tokenizer, image_processor, model_config, conv_mode=None):
+    """HA-DPO's pairs (its mix, or every pair), tokenized in `conv_mode`'s template (None: `--conv_mode`) and
+    checked, each image's token count the model family's for it; bad samples counted in `skips`."""
     skips = SkipCounter("HA-DPO pairs", strict=data_args.strict)
     samples = read_hadpo_pairs(
         data_args.vg_path,
@@ -49,12 +51,12 @@ def preference_data(data_args, training_args, tokenizer, image_processor, model_
         samples,
         tokenizer,
         family.image_token_id(model_config),
-        family.image_token_count(model_config),
+        ImageTokens.for_model(family, model_config, image_processor),
         training_args.model_max_length,
         skips=skips,
-        conv_mode=data_args.conv_mode,
+        conv_mode=conv_mode or data_args.conv_mode,
     )
-    return dataset, PreferenceCollator(tokenizer, image_processor), skips
+    return dataset, PreferenceCollator(tokenizer, image_processor, model_config), skips
 
 
 ARGUMENT_TYPES = (ModelArguments, PreferenceDataArguments, PreferenceTrainingArguments)
@@ -68,7 +70,10 @@ def train_dpo(
     notes = prepare_run(model_args, training_args)
     set_seed(training_args.seed)  # before the block is created: its initialisation is part of the run
     tokenizer, model, image_processor = load_for_training(model_args, training_args)
-    dataset, collator, skips = preference_data(data_args, training_args, tokenizer, image_processor, model.config)
+    conv_mode = conv_mode_for(model, data_args.conv_mode)
+    dataset, collator, skips = preference_data(
+        data_args, training_args, tokenizer, image_processor, model.config, conv_mode
+    )
     trainer = PreferenceTrainer(
         model=preference_model(model_args, model, tokenizer),
         args=training_args,
@@ -80,7 +85,7 @@ def train_dpo(
         gamma=training_args.gamma,
     )
     if training_args.backbone_cache:
-        use_backbone_cache(trainer, PREFERENCE, tokenizer, image_processor, data_args.conv_mode)
+        use_backbone_cache(trainer, PREFERENCE, tokenizer, image_processor, conv_mode)
     return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
 
 

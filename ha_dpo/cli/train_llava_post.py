@@ -1,5 +1,6 @@
-"""Supervised fine-tuning of the post-interaction block (and/or lm_head) on LLaVA instruction data,
-the backbone frozen: the original work's second training path.
+"""Supervised fine-tuning of the post-interaction block (and/or lm_head) on LLaVA-format instruction data,
+the backbone frozen: the original work's second training path (any family: LLaVA-1.5, Qwen-VL, ...; the samples
+in the model's own template).
 
     deepspeed ha_dpo/train_llava_post.py --deepspeed scripts/zero2.json \\
         --model_name_or_path liuhaotian/llava-v1.5-7b --data_path data/llava_v1_5_mix665k.json \\
@@ -21,10 +22,11 @@ from ha_dpo.cache.run import use_backbone_cache
 from ha_dpo.cli.arguments import ModelArguments, PostDecoderTrainingArguments, SupervisedDataArguments
 from ha_dpo.cli.training_run import parse, prepare_run, train_and_save
 from ha_dpo.data.collators import SupervisedCollator
+from ha_dpo.data.image_tokens import ImageTokens
 from ha_dpo.data.llava_data import SupervisedDataset, read_llava_samples
 from ha_dpo.data.skips import SkipCounter
 from ha_dpo.trainer.trainer import SupervisedModel, TrainableOnlyTrainer
-from ha_dpo.trainer.training_model import load_for_training, train_block_and_head_only
+from ha_dpo.trainer.training_model import conv_mode_for, load_for_training, train_block_and_head_only
 from post_decoder.errors import InputError, run_command
 from post_decoder.family import family_for
 
@@ -46,25 +48,26 @@ def train_sft(
         data_args.data_path, data_args.image_folder, keep_text_only=data_args.keep_text_only, skips=skips
     )
     config, family = model.config, family_for(model)
+    conv_mode = conv_mode_for(model, data_args.conv_mode)
     dataset = SupervisedDataset(
         samples,
         tokenizer,
         family.image_token_id(config),
-        family.image_token_count(config),
+        ImageTokens.for_model(family, config, image_processor),
         training_args.model_max_length,
         skips=skips,
-        conv_mode=data_args.conv_mode,
+        conv_mode=conv_mode,
     )
     train_block_and_head_only(model_args, model)
     trainer = TrainableOnlyTrainer(
         model=SupervisedModel(model),
         args=training_args,
         train_dataset=dataset,
-        data_collator=SupervisedCollator(tokenizer, image_processor),
+        data_collator=SupervisedCollator(tokenizer, image_processor, config),
         processing_class=tokenizer,
     )
     if training_args.backbone_cache:
-        use_backbone_cache(trainer, SUPERVISED, tokenizer, image_processor, data_args.conv_mode)
+        use_backbone_cache(trainer, SUPERVISED, tokenizer, image_processor, conv_mode)
     return train_and_save(trainer, training_args, [*notes, skips.summary()], skips)
 
 

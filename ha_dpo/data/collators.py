@@ -1,18 +1,28 @@
 """Batches for the trainers: preference pairs in the format `ha_dpo.objective.pair_logps.shared_pair_logps`
 reads, and supervised samples for the model's forward with `labels`.
 
-Images go through LLaVA's `pad` preprocessing. `pixel_values` holds the images of the samples
-that have one, in order: the model matches images to samples by their image tokens.
+The images of the samples that have one, in order, become the model family's image inputs
+(`family.image_inputs`: LLaVA-1.5's `pixel_values` after its `pad` preprocessing; Qwen-VL's flattened patches
+`pixel_values` and `image_grid_thw`), at the top level of the batch beside the ids: the model matches images to
+samples by their image tokens. Given the model's config, a collator checks that each sample's run of image tokens
+(the dataset's count, from the image's size) is the count the processor gave (`family.image_token_counts`).
 """
 
-from post_decoder.images import preprocess_images
+import torch
+
+from post_decoder.family import DEFAULT_FAMILY, family_for
 
 from .token_ids import IGNORE_INDEX, pad_and_mask
 
+PREFERENCE_TEXT_KEYS = tuple(
+    f"{name}_{part}" for name in ("prompt", "chosen", "rejected") for part in ("input_ids", "attention_mask")
+)
+SUPERVISED_TEXT_KEYS = ("input_ids", "attention_mask", "labels")
 
-def _pixel_values(items: list[dict], image_processor) -> dict:
-    images = [item["image"] for item in items if item["image"] is not None]
-    return {"pixel_values": preprocess_images(images, image_processor)} if images else {}
+
+def image_inputs_of(batch: dict, text_keys) -> dict:
+    """The batch's image inputs: everything a collator put beside the text (none: no image in the batch)."""
+    return {name: value for name, value in batch.items() if name not in text_keys}
 
 
 def _pad_token_id(tokenizer) -> int:
@@ -24,29 +34,60 @@ def _pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id
 
 
+class _ImageInputs:
+    """The family's image inputs of a batch's images, their counts checked against the ids' image runs."""
+
+    def __init__(self, image_processor, config=None):
+        self.image_processor, self.config = image_processor, config
+        self.family = family_for(config if config is not None else DEFAULT_FAMILY)
+
+    def __call__(self, items: list[dict], ids_key: str) -> dict:
+        with_image = [item for item in items if item["image"] is not None]
+        if not with_image:
+            return {}
+        inputs = self.family.image_inputs([item["image"] for item in with_image], self.image_processor)
+        if self.config is not None:
+            self._check_counts(with_image, ids_key, self.family.image_token_counts(self.config, inputs))
+        return inputs
+
+    def _check_counts(self, items: list[dict], ids_key: str, counts: list[int]):
+        image_token_id = self.family.image_token_id(self.config)
+        for item, count in zip(items, counts, strict=True):
+            in_ids = int((item[ids_key] == image_token_id).sum())
+            if in_ids != count:
+                raise ValueError(
+                    f"sample {item.get('sample_id')}: its ids hold {in_ids} image tokens, the image processor gives "
+                    f"its image {count}: the dataset's count (from the image's size) disagrees with the processor's"
+                )
+
+
 class PreferenceCollator:
     """`prompt_input_ids`/`prompt_attention_mask` [B, P] left-padded (the answers continue from the
-    prompt's last position), `chosen_*` [B, C] and `rejected_*` [B, R] right-padded, `pixel_values`."""
+    prompt's last position), `chosen_*` [B, C] and `rejected_*` [B, R] right-padded, and the image inputs.
+    `config`: the model's (the family's image inputs and the check of each image's count); None: the
+    default family's inputs, unchecked."""
 
-    def __init__(self, tokenizer, image_processor):
+    def __init__(self, tokenizer, image_processor, config=None):
         self.pad_token_id = _pad_token_id(tokenizer)
         self.image_processor = image_processor
+        self.image_inputs = _ImageInputs(image_processor, config)
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {}
         for name, side in (("prompt", "left"), ("chosen", "right"), ("rejected", "right")):
             ids, mask = pad_and_mask([item[f"{name}_input_ids"] for item in items], self.pad_token_id, side)
             batch[f"{name}_input_ids"], batch[f"{name}_attention_mask"] = ids, mask
-        batch.update(_pixel_values(items, self.image_processor))
+        batch.update(self.image_inputs(items, "prompt_input_ids"))
         return batch
 
 
 class SupervisedCollator:
-    """`input_ids`, `attention_mask`, `labels` (IGNORE_INDEX on padding) right-padded, `pixel_values`."""
+    """`input_ids`, `attention_mask`, `labels` (IGNORE_INDEX on padding) right-padded, and the image inputs."""
 
-    def __init__(self, tokenizer, image_processor):
+    def __init__(self, tokenizer, image_processor, config=None):
         self.pad_token_id = _pad_token_id(tokenizer)
         self.image_processor = image_processor
+        self.image_inputs = _ImageInputs(image_processor, config)
 
     def __call__(self, items: list[dict]) -> dict:
         input_ids, attention_mask = pad_and_mask([item["input_ids"] for item in items], self.pad_token_id, "right")
@@ -55,5 +96,12 @@ class SupervisedCollator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            **_pixel_values(items, self.image_processor),
+            **self.image_inputs(items, "input_ids"),
         }
+
+
+def repeated_images(image_inputs: dict, times: int = 2) -> dict:
+    """The inputs of a batch's images `times` over, in that order (images 0..I-1, then again): every family's
+    image inputs are its images' rows one after another along the first axis (LLaVA's [I, 3, H, W]; Qwen-VL's
+    patches and `image_grid_thw`)."""
+    return {name: torch.cat([value] * times) for name, value in image_inputs.items()}

@@ -1,18 +1,23 @@
-"""LLaVA instruction data for supervised fine-tuning of the block, tokenized as LLaVA-1.5's
-`preprocess_v1` does (the vicuna_v1 template by default; `conv_mode="llava_v1"` changes the system prompt only).
+"""LLaVA-format instruction data for supervised fine-tuning of the block, in the model family's own template:
+LLaVA-1.5's `preprocess_v1` (the vicuna_v1 template by default; `conv_mode="llava_v1"` changes the system prompt
+only), Qwen-VL's chat template (an image before its question's text, as Qwen's fine-tuning code builds the
+messages).
 
 Input: a JSON list of `{"id", "image" (optional, relative to `image_folder`), "conversations":
-[{"from": "human" | "gpt", "value": str}, ...]}`.
+[{"from": "human" | "gpt", "value": str}, ...]}` (the format LLaVA's and Qwen-VL's fine-tuning code read).
 - As LLaVA's `preprocess_multimodal`: `<image>` is taken out of its turn, which is stripped and
-  starts again with `<image>\\n`. An image sample with no `<image>` gets one before its first question.
+  starts again with `<image>\n` (the turns keep this form; the template then places the image its own way).
+  An image sample with no `<image>` gets one before its first question.
 - A first turn from "gpt" is dropped, as LLaVA does; the rest must alternate human, gpt and end
   with an answer (LLaVA masks a sample ending with a question entirely: it is skipped here).
-- Labels are IGNORE_INDEX (-100) except the answers and the `</s>` that closes each of them.
+- Labels are IGNORE_INDEX (-100) except the assistant turns: each answer and what closes its turn in the
+  template (LLaVA-1.5: `</s>`; Qwen-VL: `<|im_end|>` and the line break after it, as Qwen's fine-tuning code).
 - A sample without an image is kept (the block passes it through) unless `keep_text_only=False`;
   either way it is counted.
 - No sample left at all is an `InputError` that says why.
 """
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -21,16 +26,13 @@ import torch
 from torch.utils.data import Dataset
 
 from post_decoder.errors import InputError
-from post_decoder.families.llava.conversation import (  # LLaVA's own data format, in LLaVA's template
-    ANSWER_END,
-    ASSISTANT,
-    DEFAULT_CONV_MODE,
-    IMAGE_TOKEN,
-    USER,
-    Conversation,
-    tokenize_with_image,
-)
 
+# LLaVA's data format: the `<image>` marker and the roles of a sample's turns (not a template: the model
+# family's conversation renders them).
+from post_decoder.families.llava.conversation import ASSISTANT, IMAGE_TOKEN, USER
+from post_decoder.family import family_for_conv_mode
+
+from .image_tokens import ImageTokens
 from .images import load_image, with_readable_images
 from .json_files import read_json
 from .skips import SkipCounter
@@ -127,55 +129,76 @@ def read_llava_samples(
     return samples
 
 
-def _tokenize_after_answer(texts: list[str], tokenizer, image_token_id: int) -> list[list[int]]:
-    """Ids of each text where it stands in a conversation: right after an answer's `</s>`. One
-    batched tokenizer call for the texts without an image (the call itself costs more than the text)."""
-    plain = [number for number, text in enumerate(texts) if IMAGE_TOKEN not in text]
+def _after_end(ids: list[int], eos: int) -> list[int]:
+    """The ids after the first EOS (and whatever the tokenizer put before it: LLaVA's BOS)."""
+    return ids[ids.index(eos) + 1 :] if eos in ids else []
+
+
+def _tokenize_after_answer(texts: list[tuple[str, bool]], tokenizer, template, image_token_id: int) -> list[list[int]]:
+    """Ids of each (text, holds an image) where it stands in a conversation: after a closed answer turn. Each is
+    tokenized behind the EOS (LLaVA's `</s>`, Qwen's `<|im_end|>`: a special token no text merges across),
+    which gives the ids it has in place. One batched tokenizer call for the texts without an image (the call
+    itself costs more than the text)."""
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    plain = [number for number, (_, image) in enumerate(texts) if not image]
     tokenized: list = [None] * len(texts)
     if plain:
-        batch = tokenizer([ANSWER_END + texts[number] for number in plain], add_special_tokens=False).input_ids
+        batch = tokenizer([eos + texts[number][0] for number in plain], add_special_tokens=False).input_ids
         for number, ids in zip(plain, batch):
             tokenized[number] = ids
-    for number, text in enumerate(texts):
-        if tokenized[number] is None:
-            tokenized[number] = tokenize_with_image(ANSWER_END + text, tokenizer, image_token_id, 1)[1:]  # no BOS
-    if any(ids[:1] != [tokenizer.eos_token_id] for ids in tokenized):
-        raise ValueError(f"the tokenizer does not read {ANSWER_END!r} as its EOS token")
+        if any(ids[:1] != [eos_id] for ids in batch):
+            raise ValueError(f"the tokenizer does not read {eos!r} as its EOS token")
+    for number, (text, image) in enumerate(texts):
+        if image:
+            tokenized[number] = [eos_id] + _after_end(
+                template.tokenize_with_image(eos + text, tokenizer, image_token_id, 1), eos_id
+            )
     return [ids[1:] for ids in tokenized]
 
 
-def _round_texts(turns, conv_mode: str) -> list[tuple[str, str]]:
-    """Per round, the text that adds its question up to "ASSISTANT:", and up to its answer's `</s>`."""
-    conversation, rounds, done = Conversation.for_mode(conv_mode), [], ""
+def _template_turn(text: str) -> tuple[str, bool]:
+    """A user turn of the data (`<image>\n` first where it has the image) as (text, with the image)."""
+    if IMAGE_TOKEN not in text:
+        return text, False
+    return text.replace(IMAGE_TOKEN, "").strip(), True
+
+
+def _round_texts(turns, template, conv_mode: str | None) -> list[tuple[str, str, bool]]:
+    """Per round, the text that adds its question up to the open assistant turn, the text up to its closed
+    answer turn, and whether the question holds the image."""
+    conversation, rounds, done = template.conversation(conv_mode), [], ""
     for question, answer in zip(turns[0::2], turns[1::2]):
-        conversation.add_user(question[1]).add_assistant(None)
-        instruction = conversation.prompt()
-        conversation.messages[-1] = (ASSISTANT, answer[1])
-        closed = conversation.prompt()
+        text, image = _template_turn(question[1])
+        conversation.add_user(text, with_image=image)
+        instruction = copy.deepcopy(conversation).add_assistant(None).prompt()
+        closed = conversation.add_assistant(answer[1]).prompt()
         if not (instruction.startswith(done) and closed.startswith(done)):
             raise AssertionError("the conversation template is not built round by round")
-        rounds.append((instruction[len(done) :], closed[len(done) :]))
+        rounds.append((instruction[len(done) :], closed[len(done) :], image))
         done = closed
     return rounds
 
 
 def conversation_ids_and_answer_spans(
-    turns, tokenizer, image_token_id: int, conv_mode: str = DEFAULT_CONV_MODE
+    turns, tokenizer, image_token_id: int, conv_mode: str | None = None
 ) -> tuple[list[int], list[tuple[int, int]]] | None:
-    """Compact ids (one image token) of the whole conversation and each answer's [start, end),
-    its `</s>` included; None when an answer's first token would merge with "ASSISTANT:" (no
+    """Compact ids (one image token) of the whole conversation in `conv_mode`'s template (None: the default
+    family's) and each answer's [start, end), what closes its turn included (LLaVA's `</s>`; Qwen-VL's
+    `<|im_end|>` and line break); None when an answer's first token would merge with the text before it (no
     clean cut: LLaVA masks such a sample entirely and warns "tokenization mismatch").
 
-    `turns` alternate (USER, text), (ASSISTANT, text) and end with an answer. The ids equal
-    `tokenize_with_image` of the whole conversation (tested): tokens never merge across the
-    special `</s>`, so each round (question, answer, `</s>`) is tokenized on its own, in its place
-    (the first with BOS, the others right after a `</s>`), and each text once.
+    `turns` alternate (USER, text), (ASSISTANT, text) and end with an answer. The ids equal the template's
+    `tokenize_with_image` of the whole conversation (tested): tokens never merge across the special token that
+    ends an answer, so each round (question, answer, end) is tokenized on its own, in its place (the first
+    at the start, the others right after an answer's end), and each text once.
     """
     if len(turns) % 2 or any(role != (USER, ASSISTANT)[number % 2] for number, (role, _) in enumerate(turns)):
         raise ValueError("turns must alternate question, answer and end with an answer")
-    rounds = _round_texts(turns, conv_mode)
-    first = [tokenize_with_image(text, tokenizer, image_token_id, 1) for text in rounds[0]]
-    later = _tokenize_after_answer([text for pair in rounds[1:] for text in pair], tokenizer, image_token_id)
+    template = family_for_conv_mode(conv_mode)
+    rounds = _round_texts(turns, template, conv_mode)
+    first = [template.tokenize_with_image(text, tokenizer, image_token_id, 1) for text in rounds[0][:2]]
+    later_texts = [(text, image) for instruction, closed, image in rounds[1:] for text in (instruction, closed)]
+    later = _tokenize_after_answer(later_texts, tokenizer, template, image_token_id)
     ids, spans = [], []
     for head, body in [first, *zip(later[0::2], later[1::2])]:
         if body[: len(head)] != head:
@@ -191,7 +214,8 @@ class SupervisedDataset(Dataset):
 
     Items: `sample_id`, `input_ids` and `labels` (1-D long tensors, image tokens expanded) and
     `image` (RGB PIL image or None). A conversation longer than `model_max_length` is cut at the
-    end; one left with no answer token (its loss would be undefined) is skipped.
+    end; one left with no answer token (its loss would be undefined) is skipped. `image_seq_length`: each
+    image's token count, one for every image or an `ImageTokens` (the image's own, from its size).
     """
 
     def __init__(
@@ -199,15 +223,16 @@ class SupervisedDataset(Dataset):
         samples: list[SupervisedSample],
         tokenizer,
         image_token_id: int,
-        image_seq_length: int,
+        image_seq_length: "int | ImageTokens",
         model_max_length: int,
         skips: SkipCounter | None = None,
         check_images: bool = True,
-        conv_mode: str = DEFAULT_CONV_MODE,
+        conv_mode: str | None = None,
     ):
-        Conversation.for_mode(conv_mode)  # an unknown mode stops here, before any work
+        template = family_for_conv_mode(conv_mode)
+        template.conversation(conv_mode)  # an unknown mode stops here, before any work
         self.image_token_id = image_token_id
-        self.image_seq_length = image_seq_length
+        self.image_tokens = ImageTokens(image_seq_length)
         self.conv_mode = conv_mode
         self.skips = skips if skips is not None else SkipCounter("LLaVA samples")
         self.items = []
@@ -219,10 +244,14 @@ class SupervisedDataset(Dataset):
         self.skips.note("samples kept", len(self.items))
         self.skips.log()
 
+    def image_counts(self, sample: SupervisedSample) -> list[int]:
+        """The token count of each image of the sample (none or one)."""
+        return [self.image_tokens.of(sample.image)] if sample.image else []
+
     def _tokenize(self, sample: SupervisedSample, tokenizer, model_max_length: int):
         tokenized = conversation_ids_and_answer_spans(sample.turns, tokenizer, self.image_token_id, self.conv_mode)
         if tokenized is None:
-            detail = "an answer's first token merges with 'ASSISTANT:'"
+            detail = "an answer's first token merges with the text before it"
             self.skips.skip(sample.sample_id, "tokenization mismatch", detail, sample.source)
             return None
         ids, spans = compact(tokenized[0]), tokenized[1]
@@ -231,7 +260,7 @@ class SupervisedDataset(Dataset):
             detail = f"{images} <image> in the text, {'an image' if sample.image else 'no image'} file"
             self.skips.skip(sample.sample_id, "image and <image> do not match", detail, sample.source)
             return None
-        kept = kept_length(ids, self.image_token_id, self.image_seq_length, model_max_length)
+        kept = kept_length(ids, self.image_token_id, self.image_counts(sample), model_max_length)
         if int((ids[:kept] == self.image_token_id).sum()) != images:
             self.skips.skip(
                 sample.sample_id,
@@ -257,9 +286,10 @@ class SupervisedDataset(Dataset):
         labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
         for start, end in spans:
             labels[start:end] = ids[start:end]
+        counts = self.image_counts(sample)
         return {
             "sample_id": sample.sample_id,
-            "input_ids": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, self.image_seq_length)).long(),
-            "labels": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, self.image_seq_length, labels)),
+            "input_ids": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, counts)).long(),
+            "labels": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, counts, labels)),
             "image": load_image(sample.image, sample.sample_id, sample.source) if sample.image else None,
         }

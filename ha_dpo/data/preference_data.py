@@ -8,7 +8,12 @@ the whole conversation, `prompt + " " + answer + "</s>"`, after the prompt's ids
 preprocess_v1 starts an answer's labels. For ordinary text that equals
 `tokenizer(answer, add_special_tokens=False).input_ids + [eos]`; for an answer that begins with
 whitespace it does not (the space after "ASSISTANT:" joins it), and the whole conversation's ids
-are what LLaVA trained on (tested with the Llama-2 tokenizer).
+are what LLaVA trained on (tested with the Llama-2 tokenizer). Qwen-VL's prompt is its chat template, and an
+answer's ids run to the end of its closed turn (`<|im_end|>` and the line break after it, as Qwen's own
+fine-tuning code labels them).
+
+Each image's token count is the family's for that image (`image_tokens.ImageTokens`): every image the
+same for LLaVA-1.5, each image's own size for Qwen-VL.
 """
 
 from dataclasses import dataclass
@@ -19,6 +24,7 @@ from torch.utils.data import Dataset
 
 from post_decoder.family import family_for_conv_mode
 
+from .image_tokens import ImageTokens
 from .images import load_image, with_readable_images
 from .skips import SkipCounter
 from .token_ids import compact, expand_image_tokens, expanded_length
@@ -61,7 +67,8 @@ class PreferenceDataset(Dataset):
     A sequence longer than `model_max_length` loses the end of its answer; a pair whose prompt
     leaves no room for an answer is skipped, and so is a pair whose two answers are the same ids
     (in the file, or once cut): it has nothing to prefer and only pulls the loss toward ln 2.
-    No pair left at all is an `InputError` that says why.
+    No pair left at all is an `InputError` that says why. `image_seq_length`: each image's token count, one for
+    every image or an `ImageTokens` (the image's own, from its size).
     """
 
     def __init__(
@@ -69,7 +76,7 @@ class PreferenceDataset(Dataset):
         samples: list[PreferenceSample],
         tokenizer,
         image_token_id: int,
-        image_seq_length: int,
+        image_seq_length: "int | ImageTokens",
         model_max_length: int,
         skips: SkipCounter | None = None,
         check_images: bool = True,
@@ -77,7 +84,7 @@ class PreferenceDataset(Dataset):
     ):
         family_for_conv_mode(conv_mode)  # an unknown mode stops here, before any work
         self.image_token_id = image_token_id
-        self.image_seq_length = image_seq_length
+        self.image_tokens = ImageTokens(image_seq_length)
         self.model_max_length = model_max_length
         self.conv_mode = conv_mode
         self.skips = skips if skips is not None else SkipCounter("preference pairs")
@@ -121,7 +128,7 @@ class PreferenceDataset(Dataset):
         if np.array_equal(chosen, rejected):
             self.skips.skip(sample.sample_id, "chosen and rejected are the same", source=sample.source)
             return None
-        prompt_length = expanded_length(prompt, self.image_token_id, self.image_seq_length)
+        prompt_length = expanded_length(prompt, self.image_token_id, self.image_counts(sample))
         room = self.model_max_length - prompt_length
         if room <= 0:
             detail = f"prompt has {prompt_length} tokens, model_max_length is {self.model_max_length}"
@@ -137,12 +144,16 @@ class PreferenceDataset(Dataset):
             self.skips.note("pairs with an answer cut at model_max_length")
         return sample, prompt, chosen[:room], rejected[:room]
 
+    def image_counts(self, sample: PreferenceSample) -> list[int]:
+        """The token count of each image of the sample's prompt (none or one)."""
+        return [self.image_tokens.of(sample.image)] if sample.image else []
+
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         sample, prompt, chosen, rejected = self.items[index]
-        prompt = expand_image_tokens(prompt, self.image_token_id, self.image_seq_length)
+        prompt = expand_image_tokens(prompt, self.image_token_id, self.image_counts(sample))
         return {
             "sample_id": sample.sample_id,
             "prompt_input_ids": torch.from_numpy(prompt).long(),

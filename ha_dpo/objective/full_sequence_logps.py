@@ -7,6 +7,7 @@ LoRA baseline); this is also what the training benchmark compares against.
 
 import torch
 
+from ..data.collators import PREFERENCE_TEXT_KEYS, image_inputs_of, repeated_images
 from ..data.token_ids import IGNORE_INDEX, pad_and_mask
 
 
@@ -30,12 +31,16 @@ def concatenated_pairs(batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 def full_sequence_logps(model, batch: dict, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row (chosen/rejected interleaved): the sum of log p(answer token), and the mean logit at the
-    answer tokens' own positions. One image per pair, repeated for its two sequences."""
+    answer tokens' own positions. Each pair's images serve its two sequences: the model runs the chosen
+    rows, then the rejected rows (in one batch), with the batch's image inputs twice (`repeated_images`), and
+    the rows are put back in the interleaved order."""
     input_ids, attention_mask, labels = concatenated_pairs(batch, pad_id)
-    pixel_values = batch.get("pixel_values")
-    if pixel_values is not None:
-        pixel_values = pixel_values.repeat_interleave(2, 0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values).logits.float()
+    rows, device = len(input_ids), input_ids.device
+    by_answer = torch.cat([torch.arange(0, rows, 2, device=device), torch.arange(1, rows, 2, device=device)])
+    image_inputs = repeated_images(image_inputs_of(batch, PREFERENCE_TEXT_KEYS))
+    logits = model(
+        input_ids=input_ids[by_answer], attention_mask=attention_mask[by_answer], **image_inputs
+    ).logits.float()[torch.argsort(by_answer)]
     # HA-DPO's `logits/chosen`: the logits at the answer tokens' own positions (unshifted labels).
     own = labels != IGNORE_INDEX
     mean_logits = (logits.detach().mean(-1) * own).sum(-1) / own.sum(-1)

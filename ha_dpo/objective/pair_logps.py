@@ -20,6 +20,7 @@ from torch import nn
 from post_decoder.compat import CACHE_KWARG
 from post_decoder.family import family_for
 
+from ..data.collators import PREFERENCE_TEXT_KEYS, image_inputs_of
 from ..data.token_ids import pad_and_mask
 from .dpo_loss import PairLogps
 
@@ -75,25 +76,33 @@ def answers_and_masks(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def backbone_pair_states(model, batch: dict) -> PairStates:
-    """The frozen backbone's part: batch as `shared_pair_logps` takes it. Runs without a graph."""
-    prompt_mask, family = batch["prompt_attention_mask"], family_for(model)
+    """The frozen backbone's part: batch as `shared_pair_logps` takes it. Runs without a graph.
+
+    Positions come from the family: the prompt's own (`prompt_position_ids`: 1-D for LLaVA, M-RoPE from the
+    image grids for Qwen-VL), the answers' numbered on from them (`continued_position_ids`)."""
+    prompt_ids, prompt_mask, family = batch["prompt_input_ids"], batch["prompt_attention_mask"], family_for(model)
+    image_inputs = image_inputs_of(batch, PREFERENCE_TEXT_KEYS)
     answers, answer_mask, sequence_mask = answers_and_masks(batch)
     with torch.no_grad():  # the backbone is frozen: no graph through it
+        prompt_positions = family.prompt_position_ids(model, prompt_ids, prompt_mask, image_inputs or None)
         prompt = model.backbone_forward(
-            input_ids=batch["prompt_input_ids"],
-            pixel_values=batch.get("pixel_values"),
+            input_ids=prompt_ids,
             attention_mask=prompt_mask,
-            position_ids=family.position_ids(prompt_mask),
+            position_ids=prompt_positions,
             use_cache=True,
+            **image_inputs,
         )
         cache = prompt.past_key_values  # BackboneOutput's own field (not a transformers output)
         cache.batch_repeat_interleave(2)
         prompt_mask_2 = prompt_mask.repeat_interleave(2, 0)
+        # Every answer position numbered on from the prompt's (its right padding too: nothing reads it).
+        answer_positions = family.continued_position_ids(
+            torch.ones_like(answers), prompt_positions.repeat_interleave(2, dim=-2), prompt_mask_2
+        )
         continued = model.backbone_forward(
             input_ids=answers,
             attention_mask=sequence_mask,
-            # Every answer position numbered on from the prompt's end (its right padding too: nothing reads it).
-            position_ids=family.position_ids(torch.ones_like(answers), past_attention_mask=prompt_mask_2),
+            position_ids=answer_positions,
             use_cache=True,
             **{CACHE_KWARG: cache},
         )
@@ -157,7 +166,8 @@ def cached_pair_states(batch: dict) -> PairStates:
 
 
 def shared_pair_logps(model, reference: ReferenceHead, batch: dict) -> PairLogps:
-    """batch: `prompt_input_ids`/`prompt_attention_mask` [B, P] (left-padded), `pixel_values`,
+    """batch: `prompt_input_ids`/`prompt_attention_mask` [B, P] (left-padded), the image inputs (`pixel_values`,
+    and Qwen-VL's `image_grid_thw`),
     `chosen_input_ids`/`chosen_attention_mask` [B, C] and `rejected_*` [B, R] (right-padded;
     answers end with `</s>`); or, from a backbone cache, the states in their place (`cached_pair_states`)."""
     states = cached_pair_states(batch) if STATES_KEY in batch else backbone_pair_states(model, batch)

@@ -2,7 +2,7 @@
 
 The hidden state at position t predicts token t + 1, so only the positions whose next token is an
 answer token (label != IGNORE_INDEX) enter the loss: with a token-wise block, the block and `lm_head`
-run on those rows alone (not on the 576 image positions), and a backbone cache (ha_dpo/cache) stores
+run on those rows alone (not on the image positions), and a backbone cache (ha_dpo/cache) stores
 exactly them. The loss is the mean cross-entropy over those tokens, as transformers' causal-LM loss.
 `transformer_block` reads every position: its model keeps the full forward (`needs_every_position`).
 """
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from ..data.collators import SUPERVISED_TEXT_KEYS, image_inputs_of
 from ..data.token_ids import IGNORE_INDEX
 
 STATES_KEY = "label_hidden_states"  # a batch that carries it holds the backbone's states, read from a cache
@@ -52,12 +53,13 @@ def padded_label_states(rows, targets, vision=None, vision_mask=None) -> LabelSt
 
 def backbone_label_states(model, batch: dict) -> LabelStates:
     """The frozen backbone's part (no graph). Positions are numbered as the model's own forward numbers
-    them (right padding: 0, 1, 2, ...)."""
+    them (no position ids: LLaVA's are 0, 1, 2, ... under right padding; Qwen-VL's its M-RoPE positions from the
+    image tokens and grids, as `prompt_position_ids`)."""
     with torch.no_grad():
         output = model.backbone_forward(
             input_ids=batch["input_ids"],
-            pixel_values=batch.get("pixel_values"),
             attention_mask=batch["attention_mask"],
+            **image_inputs_of(batch, SUPERVISED_TEXT_KEYS),
         )
     rows, targets = predicting_rows(output.hidden_states, batch["labels"])
     return padded_label_states(rows, targets, output.vision_features, output.vision_mask)

@@ -22,6 +22,7 @@ from post_decoder.atomic_files import atomic_directory
 
 from ..cli.reporting import CURVES_FILE, plot_training_curves, why_no_curves
 from ..objective.dpo_loss import preference_loss
+from ..objective.supervised_loss import STATES_KEY as SUPERVISED_STATES_KEY
 from ..objective.supervised_loss import needs_every_position, supervised_loss
 from .checkpoints import (
     TRAINER_STATE,
@@ -49,14 +50,16 @@ class SupervisedModel(nn.Module):
     def config(self):
         return self.policy.config
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, **cached_states):
-        if needs_every_position(self.policy) and not cached_states:
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **images_or_cached_states):
+        """`images_or_cached_states`: the collator's image inputs (the family's: `pixel_values`, ...), or a
+        backbone cache's states (`objective.supervised_loss.STATES_KEY` among them)."""
+        if needs_every_position(self.policy) and SUPERVISED_STATES_KEY not in images_or_cached_states:
             output = self.policy(
-                input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, **images_or_cached_states
             )
             return {"loss": output.loss}
-        batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels, pixel_values=pixel_values)
-        return {"loss": supervised_loss(self.policy, {**batch, **cached_states})}
+        batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        return {"loss": supervised_loss(self.policy, {**batch, **images_or_cached_states})}
 
 
 class TrainableOnlyTrainer(Trainer):

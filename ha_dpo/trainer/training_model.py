@@ -22,8 +22,11 @@ def training_dtype(training_args) -> torch.dtype:
 
 def load_for_training(model_args, training_args):
     """Returns (tokenizer, model, image_processor) with a block attached when a new one is trained."""
+    # Only when set: a family whose processor takes none refuses them.
+    image_options = {name: getattr(model_args, name) for name in ("min_pixels", "max_pixels")}
+    image_options = {name: value for name, value in image_options.items() if value is not None}
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        model_args.model_name_or_path, device="cpu", dtype=training_dtype(training_args)
+        model_args.model_name_or_path, device="cpu", dtype=training_dtype(training_args), **image_options
     )
     _check_matches_checkpoint(model_args, model)
     if model_args.tune_post_decoder:
@@ -80,22 +83,44 @@ def _with_lora(model_args, model):
     return peft_model
 
 
+def conv_mode_for(model, conv_mode: str | None) -> str:
+    """The run's template: `--conv_mode` if the model's family has it, else its family's own default."""
+    family = family_for(model)
+    if conv_mode is None:
+        return family.default_conv_mode
+    if conv_mode not in family.conv_modes:
+        raise InputError(
+            f"--conv_mode {conv_mode} is not a template of {family.name} models: choose one of "
+            f"{', '.join(family.conv_modes)}, or drop the flag for {family.default_conv_mode}"
+        )
+    return conv_mode
+
+
 def _check_matches_checkpoint(model_args, model):
-    """HA-DPO's model flags describe the checkpoint; a disagreement is a mistake, not a request."""
-    config = model.config
-    if (
-        model_args.mm_vision_select_layer is not None
-        and model_args.mm_vision_select_layer != config.vision_feature_layer
-    ):
+    """HA-DPO's model flags describe the checkpoint; a disagreement is a mistake, not a request. They are
+    LLaVA-1.5's settings: a checkpoint without them (Qwen-VL) refuses the flags."""
+    config, name = model.config, family_for(model).name
+    layer = getattr(config, "vision_feature_layer", None)
+    if model_args.mm_vision_select_layer is not None and layer is None:
+        raise InputError(
+            f"--mm_vision_select_layer {model_args.mm_vision_select_layer}: {model_args.model_name_or_path} is a "
+            f"{name} model, which has no such setting (a LLaVA-1.5 flag): drop the flag"
+        )
+    if model_args.mm_vision_select_layer is not None and model_args.mm_vision_select_layer != layer:
         raise InputError(
             f"--mm_vision_select_layer {model_args.mm_vision_select_layer}, but {model_args.model_name_or_path} "
-            f"uses layer {config.vision_feature_layer}"
+            f"uses layer {layer}"
         )
     if model_args.vision_tower is not None:  # the checkpoint's own tower is used; the flag is checked against it
         vision = config.vision_config
-        if tower_shape_named(model_args.vision_tower) != (vision.patch_size, vision.image_size):
+        shape = (getattr(vision, "patch_size", None), getattr(vision, "image_size", None))
+        if None in shape:
+            raise InputError(
+                f"--vision_tower {model_args.vision_tower}: {model_args.model_name_or_path} is a {name} model, whose "
+                "vision encoder takes images of any size (the flag names a CLIP tower, as LLaVA-1.5's): drop the flag"
+            )
+        if tower_shape_named(model_args.vision_tower) != shape:
             raise InputError(
                 f"--vision_tower {model_args.vision_tower}, but {model_args.model_name_or_path}'s tower has patch "
-                f"{vision.patch_size} and image size {vision.image_size}; the tower is always the checkpoint's own: "
-                "drop the flag"
+                f"{shape[0]} and image size {shape[1]}; the tower is always the checkpoint's own: drop the flag"
             )
