@@ -1,5 +1,7 @@
 """The quickstart's stage 1 for every block variant and several seeds, on one toy world: POPE F1 per
-set as mean +- standard deviation over the seeds, and each set's change over the base model.
+set as mean +- standard deviation over the seeds, each set's change over the base model, CHAIR on the
+held-out images (CHAIR_i, its relative change, recall's change), and the empty-picture check (the
+adversarial F1 a trained block loses when it is shown an empty picture while the backbone sees the image).
 
     python scripts/toy_ablation.py --out runs/toy_ablation [--seeds 0 1 2] [--learning-rate 1e-3] [--threads 1]
 
@@ -23,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from ha_dpo.cli.config_files import read_config  # noqa: E402
 from ha_dpo.toy import DEFAULT_CHECKPOINT, STAGE1_RECIPE  # noqa: E402
-from ha_dpo.toy.quickstart import make_world, pope, train_stage1  # noqa: E402
+from ha_dpo.toy.empty_picture import block_shown_an_empty_picture, empty_picture_features  # noqa: E402
+from ha_dpo.toy.quickstart import chair, make_world, pope, train_stage1  # noqa: E402
 from post_decoder import VARIANTS  # noqa: E402
 from post_decoder.atomic_files import atomic_file  # noqa: E402
 from post_decoder.block.files import POST_DECODER_WEIGHTS  # noqa: E402
@@ -59,21 +62,29 @@ def block_update(trained: str) -> float:
 
 
 def table(base: dict, runs: dict[str, list[dict]]) -> str:
-    """F1 (%) per set, then the change over the base in points, mean ± std over seeds, and the POPE answers
-    that differ from the base model's (%); a note names the runs that changed none."""
-    lines = [
-        "| block | " + " | ".join([*(f"{name} F1" for name in SETS), *(f"{name} ΔF1" for name in SETS)])
-        + " | answers changed (%) |",
-        "|---" * (2 + 2 * len(SETS)) + "|",
-        "| (base model) | " + " | ".join(f"{100 * base[name]['f1']:.2f}" for name in SETS) + " |" * (len(SETS) + 1)
-        + " |",
-    ]  # fmt: skip
+    """F1 (%) per set, then the change over the base in points, mean ± std over seeds, the POPE answers
+    that differ from the base model's (%), the adversarial F1 change when the block is shown an empty
+    picture, and CHAIR (CHAIR_i %, its change relative to the base's %, recall's change in points); a note
+    names the runs that changed no POPE answer."""
+    columns = [*(f"{name} F1" for name in SETS), *(f"{name} ΔF1" for name in SETS), "answers changed (%)",
+               "adversarial ΔF1, empty picture", "CHAIR_i", "CHAIR_i change (%)", "recall Δ"]  # fmt: skip
+    chair_base = base["chair"]
+    base_cells = [f"{100 * base['pope'][name]['f1']:.2f}" for name in SETS] + [""] * (len(SETS) + 2)
+    base_cells += [f"{100 * chair_base['chair_i']:.2f}", "", f"recall {100 * chair_base['recall']:.2f}"]
+    lines = ["| block | " + " | ".join(columns) + " |", "|---" * (1 + len(columns)) + "|",
+             "| (base model) | " + " | ".join(base_cells) + " |"]  # fmt: skip
     unmoved = []
     for variant, seeds in runs.items():
         f1 = [spread([100 * run["metrics"][name]["f1"] for run in seeds]) for name in SETS]
-        gain = [spread([100 * (run["metrics"][name]["f1"] - base[name]["f1"]) for run in seeds]) for name in SETS]
+        gain = [
+            spread([100 * (run["metrics"][name]["f1"] - base["pope"][name]["f1"]) for run in seeds]) for name in SETS
+        ]
         changed = spread([100 * run["answers_changed"] for run in seeds])
-        lines.append(f"| {variant} | " + " | ".join([*f1, *gain, changed]) + " |")
+        empty = spread([100 * (run["empty_picture"]["f1"] - run["metrics"]["adversarial"]["f1"]) for run in seeds])
+        chair_i = spread([100 * run["chair"]["chair_i"] for run in seeds])
+        relative = spread([relative_change(run["chair"]["chair_i"], chair_base["chair_i"]) for run in seeds])
+        recall = spread([100 * (run["chair"]["recall"] - chair_base["recall"]) for run in seeds])
+        lines.append(f"| {variant} | " + " | ".join([*f1, *gain, changed, empty, chair_i, relative, recall]) + " |")
         unmoved += [f"{variant} seed {run['seed']}" for run in seeds if run["answers_changed"] == 0]
     if unmoved:
         lines.append(
@@ -83,13 +94,18 @@ def table(base: dict, runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def relative_change(value: float, base: float) -> float:
+    """In percent of `base` (0 when both are 0)."""
+    return 100 * (value - base) / base if base else 0.0
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Block variants x seeds on the toy world (stage 1, POPE F1).")
+    parser = argparse.ArgumentParser(description="Block variants x seeds on the toy world (stage 1, POPE F1, CHAIR).")
     parser.add_argument("--out", required=True, help="a new or empty folder")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000")
-    parser.add_argument("--pope-images", type=int, default=150)
+    parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set and for CHAIR")
     parser.add_argument(
         "--learning-rate", type=float, default=read_config(STAGE1_RECIPE)["learning_rate"], help="default: recipe"
     )
@@ -102,7 +118,11 @@ def main(argv=None):
 
     world = make_world(args.out, args.dpo_images, args.pope_images, DEFAULT_CHECKPOINT)
     base_folder = os.path.join(args.out, "base")
-    base = pope(world, base_folder, DEFAULT_CHECKPOINT)
+    base = {
+        "pope": pope(world, base_folder, DEFAULT_CHECKPOINT),
+        "chair": chair(world, base_folder, DEFAULT_CHECKPOINT, args.pope_images),
+    }
+    empty_picture = empty_picture_features(DEFAULT_CHECKPOINT)
     recipe_changes = {
         "learning_rate": args.learning_rate,
         "plot": False,
@@ -116,16 +136,23 @@ def main(argv=None):
             trained = os.path.join(args.out, f"{variant}-seed{seed}")
             train_stage1(world, trained, DEFAULT_CHECKPOINT, seed, variant, changes=recipe_changes)
             metrics = pope(world, trained, trained, DEFAULT_CHECKPOINT)
+            with block_shown_an_empty_picture(empty_picture):
+                shown_empty = pope(world, os.path.join(trained, "empty_picture"), trained, DEFAULT_CHECKPOINT)
             runs.setdefault(variant, []).append(
                 {
                     "seed": seed,
                     "metrics": metrics,
+                    "empty_picture": shown_empty["adversarial"],
+                    "chair": chair(world, trained, trained, args.pope_images, DEFAULT_CHECKPOINT),
                     "answers_changed": changed_answers(base_folder, trained),
                     "block_update": block_update(trained),
                 }  # fmt: skip
             )
     report = table(base, runs)
-    heading = f"seeds {args.seeds}, learning rate {args.learning_rate:g}, {args.pope_images} POPE images per set"
+    heading = (
+        f"seeds {args.seeds}, learning rate {args.learning_rate:g}, {args.pope_images} POPE images per set "
+        f"and {args.pope_images} CHAIR images"
+    )
     with atomic_file(os.path.join(args.out, "ablation.md")) as temporary, open(temporary, "w") as handle:
         handle.write(f"{heading}\n\n{report}\n")
     results = {"seeds": args.seeds, "learning_rate": args.learning_rate, "base": base, "runs": runs}
