@@ -33,6 +33,7 @@ from .block.files import (
 from .dtypes import default_dtype
 from .errors import InputError
 from .family import family_for_checkpoint
+from .saving import listing
 
 DEFAULT_CONTEXT_LENGTH = 2048  # LLaVA's builder returns this when the config names no max_sequence_length
 
@@ -109,6 +110,23 @@ def load_pretrained_model(
         model.to(device)
     context_len = getattr(model.config, "max_sequence_length", None) or DEFAULT_CONTEXT_LENGTH
     return tokenizer, model.eval(), image_processor, context_len
+
+
+def from_pretrained_strictly(model_class, model_path: str, config, dtype: torch.dtype, device_map=None):
+    """`model_class.from_pretrained` that refuses weights which do not fit the config (none missing, none left
+    over, none mis-shaped), naming the folder: what a family's `load` calls."""
+    model, info = model_class.from_pretrained(
+        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
+    )
+    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+    if missing or unexpected or info["mismatched_keys"]:
+        raise InputError(
+            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
+            + listing("missing", missing)
+            + listing("unexpected", unexpected)
+            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
+        )
+    return model
 
 
 def _read_config(model_path: str) -> dict:

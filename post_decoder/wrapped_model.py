@@ -12,7 +12,7 @@ import torch
 from transformers import initialization as init
 
 from .block import ZERO_INIT_ATTRIBUTE, PostDecoderConfig, PostDecoderState, PostInteractionBlock
-from .compat import output_cache, slice_logits_to_keep
+from .compat import CACHE_KWARG, output_cache, slice_logits_to_keep
 from .family import BackboneOutput
 
 
@@ -71,6 +71,35 @@ class PostDecoderMixin:
                     slice_logits_to_keep(a.transpose(1, 2), logits_to_keep).transpose(1, 2) for a in attentions
                 )
         return self.get_output_embeddings()(hidden_states), post_decoder_state, attentions
+
+    def block_forward(
+        self,
+        backbone_inputs: dict,
+        labels,
+        logits_to_keep,
+        post_decoder_state: PostDecoderState | None,
+        output_attentions: bool,
+        output_class,
+        **loss_kwargs,
+    ):
+        """A forward with the block: the family's `backbone_forward(**backbone_inputs)`, the block then `lm_head`,
+        the loss on `labels`; returns `output_class` (a transformers output with `post_decoder_state` and
+        `post_decoder_attentions` fields) holding the KV cache under `compat.CACHE_KWARG`."""
+        backbone = self.backbone_forward(**backbone_inputs)
+        logits, post_decoder_state, attentions = self.block_then_head(
+            backbone, backbone_inputs.get("attention_mask"), logits_to_keep, post_decoder_state, output_attentions
+        )
+        loss = None
+        if labels is not None:
+            vocab_size = self.config.text_config.vocab_size
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **loss_kwargs)
+        return output_class(
+            loss=loss,
+            logits=logits,
+            **{CACHE_KWARG: backbone.past_key_values},
+            post_decoder_state=post_decoder_state,
+            post_decoder_attentions=attentions,
+        )
 
     # --- generation ---
 

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from ...builder import from_pretrained_strictly
 from ...errors import InputError
-from ...saving import listing
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
@@ -23,17 +23,7 @@ def load_qwen_vl(family, model_path: str, raw_config: dict, dtype: torch.dtype, 
         config = family.config_class.from_pretrained(model_path)
     else:
         config = family.with_block(family.plain_config_class.from_pretrained(model_path))
-    model, info = family.model_class.from_pretrained(
-        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
-    )
-    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
-    if missing or unexpected or info["mismatched_keys"]:
-        raise InputError(
-            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
-        )
+    model = from_pretrained_strictly(family.model_class, model_path, config, dtype, device_map)
     return AutoTokenizer.from_pretrained(model_path), model, load_image_processor(model_path, **image_options)
 
 

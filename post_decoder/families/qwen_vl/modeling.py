@@ -169,20 +169,13 @@ class QwenVLPostDecoderMixin(PostDecoderMixin):
         )
         if self.post_decoder is None:
             return super().forward(**inputs, labels=labels, logits_to_keep=logits_to_keep)
-        backbone = self.backbone_forward(**inputs)
-        logits, post_decoder_state, attentions = self.block_then_head(
-            backbone, attention_mask, logits_to_keep, post_decoder_state, output_post_decoder_attentions
-        )
-        loss = None
-        if labels is not None:
-            vocab_size = self.config.text_config.vocab_size
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
-        return QwenVLPostDecoderOutput(
-            loss=loss,
-            logits=logits,
-            **{CACHE_KWARG: backbone.past_key_values},
-            post_decoder_state=post_decoder_state,
-            post_decoder_attentions=attentions,
+        return self.block_forward(
+            inputs,
+            labels,
+            logits_to_keep,
+            post_decoder_state,
+            output_post_decoder_attentions,
+            QwenVLPostDecoderOutput,
         )
 
 

@@ -121,30 +121,22 @@ def _text(tokenizer, hidden_size: int = 64, **extra) -> dict:
     )
 
 
+def _vision(**sizes) -> dict:
+    """A tiny vision encoder: 4 heads, 4-pixel patches, 2x2 merges; `sizes` name its widths and depth."""
+    return dict(num_heads=4, patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE, temporal_patch_size=2, **sizes)
+
+
 def tiny_qwen2_vl_config(tokenizer) -> Qwen2VLConfig:
-    vision = dict(
-        depth=2,
-        embed_dim=32,
-        hidden_size=64,
-        mlp_ratio=2,
-        num_heads=4,
-        patch_size=PATCH_SIZE,
-        spatial_merge_size=MERGE_SIZE,
-        temporal_patch_size=2,
-    )
+    vision = _vision(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2)  # Qwen2-VL: hidden_size is the merger's
     return Qwen2VLConfig(text_config=_text(tokenizer), vision_config=vision, **_token_ids(tokenizer))
 
 
 def tiny_qwen2_5_vl_config(tokenizer) -> Qwen2_5_VLConfig:
-    vision = dict(
+    vision = _vision(
         depth=2,
         hidden_size=32,
         intermediate_size=64,
-        num_heads=4,
         out_hidden_size=64,
-        patch_size=PATCH_SIZE,
-        spatial_merge_size=MERGE_SIZE,
-        temporal_patch_size=2,
         window_size=16,  # 2x2 merged tokens a window: images larger than that are reordered
         fullatt_block_indexes=[1],
     )
@@ -152,15 +144,11 @@ def tiny_qwen2_5_vl_config(tokenizer) -> Qwen2_5_VLConfig:
 
 
 def tiny_qwen3_vl_config(tokenizer) -> Qwen3VLConfig:
-    vision = dict(
+    vision = _vision(
         depth=3,
         hidden_size=32,
         intermediate_size=64,
-        num_heads=4,
         out_hidden_size=64,
-        patch_size=PATCH_SIZE,
-        spatial_merge_size=MERGE_SIZE,
-        temporal_patch_size=2,
         num_position_embeddings=64,
         deepstack_visual_indexes=[0, 1],
     )
