@@ -20,7 +20,8 @@ that registers an instance of a `BackboneFamily` subclass (`register_family`) an
       never from its mask alone);
   [ ] images: `image_inputs` (a batch's PIL images -> the model's keyword inputs), `image_token_counts`
       (each image's placeholder count, read from those inputs), `image_token_count` (one image's count
-      without its pixels: for data length checks);
+      without its pixels: for data length checks), `vision_grid` (where each of the block's vision rows
+      lies on its image: rows x columns, for pictures of where the block looked);
   [ ] the prompt: `conv_modes`, `conversation`, `question_prompt`, `tokenize_with_image`, `image_token_id`;
   [ ] loading: `claims` (a checkpoint's config.json), `load` (tokenizer, model, image processor; image options
       such as Qwen-VL's `min_pixels`/`max_pixels` for a family whose processor takes them);
@@ -88,6 +89,11 @@ def pack_images_per_sample(
             packed[sample, : len(features)] = features
             mask[sample, : len(features)] = True
     return packed, mask
+
+
+def patch_grid(pixel_values: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    """(rows, columns) of a ViT's patches over `pixel_values` [..., H, W]."""
+    return pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
 
 
 def next_positions(position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -238,6 +244,14 @@ class BackboneFamily(ABC):
         """Each image's placeholder count in `image_inputs` (what `image_inputs` gave), in order: this default,
         `image_token_count(config)` for every row of `pixel_values`; Qwen-VL's from `image_grid_thw`."""
         return [self.image_token_count(config)] * len(image_inputs["pixel_values"])
+
+    @abstractmethod
+    def vision_grid(self, config, image_inputs: dict, vision_source: str) -> list[tuple[int, int] | None]:
+        """Each image's grid of the block's vision rows (`vision_source`'s features; `image_inputs`: what
+        `image_inputs` gave), in order: (rows, columns) of the image the rows cover in raster order, or None where
+        they have no place on the image (a Q-Former's query outputs). The grid covers each image's LAST
+        rows x columns vision rows: a leading CLS row (the BLIP families' ViT, LLaVA under `full`) is before it.
+        A family whose rows are not in raster order says how they map to the grid."""
 
     # --- loading ---
 

@@ -3,7 +3,7 @@
 from transformers import InstructBlipConfig
 
 from ...errors import InputError
-from ...family import BackboneFamily, KeyLayout
+from ...family import BackboneFamily, KeyLayout, patch_grid
 from .configuration import InstructBlipPostDecoderConfig, instructblip_block_sizes
 from .conversation import CONV_MODES, DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
 from .modeling import InstructBlipPostDecoderForConditionalGeneration
@@ -50,6 +50,14 @@ class InstructBlipFamily(BackboneFamily):
 
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.num_query_tokens  # the Q-Former's query outputs: the same for every image
+
+    def vision_grid(self, config, image_inputs, vision_source) -> list[tuple[int, int] | None]:
+        """`vision_tower`: the ViT's patch grid (16 x 16 at 224 pixels) after its CLS row; `projector`: None (the
+        query outputs have no place on the image)."""
+        images = len(image_inputs["pixel_values"])
+        if vision_source == "projector":
+            return [None] * images
+        return [patch_grid(image_inputs["pixel_values"], config.vision_config.patch_size)] * images
 
     # `image_inputs` (`pixel_values` [I, 3, H, W]: the processor resizes every image to one square),
     # `image_token_counts` (every image `num_query_tokens`) and the 1-D positions are the interface's defaults.

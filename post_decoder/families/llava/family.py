@@ -3,7 +3,7 @@
 from transformers import LlavaConfig
 
 from ...errors import InputError
-from ...family import BackboneFamily, KeyLayout
+from ...family import BackboneFamily, KeyLayout, patch_grid
 from .configuration import LlavaPostDecoderConfig, is_original_llava_config, llava_block_sizes
 from .conversation import CONV_MODES, DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
 from .key_layouts import LAYOUTS, LLAVA_HF, LLAVA_HF_HUB, ORIGINAL
@@ -41,6 +41,12 @@ class LlavaFamily(BackboneFamily):
 
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.image_seq_length  # CLIP's patches: the same for every image (it is padded and resized)
+
+    def vision_grid(self, config, image_inputs, vision_source) -> list[tuple[int, int]]:
+        """The tower's patch grid (24 x 24 at 336 pixels), for either source: the projector maps each patch alone.
+        Under the `full` strategy the CLS row comes first."""
+        grid = patch_grid(image_inputs["pixel_values"], config.vision_config.patch_size)
+        return [grid] * len(image_inputs["pixel_values"])
 
     # `image_inputs` (`pixel_values` [I, 3, H, W], the `pad` preprocessing), `image_token_counts` (every image
     # `image_seq_length`) and the 1-D positions (`prompt_position_ids`, `continued_position_ids`) are the

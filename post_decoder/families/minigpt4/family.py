@@ -1,8 +1,8 @@
 """MiniGPT-4 as a backbone family: the answers `post_decoder.family.BackboneFamily` asks for."""
 
 from ...errors import InputError
-from ...family import BackboneFamily, KeyLayout
-from .configuration import MiniGPT4Config, minigpt4_block_sizes
+from ...family import BackboneFamily, KeyLayout, patch_grid
+from .configuration import GROUPED_PATCHES, MiniGPT4Config, minigpt4_block_sizes
 from .conversation import CONV_MODES, DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
 from .modeling import MiniGPT4ForConditionalGeneration
 
@@ -42,6 +42,16 @@ class MiniGPT4Family(BackboneFamily):
 
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.image_seq_length  # every image is resized to one size: 32 queries, or 64 groups of patches
+
+    def vision_grid(self, config, image_inputs, vision_source) -> list[tuple[int, int] | None]:
+        """`vision_tower`: the ViT's patch grid (16 x 16 at 224 pixels) after its CLS row. `projector`: the Vicuna
+        version's 32 query outputs have none (None); the Llama-2 version's image tokens are runs of four
+        neighbouring patches in a row, a 16 x 4 grid."""
+        images = len(image_inputs["pixel_values"])
+        rows, columns = patch_grid(image_inputs["pixel_values"], config.vision_config.patch_size)
+        if vision_source != "projector":
+            return [(rows, columns)] * images
+        return [None if config.has_qformer else (rows, columns // GROUPED_PATCHES)] * images
 
     # --- loading ---
 

@@ -53,6 +53,17 @@ class QwenVLFamily(BackboneFamily):
         merge = config.vision_config.spatial_merge_size
         return (image_inputs["image_grid_thw"].prod(-1) // (merge * merge)).tolist()
 
+    def vision_grid(self, config, image_inputs, vision_source) -> list[tuple[int, int]]:
+        """`projector`: each image's merged grid (h / m, w / m patches, m = `spatial_merge_size`), raster order.
+        `vision_tower`: its patch grid (h, w), the rows in the processor's order, NOT raster: merged token by
+        merged token (raster order), each one's m x m patches in raster order; patch (r, c) is row
+        ((r // m) * (w // m) + c // m) * m * m + (r % m) * m + c % m."""
+        merge = config.vision_config.spatial_merge_size
+        grids = []
+        for _, height, width in image_inputs["image_grid_thw"].tolist():  # (frames: 1 for an image)
+            grids.append((height // merge, width // merge) if vision_source == "projector" else (height, width))
+        return grids
+
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         if image is None or image_processor is None:
             raise ValueError(
