@@ -1,9 +1,9 @@
-"""The model side of the page: LLaVA-1.5 prompts that fit the context, and answers streamed from
-several models at once.
+"""The model side of the page: prompts that fit the context, and answers streamed from several models at once.
 
-Each model continues its own conversation (its own earlier answers) in LLaVA-1.5's template, the
-image in the first user turn. A prompt too long for the context first loses its oldest turns,
-then the end of the question; each cut comes back as a note for the page to show.
+Each model continues its own conversation (its own earlier answers) in its family's template, the image in the
+first user turn, expanded to that image's own token count (which varies with the image for Qwen-VL). A family whose
+template holds one question (InstructBLIP) gets the question alone. A prompt too long for the context first loses
+its oldest turns, then the end of the question; each cut comes back as a note for the page to show.
 """
 
 import queue
@@ -14,6 +14,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from post_decoder.family import family_for
+from post_decoder.images import model_image_inputs
 
 from .loading import LoadedModel
 
@@ -37,30 +38,68 @@ class Prompt:
     notes: list[str] = field(default_factory=list)
 
 
-def conversation_ids(loaded: LoadedModel, turns: list[tuple[str, str]], question: str) -> list[int]:
+def conversation_ids(
+    loaded: LoadedModel, turns: list[tuple[str, str]], question: str, image_tokens: list[int]
+) -> list[int]:
+    """The prompt's ids, its one image (in the first turn) expanded to `image_tokens` ([count], from the family's
+    `image_token_counts`; [] for no image)."""
     family = family_for(loaded.model)
     conversation = family.conversation()
+    with_image = bool(image_tokens)
     for index, (asked, answered) in enumerate(turns):
-        conversation.add_user(asked, with_image=index == 0).add_assistant(answered)
-    conversation.add_user(question, with_image=not turns).add_assistant(None)
-    return family.tokenize_prompt(conversation.prompt(), loaded.tokenizer, loaded.model.config)
+        conversation.add_user(asked, with_image=with_image and index == 0).add_assistant(answered)
+    conversation.add_user(question, with_image=with_image and not turns).add_assistant(None)
+    return family.tokenize_prompt(
+        conversation.prompt(), loaded.tokenizer, loaded.model.config, image_tokens=image_tokens
+    )
 
 
-def fit_prompt(loaded: LoadedModel, turns: list[tuple[str, str]], question: str, max_new_tokens: int) -> Prompt:
-    """The prompt for `question` after `turns`, leaving `max_new_tokens` of the context for the answer."""
+def image_inputs_of(loaded: LoadedModel, image) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """The image's keyword inputs for the model (its family's, on its device) and [its placeholder count]."""
+    inputs = model_image_inputs(loaded.model, loaded.image_processor, [image])
+    return inputs, family_for(loaded.model).image_token_counts(loaded.model.config, inputs)
+
+
+def model_inputs(loaded: LoadedModel, image_inputs: dict[str, torch.Tensor], question: str) -> dict[str, torch.Tensor]:
+    """The image's inputs and those the family reads from the question beside it (InstructBLIP's Q-Former reads
+    it), on the model's device."""
+    family = family_for(loaded.model)
+    if not hasattr(family, "prompt_inputs"):  # TODO until family.py has the hook
+        return dict(image_inputs)
+    extra = family.prompt_inputs([question], loaded.image_processor)
+    return {**image_inputs, **{name: value.to(loaded.model.device) for name, value in extra.items()}}
+
+
+def unseen_image_tokens(loaded: LoadedModel) -> list[int]:
+    """[count] of an image not yet seen, for limits set before any upload; [] when the count varies with the image
+    (the family refuses to guess): the limit is then the text's, and `fit_prompt` says when an image does not fit."""
+    try:
+        return [family_for(loaded.model).image_token_count(loaded.model.config)]
+    except ValueError:
+        return []
+
+
+def fit_prompt(
+    loaded: LoadedModel, turns: list[tuple[str, str]], question: str, max_new_tokens: int, image_tokens: list[int]
+) -> Prompt:
+    """The prompt for `question` after `turns` about an image of `image_tokens` ([count]), leaving `max_new_tokens`
+    of the context for the answer."""
     limit = loaded.context_limit - max_new_tokens
     notes = []
     turns = list(turns)
-    ids = conversation_ids(loaded, turns, question)
+    if turns and not loaded.multi_turn:
+        notes.append(f"this model's prompt holds one question: the {len(turns)} earlier turn(s) were not sent")
+        turns = []
+    ids = conversation_ids(loaded, turns, question, image_tokens)
     dropped = 0
     while len(ids) > limit and turns:
         turns.pop(0)
         dropped += 1
-        ids = conversation_ids(loaded, turns, question)
+        ids = conversation_ids(loaded, turns, question, image_tokens)
     if dropped:
         notes.append(f"the {dropped} oldest turn(s) were left out of the prompt to fit the context")
     if len(ids) > limit:
-        question, ids, before, after = _cut_question(loaded, question, limit)
+        question, ids, before, after = _cut_question(loaded, question, limit, image_tokens)
         notes.append(
             f"the question was cut from {before} to {after} tokens to fit the model's context "
             f"({loaded.context_limit} tokens, {max_new_tokens} of them kept for the answer)"
@@ -68,9 +107,9 @@ def fit_prompt(loaded: LoadedModel, turns: list[tuple[str, str]], question: str,
     return Prompt(ids, question, turns, notes)
 
 
-def _cut_question(loaded: LoadedModel, question: str, limit: int):
+def _cut_question(loaded: LoadedModel, question: str, limit: int, image_tokens: list[int]):
     tokens = loaded.tokenizer(question, add_special_tokens=False).input_ids
-    overhead = len(conversation_ids(loaded, [], ""))
+    overhead = len(conversation_ids(loaded, [], "", image_tokens))
     if overhead >= limit:
         answer_room = loaded.context_limit - overhead - 1  # one token for the shortest question
         raise PromptTooLong(
@@ -84,7 +123,7 @@ def _cut_question(loaded: LoadedModel, question: str, limit: int):
     keep = min(len(tokens), limit - overhead)
     while True:  # decoding and re-tokenizing can change the count a little: shrink until it fits
         cut = loaded.tokenizer.decode(tokens[:keep], skip_special_tokens=True)
-        ids = conversation_ids(loaded, [], cut)
+        ids = conversation_ids(loaded, [], cut, image_tokens)
         if len(ids) <= limit or keep == 0:
             return cut, ids, len(tokens), keep
         keep = max(0, keep - (len(ids) - limit))
@@ -96,7 +135,7 @@ class Job:
 
     loaded: LoadedModel
     prompt: Prompt
-    pixel_values: torch.Tensor
+    inputs: dict[str, torch.Tensor]  # the image's keyword inputs for forward and generate, on the model's device
 
 
 @dataclass
@@ -138,7 +177,7 @@ def _generate(tag: str, job: Job, decoding: Decoding, events: queue.Queue, cance
             output = loaded.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                pixel_values=job.pixel_values,
+                **job.inputs,
                 max_new_tokens=decoding.max_new_tokens,
                 pad_token_id=loaded.tokenizer.pad_token_id,
                 streamer=_TaggedStreamer(loaded.tokenizer, tag, events),

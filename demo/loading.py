@@ -13,6 +13,7 @@ import torch
 
 from ha_dpo.toy import DEFAULT_CHECKPOINT
 from post_decoder.builder import load_pretrained_model
+from post_decoder.errors import InputError
 from post_decoder.family import family_for
 
 
@@ -28,6 +29,16 @@ class LoadedModel:
     @property
     def has_block(self) -> bool:
         return self.model.post_decoder is not None
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether the family's template takes a second question after an answer (InstructBLIP's takes one)."""
+        conversation = family_for(self.model).conversation()
+        try:
+            conversation.add_user("", with_image=True).add_assistant("").add_user("")
+        except InputError:
+            return False
+        return True
 
     @property
     def context_limit(self) -> int:

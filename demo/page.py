@@ -10,10 +10,20 @@ import math
 import gradio as gr
 from PIL import Image
 
-from post_decoder.images import pixel_values
+from post_decoder.family import family_for
 
-from .chat import Decoding, Job, PromptTooLong, conversation_ids, fit_prompt, stream_answers
-from .heatmap import answer_attention, overlay, seen_image, token_choices, token_map
+from .chat import (
+    Decoding,
+    Job,
+    PromptTooLong,
+    conversation_ids,
+    fit_prompt,
+    image_inputs_of,
+    model_inputs,
+    stream_answers,
+    unseen_image_tokens,
+)
+from .heatmap import NoGrid, answer_attention, overlay, seen_image, token_choices, token_map
 from .loading import LoadedModel
 from .toy_world import UPSCALED_CLASS, introduction, legend_html
 from .uploads import DEFAULT_MAX_IMAGE_PIXELS, UploadRefused, open_upload
@@ -54,7 +64,10 @@ class Page:
             1,
             min(
                 1024,
-                *(loaded.context_limit - len(conversation_ids(loaded, [], "?")) for loaded in self.sides.values()),
+                *(
+                    loaded.context_limit - len(conversation_ids(loaded, [], "?", unseen_image_tokens(loaded)))
+                    for loaded in self.sides.values()
+                ),
             ),
         )
 
@@ -99,12 +112,13 @@ class Page:
 
         jobs, notes = {}, []
         for side, loaded in self.sides.items():
+            image_inputs, image_tokens = image_inputs_of(loaded, image)
             try:
-                prompt = fit_prompt(loaded, session["turns"][side], question, decoding.max_new_tokens)
+                prompt = fit_prompt(loaded, session["turns"][side], question, decoding.max_new_tokens, image_tokens)
             except PromptTooLong as error:
                 raise gr.Error(str(error)) from error
             notes += [f"{side}: {note}" for note in prompt.notes]
-            jobs[side] = Job(loaded, prompt, pixel_values(loaded.model, loaded.image_processor, [image]))
+            jobs[side] = Job(loaded, prompt, model_inputs(loaded, image_inputs, prompt.question))
 
         def chats(texts):
             return {
@@ -121,15 +135,19 @@ class Page:
         for side, job in jobs.items():
             session["turns"][side] = job.prompt.kept_turns + [(job.prompt.question, answers[side].text)]
         trained_job, trained_ids = jobs[TRAINED], answers[TRAINED].ids
-        attention = answer_attention(self.trained, trained_job.prompt.ids, trained_ids, trained_job.pixel_values)
         heat, caption, choice, state = None, "", gr.update(choices=[], value=None), None
+        try:
+            attention = answer_attention(self.trained, trained_job.prompt.ids, trained_ids, trained_job.inputs)
+        except NoGrid as no_grid:
+            attention, caption = None, str(no_grid)
         if attention is None:
-            caption = "No heat map: the trained model has no cross-attention block."
+            caption = caption or "No heat map: the trained model has no cross-attention block."
         else:
+            grid = attention.shape[1:]
             state = {
                 "attention": attention,
                 "ids": trained_ids,
-                "seen": seen_image(trained_job.pixel_values, self.trained.image_processor),
+                "seen": seen_image(trained_job.inputs, image, self.trained.image_processor, grid),
             }
             heat, caption = self.draw(state, AVERAGE)
             choice = gr.update(choices=token_choices(self.trained.tokenizer, trained_ids), value=AVERAGE)
@@ -175,13 +193,14 @@ def build_page(
     how_base = (
         " (the trained model with its block bypassed: the same backbone and lm_head)" if base and base.bypassed else ""
     )
+    templates = ", ".join(dict.fromkeys(family_for(loaded.model).name for loaded in page.sides.values()))
     with gr.Blocks(title="post-decoder: base vs trained", analytics_enabled=False) as blocks:
         gr.Markdown(
             "# Base vs trained\n"
             f"**Base**: {base_label}{how_base}  \n**Trained**: {trained.label}  \n"
             + (f"{introduction()}  \n" if toy else "")
-            + "Answers use LLaVA-1.5's conversation template; follow-up questions continue each model's own chat. "
-            "A new image starts a new chat.",
+            + f"Answers use each model's own prompt template ({templates}); follow-up questions continue each "
+            "model's own chat where its template has turns. A new image starts a new chat.",
             elem_id="header",
         )
         with gr.Row():

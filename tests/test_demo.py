@@ -238,10 +238,12 @@ def test_prompts_fit_the_context_dropping_old_turns_first(plain_llava, llava_tok
     loaded = load_model(folders["trained"], None, "trained", "cpu", None)
     assert loaded.context_limit == 1024  # the tiny model's position embeddings, under the builder's 2048
     turns = [("Is there a cat? " * 40, "No, there is no cat. " * 40)] * 6
-    prompt = fit_prompt(loaded, turns, "And a dog?", 100)
+    prompt = fit_prompt(loaded, turns, "And a dog?", 100, [loaded.model.config.image_seq_length])
     assert len(prompt.ids) <= 1024 - 100 and prompt.question == "And a dog?"
     assert 0 < len(prompt.kept_turns) < 6 and "oldest turn(s) were left out" in prompt.notes[0]
-    assert prompt.ids == conversation_ids(loaded, prompt.kept_turns, "And a dog?")
+    assert prompt.ids == conversation_ids(
+        loaded, prompt.kept_turns, "And a dog?", [loaded.model.config.image_seq_length]
+    )
     image_token = loaded.model.config.image_token_id
     assert (
         prompt.ids.count(image_token) == loaded.model.config.image_seq_length
@@ -252,9 +254,10 @@ def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, lla
     loaded = load_model(folders["trained"], None, "trained", "cpu", None)
     image = Image.open(os.path.join(folders["examples"], "circle.png"))
     pixels = preprocess_images([image], loaded.image_processor)
-    prompt = fit_prompt(loaded, [], QUESTION, MAX_NEW_TOKENS).ids
+    inputs = {"pixel_values": pixels}
+    prompt = fit_prompt(loaded, [], QUESTION, MAX_NEW_TOKENS, [loaded.model.config.image_seq_length]).ids
     answer = [5, 17, 42]
-    attention = answer_attention(loaded, prompt, answer, pixels)
+    attention = answer_attention(loaded, prompt, answer, inputs)
     assert attention.shape == (3, 4, 4)  # 32 px images, 8 px patches, CLS dropped
     np.testing.assert_allclose(attention.sum(axis=(1, 2)), 1, atol=1e-5, rtol=1e-5)
     # The first row is the position that predicts the first answer token: the prompt's last one.
@@ -265,18 +268,18 @@ def test_heat_map_rows_are_the_blocks_attention_over_the_patch_grid(folders, lla
     last = torch.stack(output.post_decoder_attentions).mean(dim=(0, 2))[0, -1]
     np.testing.assert_allclose(attention[0].reshape(-1), last.numpy(), atol=1e-6, rtol=1e-5)
 
-    seen = seen_image(pixels, loaded.image_processor)
+    seen = seen_image(inputs, image, loaded.image_processor, (4, 4))
     assert seen.size == (336, 336)
     assert seen.getpixel((168, 168))[0] > 150  # the red circle is in the middle of the padded square
     # Scaled up nearest-neighbour: exactly the colours of the model's own 32x32 pixels, none smoothed in between.
     monkeypatch.setattr(heatmap, "DISPLAY_SIZE", 1)
-    as_seen = seen_image(pixels, loaded.image_processor)
+    as_seen = seen_image(inputs, image, loaded.image_processor, (4, 4))
     assert as_seen.size == (32, 32) and colours(seen) == colours(as_seen)
     drawn = overlay(seen, attention[0])
     assert drawn.size == seen.size and drawn.tobytes() != seen.tobytes()
 
     bypassed = block_bypassed(loaded)
-    assert answer_attention(bypassed, prompt, answer, pixels) is None  # no block: no heat map
+    assert answer_attention(bypassed, prompt, answer, inputs) is None  # no block: no heat map
 
 
 def test_the_bypassed_base_shares_the_trained_weights(folders, plain_llava):
@@ -427,7 +430,9 @@ def test_the_max_new_tokens_limit_is_what_the_context_leaves(folders):
     trained, base = load_models(folders["trained"], device="cpu")
     page = Page(trained, base)
     limit = page.max_new_tokens_limit()
-    assert limit == 1024 - len(conversation_ids(trained, [], "?"))  # tiny model: 1024 positions
+    assert limit == 1024 - len(
+        conversation_ids(trained, [], "?", [trained.model.config.image_seq_length])
+    )  # tiny model: 1024 positions
     assert page.decoding("greedy", 0.7, limit).max_new_tokens == limit
     with pytest.raises(Exception, match=f"from 1 to {limit} \\(it is {limit + 1}\\)"):
         page.decoding("greedy", 0.7, limit + 1)
