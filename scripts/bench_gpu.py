@@ -8,8 +8,9 @@ Steps: the environment (versions, device); the DPO training step (bench_train.py
 head, at 4 and 8 pairs, ours, the usual recipe and TRL (when installed; head stage only); POPE
 (bench_pope.py's comparison: ours on every question, per-question `generate` on a subset, their answers'
 agreement); two exactness checks (shared vs two-model log-probs in fp32 and bf16, prefix-cached vs
-per-question answers in fp32); the cached-epoch speed-up (bench_train.py --cached), CHAIR
-(bench_chair.py) and the Qwen2.5-VL shape when this checkout has them.
+per-question answers in fp32); the cached-epoch speed-up (bench_train.py --cached) and CHAIR
+(bench_chair.py) when this checkout has them; the Qwen2.5-VL shape (Qwen2.5-VL-7B-Instruct's config at 7b):
+the stage-1 training step, ours and the usual recipe, and POPE answering.
 
 Each step runs in a process of its own with its own time limit (BUDGETS, --timeout), inside the run's
 (--budget): one that fails, runs out of memory or of time is reported with its reason and what it
@@ -48,7 +49,6 @@ from eval import answering, pope_eval_post  # noqa: E402, F401
 from post_decoder.atomic_files import atomic_file  # noqa: E402
 from post_decoder.dtypes import DTYPES  # noqa: E402
 from post_decoder.errors import InputError, run_command  # noqa: E402
-from post_decoder.family import registered_families  # noqa: E402
 
 POPE_FILES = tuple(f"coco_pope_{name}.json" for name in ("random", "popular", "adversarial"))
 BUDGETS = {  # seconds per step at 7B shape on an H100/H200 (a model build is ~10 s of each)
@@ -59,7 +59,7 @@ BUDGETS = {  # seconds per step at 7B shape on an H100/H200 (a model build is ~1
     "exact": 60,
     "cached": 90,
     "chair": 120,
-    "qwen2.5-vl": 90,
+    "qwen2.5-vl": 150,  # three model builds: two training methods, POPE
 }
 # Arguments that fit another script into its budget at 7B shape (its own defaults are for a full run).
 EXTRA_ARGUMENTS = {"chair": ["--images", "32", "--baseline-images", "4"]}
@@ -210,12 +210,7 @@ def plan(settings: dict) -> list[dict]:
     else:
         chair["skip"] = "not available in this checkout: no scripts/bench_chair.py"
     planned.append(chair)
-    qwen = {"name": "qwen2.5-vl"}
-    if any("qwen2_5_vl" in family.model_types for family in registered_families()):
-        qwen["skip"] = "the Qwen2.5-VL family is registered, but scripts/bench_gpu_models.py has no shape for it yet"
-    else:
-        qwen["skip"] = "not available in this checkout: no backbone family reads model_type 'qwen2_5_vl'"
-    planned.append(qwen)
+    planned.append({"name": "qwen2.5-vl", "function": steps.qwen2_5_vl})
     return planned
 
 

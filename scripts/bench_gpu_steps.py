@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 import transformers
-from bench_gpu_models import build_model
+from bench_models import build_model, picture_size
 from PIL import Image
 
 from post_decoder.dtypes import DTYPES
@@ -27,6 +27,8 @@ OPTIONAL_PACKAGES = ("trl", "deepspeed", "accelerate", "peft", "gradio", "wandb"
 FP32_LOGPS_TOLERANCE = 1e-3
 BF16_LOGPS_TOLERANCE_FLOOR = 0.05
 GENERATION_MIN_IDENTICAL = 0.99  # prefix-cached vs per-question `generate` answers (float32)
+QWEN_SHAPES = {"7b": "qwen2_5_vl_7b", "tiny": "qwen2_5_vl_tiny"}  # the Qwen2.5-VL step's shape, by the run's
+QWEN_POPE = {"questions": 1800, "baseline_questions": 50}  # at most: the step's POPE part fits in its budget
 
 
 class CheckFailed(RuntimeError):
@@ -95,8 +97,20 @@ def _exact_float32():
 
 def _build(settings, dtype, with_block=True):
     return build_model(
-        settings["shape"], settings["device"], dtype, with_block, settings["layers"], settings["tokenizer"]
+        settings["shape"],
+        settings["device"],
+        dtype,
+        with_block,
+        layers=settings["layers"],
+        tokenizer_path=settings["tokenizer"],
     )
+
+
+def _pictures(settings, model, names) -> dict:
+    """Random images standing in for COCO, the shape's size (LLaVA's: wider than tall, so 'pad' has work to do)."""
+    width, height = picture_size(settings["shape"], model)
+    rng = np.random.default_rng(0)
+    return {name: Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for name in names}
 
 
 def _peak_gib(device: str) -> float:
@@ -119,7 +133,8 @@ def train(emit, settings, stage: str, method: str):
     model, tokenizer, image_processor = _build(settings, dtype, with_block=stage != "head")
     device, step = settings["device"], None
     for pairs in settings["pairs"]:
-        batch = pairs_batch(model, tokenizer, pairs, settings["answer_tokens"], device)
+        picture = picture_size(settings["shape"], model)
+        batch = pairs_batch(model, tokenizer, image_processor, pairs, settings["answer_tokens"], device, picture)
         try:
             if method == "trl":
                 from bench_trl import time_trl_steps  # trl is needed by this method only
@@ -162,12 +177,6 @@ def question_work(settings) -> tuple[list[tuple[str, str]], str]:
     return work[: settings["questions"]], source
 
 
-def random_pictures(names, size: int) -> dict:
-    """Random images standing in for COCO, wider than tall (LLaVA's 'pad' preprocessing has work to do)."""
-    rng = np.random.default_rng(0)
-    return {name: Image.fromarray(rng.integers(0, 256, (size, size + 37, 3), dtype=np.uint8)) for name in names}
-
-
 def by_image(work) -> dict[str, list[str]]:
     """image -> its distinct question texts (a text asked in several POPE sets is answered once)."""
     grouped: dict[str, dict] = {}
@@ -177,12 +186,15 @@ def by_image(work) -> dict[str, list[str]]:
 
 
 def per_question_answer(model, answerer, tokenizer, picture, text: str, max_new_tokens: int) -> str:
-    """HA-DPO's / LLaVA's way: `generate` on the whole prompt, one question, batch size 1."""
-    input_ids = torch.tensor([answerer.prompt_ids(text)], device=model.device)
+    """HA-DPO's / LLaVA's way: `generate` on the whole prompt, one question, batch size 1 (the image processed
+    for it)."""
+    image_inputs = answerer.image_inputs(picture)
+    counts = answerer.family.image_token_counts(model.config, image_inputs)
+    input_ids = torch.tensor([answerer.prompt_ids(text, image_tokens=counts)], device=model.device)
     with torch.no_grad():
         output = model.generate(
             input_ids=input_ids,
-            pixel_values=answerer.pixel_values(picture),
+            **image_inputs,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
@@ -206,7 +218,7 @@ def pope(emit, settings):
     model, tokenizer, answerer = _answerer(settings, dtype)
     work, source = question_work(settings)
     questions_by_image = by_image(work)
-    pictures = random_pictures(questions_by_image, model.config.vision_config.image_size)
+    pictures = _pictures(settings, model, questions_by_image)
     answerer.answer(next(iter(pictures.values())), ["Is there a dog in the image?"])  # warm-up
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -275,12 +287,21 @@ def exact_logps(emit, settings):
 
     _prepare(settings)
     _exact_float32()
-    model, tokenizer, _ = _build(settings, torch.float32)
-    batch = pairs_batch(model, tokenizer, settings["exact_pairs"], settings["answer_tokens"], settings["device"])
+    model, tokenizer, image_processor = _build(settings, torch.float32)
+    picture = picture_size(settings["shape"], model)
+    batch = pairs_batch(
+        model,
+        tokenizer,
+        image_processor,
+        settings["exact_pairs"],
+        settings["answer_tokens"],
+        settings["device"],
+        picture,
+    )
     tokens = settings["answer_tokens"]
     shared32, full32 = _both_logps(model, batch, tokenizer.pad_token_id, autocast=False)
     model.to(torch.bfloat16).post_decoder.to(torch.float32)
-    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    batch = {name: value.to(torch.bfloat16) if value.is_floating_point() else value for name, value in batch.items()}
     shared16, full16 = _both_logps(model, batch, tokenizer.pad_token_id, autocast=True)
 
     def per_token(a, b):
@@ -318,7 +339,7 @@ def exact_generation(emit, settings):
     model, tokenizer, answerer = _answerer(settings, torch.float32)
     work, source = question_work(settings)
     questions_by_image = dict(list(by_image(work).items())[: settings["exact_images"]])
-    pictures = random_pictures(questions_by_image, model.config.vision_config.image_size)
+    pictures = _pictures(settings, model, questions_by_image)
     compared = identical = 0
     for image, questions in questions_by_image.items():
         for text, answer in zip(questions, answerer.answer(pictures[image], questions)):
@@ -337,3 +358,14 @@ def exact_generation(emit, settings):
     )
     if identical < GENERATION_MIN_IDENTICAL * compared:
         raise CheckFailed(f"{compared - identical} of {compared} cached answers differ from per-question generate")
+
+
+def qwen2_5_vl(emit, settings):
+    """The Qwen2.5-VL shape (the run's 7b: Qwen2.5-VL-7B-Instruct's config; tiny: the tiny one): bench_train's
+    stage-1 step, ours and the usual recipe, at the first pair count; then POPE answering, ours against
+    per-question `generate` (at most QWEN_POPE's questions)."""
+    qwen = {**settings, "shape": QWEN_SHAPES[settings["shape"]], "tokenizer": None, "pairs": settings["pairs"][:1]}
+    for method in ("ours", "usual"):
+        train(lambda record, method=method: emit({"part": f"train/1/{method}", **record}), qwen, "1", method)
+    qwen.update({name: min(settings[name], most) for name, most in QWEN_POPE.items()})
+    pope(lambda record: emit({**record, "part": f"pope/{record['part']}"}), qwen)

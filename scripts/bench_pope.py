@@ -3,10 +3,14 @@ question at a time with batch size 1 (the HA-DPO / LLaVA scripts' way). Same mod
 
     python scripts/bench_pope.py --shape tiny                                   # this CPU, seconds
     python scripts/bench_pope.py --shape 7b --device cuda --dtype bfloat16     # LLaVA-1.5-7B shape, random weights
+    python scripts/bench_pope.py --shape qwen2_5_vl_tiny                        # this CPU
+    python scripts/bench_pope.py --shape qwen2_5_vl_7b --device cuda --dtype bfloat16   # Qwen2.5-VL-7B shape
+
+Shapes: scripts/bench_models.py (Qwen2.5-VL-7B's: its published config, a 448x448 picture, 256 image tokens).
 
 Questions: the official POPE sets (all three, 9,000 questions on 500 images) when --pope_path is
-given, else generated ones of the same form; random images stand in for COCO. The per-question
-way is timed on a --baseline-questions subset (it is slow) and compared by questions per second.
+given, else generated ones of the same form; random images (the shape's picture size) stand in for
+COCO. The per-question way is timed on a --baseline-questions subset (it is slow) and compared by questions per second.
 Random weights rarely emit EOS, so both ways decode --max-new-tokens tokens for every answer.
 """
 
@@ -19,13 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import torch
-from bench_models import build_model
+from bench_models import SHAPES, build_model, picture_size
 from PIL import Image
 
 from eval.answering import PrefixCachedAnswerer
 from eval.pope_eval_post import load_question_sets, pending_by_image
 from post_decoder.dtypes import DTYPES, default_dtype
-from post_decoder.family import conv_modes, default_conv_mode
+from post_decoder.family import conv_modes, family_for
 
 
 def generated_questions(num_images: int) -> dict[str, list[dict]]:
@@ -43,9 +47,13 @@ def generated_questions(num_images: int) -> dict[str, list[dict]]:
     return sets
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=("tiny", "7b"), default="tiny")
+    parser.add_argument("--shape", choices=SHAPES, default="tiny", help="see scripts/bench_models.py")
+    parser.add_argument("--layers", type=int, default=None, help="LLM and vision depth (default: the shape's)")
+    parser.add_argument(
+        "--width-divisor", type=int, default=1, help="Qwen shapes: heads (and widths) divided by this (a short run)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp16 on GPU")
     parser.add_argument("--pope_path", help="folder of the official coco_pope_*.json (else generated questions)")
@@ -54,18 +62,21 @@ def main():
     parser.add_argument("--baseline-questions", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--conv-mode", choices=conv_modes(), default=default_conv_mode(), help="the prompt's template")
-    parser.add_argument("--no-block", action="store_true", help="benchmark the plain LLaVA")
-    args = parser.parse_args()
+    parser.add_argument("--conv-mode", choices=conv_modes(), help="the prompt's template (default: the family's own)")
+    parser.add_argument("--no-block", action="store_true", help="benchmark the plain model (no block)")
+    args = parser.parse_args(argv)
     dtype = DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
 
-    model, tokenizer, processor = build_model(args.shape, args.device, dtype, not args.no_block)
+    model, tokenizer, processor = build_model(
+        args.shape, args.device, dtype, not args.no_block, layers=args.layers, width_divisor=args.width_divisor
+    )
     sets = load_question_sets(args.pope_path, "all") if args.pope_path else generated_questions(args.num_images)
     by_image = pending_by_image(sets, done={})
     images = sorted(by_image)[: args.max_images]
-    size = model.config.vision_config.image_size
+    width, height = picture_size(args.shape, model)
     rng = np.random.default_rng(0)
-    pictures = {name: Image.fromarray(rng.integers(0, 256, (size, size + 37, 3), dtype=np.uint8)) for name in images}
+    pictures = {name: Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for name in images}
+    family = family_for(model)
     total_questions = sum(len(by_image[name]) for name in images)
     answerer = PrefixCachedAnswerer(
         model, tokenizer, processor, args.max_new_tokens, args.batch_size, conv_mode=args.conv_mode
@@ -96,12 +107,14 @@ def main():
     synchronize()
     start = time.perf_counter()
     agreeing = 0
-    for name, text in baseline:
-        input_ids = torch.tensor([answerer.prompt_ids(text)], device=model.device)
+    for name, text in baseline:  # the image processed for every question, as the per-question scripts do
+        image_inputs = answerer.image_inputs(pictures[name])
+        counts = family.image_token_counts(model.config, image_inputs)
+        input_ids = torch.tensor([answerer.prompt_ids(text, image_tokens=counts)], device=model.device)
         with torch.no_grad():
             output = model.generate(
                 input_ids=input_ids,
-                pixel_values=answerer.pixel_values(pictures[name]),
+                **image_inputs,
                 max_new_tokens=args.max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,

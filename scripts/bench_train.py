@@ -2,7 +2,12 @@
 
     python scripts/bench_train.py --shape tiny                                           # this CPU
     python scripts/bench_train.py --shape 7b --device cuda --pairs 4 --dtype bfloat16    # LLaVA-1.5-7B shape
+    python scripts/bench_train.py --shape qwen2_5_vl_tiny --threads 1                    # this CPU
+    python scripts/bench_train.py --shape qwen2_5_vl_7b --device cuda --dtype bfloat16   # Qwen2.5-VL-7B shape
 
+Shapes (scripts/bench_models.py): LLaVA-1.5's (`tiny`, `7b`) and Qwen2.5-VL's (`qwen2_5_vl_tiny`, `qwen2_5_vl_7b`:
+the published config, a 448x448 picture, 256 image tokens), random weights. Each pair's picture goes through the
+family's image processing; the prompt and answers' positions are the family's (Qwen: M-RoPE).
 Stages: 1 trains the block, 2 the block and lm_head, `head` lm_head alone (no block).
 - ours: the frozen backbone runs once per pair (no grad), the prompt once for both answers (its
   KV cache continued twice), policy head (block + lm_head) and reference head only on answer positions.
@@ -11,7 +16,8 @@ Stages: 1 trains the block, 2 the block and lm_head, `head` lm_head alone (no bl
 - trl (head stage only): trl's `DPOTrainer.train()` on a plain `LlavaForConditionalGeneration`
   with the same weights and a separate frozen reference. TRL never calls the model's forward (it
   runs `model.base_model`, then `lm_head` in chunks, without full logits), so it cannot train a
-  block: at stages 1 and 2 it is reported as not applicable. What differs from the others' step:
+  block: at stages 1 and 2 it is reported as not applicable (on the Qwen shapes at every stage: bench_trl.py
+  builds a plain LLaVA). What differs from the others' step:
   the batch comes through TRL's dataloader and our collator (scripts/bench_trl.py: the same token
   ids and pixel values, in TRL's layout; TRL's own vision collator would re-tokenize text and
   re-process PIL images); off CUDA/XPU (no Triton) TRL scores every position, prompt included;
@@ -39,48 +45,61 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np
 import torch
-from bench_models import build_model
+from bench_models import SHAPES, build_model, picture_size
+from PIL import Image
 
 from ha_dpo.objective.dpo_loss import PairLogps, preference_loss
 from ha_dpo.objective.full_sequence_logps import full_sequence_logps
 from ha_dpo.objective.preference_model import SharedBackbonePreferenceModel
 from post_decoder.dtypes import DTYPES, default_dtype
 from post_decoder.family import family_for
+from post_decoder.images import model_image_inputs
 
 METHODS = ("ours", "usual", "trl")
 STAGES = ("1", "2", "head")
 NOT_APPLICABLE = {"trl": "n/a at this stage: TRL runs base_model + lm_head itself, it would skip the block"}
+NOT_BUILT = {"trl": "n/a: scripts/bench_trl.py builds a plain LLaVA only"}
 
 
-def pairs_batch(model, tokenizer, pairs: int, answer_tokens: int, device) -> dict:
-    """`pairs` prompts (the LLaVA template, the image tokens, a POPE-like question) with random answers."""
+def pairs_batch(model, tokenizer, image_processor, pairs: int, answer_tokens: int, device, picture: tuple) -> dict:
+    """`pairs` prompts (the family's template, one random `picture`-sized (width, height) image each, through the
+    family's image processing, a POPE-like question) with random answers of ordinary (not special) tokens."""
     config, family = model.config, family_for(model)
+    width, height = picture
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(pairs)]
+    image_inputs = model_image_inputs(model, image_processor, images)
+    counts = family.image_token_counts(config, image_inputs)
+    assert len(set(counts)) == 1, counts  # pictures of one size: one prompt serves every pair
     question = "Describe the image in detail. What objects are there, and where are they?"
-    prompt = family.tokenize_prompt(family.question_prompt(question), tokenizer, config)
+    prompt = family.tokenize_prompt(family.question_prompt(question), tokenizer, config, image_tokens=counts[:1])
     generator = torch.Generator().manual_seed(0)
-    text_vocab = config.image_token_id
+    special = {*tokenizer.all_special_ids, family.image_token_id(config)}
+    ordinary = torch.tensor([token for token in range(len(tokenizer)) if token not in special])
 
     def answers():
-        ids = torch.randint(3, text_vocab, (pairs, answer_tokens), generator=generator)
+        ids = ordinary[torch.randint(len(ordinary), (pairs, answer_tokens), generator=generator)]
         ids[:, -1] = tokenizer.eos_token_id
         return ids.to(device), torch.ones_like(ids, device=device)
 
     batch = {
         "prompt_input_ids": torch.tensor([prompt] * pairs, device=device),
         "prompt_attention_mask": torch.ones(pairs, len(prompt), dtype=torch.long, device=device),
-        "pixel_values": torch.randn(
-            pairs, 3, config.vision_config.image_size, config.vision_config.image_size, generator=generator
-        ),
+        **image_inputs,
     }
-    batch["pixel_values"] = batch["pixel_values"].to(device, model.dtype)
     batch["chosen_input_ids"], batch["chosen_attention_mask"] = answers()
     batch["rejected_input_ids"], batch["rejected_attention_mask"] = answers()
     return batch
 
 
-def applies(method: str, stage: str) -> bool:
-    return method != "trl" or stage == "head"
+def applies(method: str, stage: str, shape: str = "tiny") -> bool:
+    return method != "trl" or (stage == "head" and not shape.startswith("qwen"))
+
+
+def not_applicable(method: str, stage: str) -> str:
+    return NOT_APPLICABLE[method] if stage != "head" else NOT_BUILT[method]
 
 
 def trained_modules(model, stage: str) -> list:
@@ -127,8 +146,9 @@ def run_one(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # the same weights and pairs in every method's process
-    model, tokenizer, image_processor = build_model(args.shape, args.device, dtype, with_block=args.stage != "head")
-    batch = pairs_batch(model, tokenizer, args.pairs, args.answer_tokens, args.device)
+    model, tokenizer, image_processor = built_model(args, dtype)
+    picture = picture_size(args.shape, model)
+    batch = pairs_batch(model, tokenizer, image_processor, args.pairs, args.answer_tokens, args.device, picture)
     if args.method == "trl":
         from bench_trl import time_trl_steps  # trl is needed by this method only
 
@@ -150,6 +170,17 @@ def run_one(args) -> dict:
     }
 
 
+def built_model(args, dtype):
+    return build_model(
+        args.shape,
+        args.device,
+        dtype,
+        with_block=args.stage != "head",
+        layers=args.layers,
+        width_divisor=args.width_divisor,
+    )
+
+
 def time_steps(step, batch, warmup: int, steps: int) -> float:
     """Seconds for `steps` steps after `warmup` untimed ones (CUDA peak memory reset after the warm-up)."""
     cuda = batch["prompt_input_ids"].device.type == "cuda"
@@ -168,7 +199,11 @@ def time_steps(step, batch, warmup: int, steps: int) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=("tiny", "7b"), default="tiny")
+    parser.add_argument("--shape", choices=SHAPES, default="tiny", help="see scripts/bench_models.py")
+    parser.add_argument("--layers", type=int, default=None, help="LLM and vision depth (default: the shape's)")
+    parser.add_argument(
+        "--width-divisor", type=int, default=1, help="Qwen shapes: heads (and widths) divided by this (a short run)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="backbone dtype (default: fp16 on GPU)")
     parser.add_argument("--pairs", type=int, default=4, help="pairs per micro-batch")
@@ -185,7 +220,9 @@ def main():
     parser.add_argument("--cached", action="store_true", help="an epoch without and with the backbone cache")
     parser.add_argument("--epoch-pairs", type=int, default=64, help="pairs in the --cached epoch")
     args = parser.parse_args()
-    args.answer_tokens = args.answer_tokens or (100 if args.shape == "7b" else 24)
+    args.answer_tokens = args.answer_tokens or (100 if args.shape.endswith("7b") else 24)
+    if args.cached and args.shape.startswith("qwen"):
+        parser.error("--cached is built for the LLaVA shapes only (scripts/bench_cached_epoch.py)")
     if args.cached:
         print_cached_table(args, run_cached(args))
         return
@@ -194,7 +231,7 @@ def main():
         return
 
     results = {}
-    for method in filter(lambda method: applies(method, args.stage), METHODS):
+    for method in filter(lambda method: applies(method, args.stage, args.shape), METHODS):
         command = [sys.executable, __file__, *sys.argv[1:], "--method", method]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[method] = json.loads(output.strip().splitlines()[-1])
@@ -209,7 +246,7 @@ def run_cached(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, tokenizer, image_processor = build_model(args.shape, args.device, dtype, with_block=args.stage != "head")
+    model, tokenizer, image_processor = built_model(args, dtype)
     step = step_function("ours", model, tokenizer, args.stage)
 
     def autocast():  # the step's own autocast: the cache holds what the step's backbone computes
@@ -265,7 +302,7 @@ def print_table(args, results: dict):
     }
     for method in METHODS:
         if method not in results:
-            print(f"{labels[method]:<52}  {NOT_APPLICABLE[method]}")
+            print(f"{labels[method]:<52}  {not_applicable(method, args.stage)}")
             continue
         row = results[method]
         speedup = row["pairs_per_second"] / results["usual"]["pairs_per_second"]

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("trl")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 
-from bench_models import build_model
+from bench_models import build_model, picture_size
 from bench_train import pairs_batch, step_function
 from bench_trl import PairsCollator, plain_llava, trl_trainer
 
@@ -24,7 +24,7 @@ def setup():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model, tokenizer, image_processor = build_model("tiny", "cpu", torch.float32, with_block=False)
-    batch = pairs_batch(model, tokenizer, PAIRS, answer_tokens=6, device="cpu")
+    batch = pairs_batch(model, tokenizer, image_processor, PAIRS, 6, "cpu", picture_size("tiny", model))
     return model, tokenizer, image_processor, batch
 
 
