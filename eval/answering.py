@@ -8,6 +8,10 @@ after the prefix with explicit position ids, numbered on from the prefix's own p
 1-D, or Qwen-VL's M-RoPE, whose text after an image starts past the image's grid), so each answer is the one
 `generate` gives the question alone. Greedy decoding stops a row at `</s>` (the model's EOS) and the batch when every
 row has stopped, so a large `max_new_tokens` (LLaVA's 128) costs nothing for one-word answers.
+
+A family whose image tokens depend on the question (`prompt_prefix_is_shared = False`: InstructBLIP's Q-Former
+reads it) shares no prefix: its image is encoded once (`encoded_image_inputs`), and each batch of its questions
+runs whole, left-padded, with the inputs the family reads from each question (`prompt_inputs`).
 """
 
 import copy
@@ -65,6 +69,8 @@ class PrefixCachedAnswerer:
 
     @torch.no_grad()
     def answer(self, image, questions: list[str]) -> list[str]:
+        if not self.family.prompt_prefix_is_shared:
+            return self._answer_whole_prompts(image, questions)
         image_inputs = self.image_inputs(image)
         counts = self.family.image_token_counts(self.model.config, image_inputs)
         sequences = [self.prompt_ids(question, image_tokens=counts) for question in questions]
@@ -84,6 +90,35 @@ class PrefixCachedAnswerer:
         for start in range(0, len(sequences), self.batch_size):
             batch = [ids[prefix_length:] for ids in sequences[start : start + self.batch_size]]
             answers.extend(self._continue(prefix, prefix_positions, prefix_output, batch))
+        return answers
+
+    def _answer_whole_prompts(self, image, questions: list[str]) -> list[str]:
+        """The image encoded once; each batch of its questions runs whole, the encoded image repeated for it."""
+        image_inputs = self.image_inputs(image)
+        counts = self.family.image_token_counts(self.model.config, image_inputs)
+        encoded = self.family.encoded_image_inputs(self.model, image_inputs)
+        pad, device = self.tokenizer.pad_token_id, self.model.device
+        answers = []
+        for start in range(0, len(questions), self.batch_size):
+            batch = questions[start : start + self.batch_size]
+            input_ids, attention_mask = _left_padded(
+                [self.prompt_ids(q, image_tokens=counts) for q in batch], pad, device
+            )
+            images = {name: value.expand(len(batch), *value.shape[1:]) for name, value in encoded.items()}
+            texts = [question + self.prompt_suffix for question in batch]
+            from_prompts = self.family.prompt_inputs(texts, self.image_processor)
+            generated = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=self.family.prompt_position_ids(self.model, input_ids, attention_mask, images),
+                **images,
+                **{name: value.to(device) for name, value in from_prompts.items()},
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+            new_tokens = generated[:, input_ids.shape[1] :]
+            answers += [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return answers
 
     def _continue(self, prefix: torch.Tensor, prefix_positions, prefix_output, suffixes: list[list[int]]) -> list[str]:
@@ -121,6 +156,13 @@ class PrefixCachedAnswerer:
         )
         new_tokens = generated[:, input_ids.shape[1] :]  # after a row's EOS: padding, dropped by the decode
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+    return ids, mask
 
 
 def _shared_prefix_length(sequences: list[list[int]]) -> int:

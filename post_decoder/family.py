@@ -12,16 +12,17 @@ that registers an instance of a `BackboneFamily` subclass (`register_family`) an
   [ ] modeling: the model class. `backbone_forward` returns a `BackboneOutput` (h before the head,
       each sample's vision features with a mask of any length: `pack_images_per_sample`, the KV cache);
       `forward` is `lm_head(block(h, v))`; `attach_post_decoder`; the attribute `post_decoder` (None:
-      no block), and `generation_module` names the module whose `generate` steps carry the block's
-      state (`BlockGenerationMixin`);
+      no block); `generate` runs its steps on the model's own forward, so the block's state rides with the
+      KV cache (`PostDecoderMixin`; a BLIP-style model adds `GenerateOnThisModel`);
   [ ] positions: `prompt_position_ids` (a left-padded prompt's, from its tokens and images: 1-D RoPE for
       LLaVA, 3-D M-RoPE for Qwen-VL, whose image positions follow each image's grid) and
       `continued_position_ids` (tokens continuing a cached prompt, numbered on from that prompt's positions,
       never from its mask alone);
   [ ] images: `image_inputs` (a batch's PIL images -> the model's keyword inputs), `image_token_counts`
       (each image's placeholder count, read from those inputs), `image_token_count` (one image's count
-      without its pixels: for data length checks), `vision_grid` (where each of the block's vision rows
-      lies on its image: rows x columns, for pictures of where the block looked);
+      without its pixels: for data length checks), `prompt_inputs` (inputs read from each image's question:
+      InstructBLIP's Q-Former tokens), `prompt_prefix_is_shared` and `encoded_image_inputs` (for POPE),
+      `vision_grid` (where each of the block's vision rows lies on its image, for pictures of where it looked);
   [ ] the prompt: `conv_modes`, `conversation`, `question_prompt`, `tokenize_with_image`, `image_token_id`;
   [ ] loading: `claims` (a checkpoint's config.json), `load` (tokenizer, model, image processor; image options
       such as Qwen-VL's `min_pixels`/`max_pixels` for a family whose processor takes them);
@@ -253,6 +254,25 @@ class BackboneFamily(ABC):
         rows x columns vision rows: a leading CLS row (the BLIP families' ViT, LLaVA under `full`) is before it.
         A family whose rows are not in raster order says how they map to the grid."""
 
+    def prompt_inputs(self, texts: list[str], processor) -> dict[str, torch.Tensor]:
+        """Inputs the model takes per image from its prompt's text (`texts`: each image's question, with its suffix,
+        as `question_prompt` puts it after the image), on the CPU; merged into the images' inputs. This default:
+        none. InstructBLIP: its Q-Former's tokens of the question."""
+        return {}
+
+    prompt_prefix_is_shared: bool = True
+    """Whether the prompts of an image's questions share their first tokens' KV cache (image included), so POPE
+    computes that prefix once (LLaVA, Qwen-VL, MiniGPT-4); False where the image's tokens depend on the question
+    (InstructBLIP's Q-Former reads it): POPE encodes the image once (`encoded_image_inputs`) and runs each batch of
+    its questions whole."""
+
+    def encoded_image_inputs(self, model, image_inputs: dict) -> dict[str, torch.Tensor]:
+        """`image_inputs` (of images on `model`'s device) with the part that does not depend on the prompt already
+        computed, for reuse across an image's questions, one row per image along dim 0 (repeat them for a batch of
+        questions about one image). This default: `image_inputs` unchanged. InstructBLIP: the vision encoder's
+        output, `image_embeds`."""
+        return image_inputs
+
     # --- loading ---
 
     def claims(self, raw_config: dict) -> bool:
@@ -286,11 +306,6 @@ class BackboneFamily(ABC):
         """config.json of a checkpoint once a block (`block_values`, its config) is added to its files."""
 
     # --- generation and the block ---
-
-    def generation_module(self, model):
-        """The module whose `generate` steps run the block (its class carries `BlockGenerationMixin`): the
-        model itself, unless the family's `generate` hands off to an inner language model (InstructBLIP)."""
-        return model
 
     def block_bypassed(self, model):
         """The same model without its block: a new model object whose other modules are `model`'s own

@@ -8,9 +8,9 @@
 
 The prompt is the model's family's single-turn template (`conv_mode`; LLaVA-1.5's are in
 `post_decoder/families/llava/conversation.py`, Qwen-VL's is its chat template), the image goes through the
-family's preprocessing (LLaVA-1.5's `pad`; Qwen-VL's dynamic resolution, each image its own number of tokens),
-and the answer is `model.generate`'s: greedy with at most 128 new tokens unless `generation_kwargs` say
-otherwise (LLaVA's defaults).
+family's preprocessing (LLaVA-1.5's `pad`; Qwen-VL's dynamic resolution, each image its own number of tokens;
+InstructBLIP's Q-Former also reads each image's question: `family.prompt_inputs`), and the answer is
+`model.generate`'s: greedy with at most 128 new tokens unless `generation_kwargs` say otherwise (LLaVA's defaults).
 `answer_batch` asks many questions at once, left-padded in batches, with the same answers.
 """
 
@@ -76,6 +76,10 @@ def answer_batch(
         batch = range(start, min(start + batch_size, len(prompts)))
         pictures = [None if images[index] is None else _as_image(images[index], index) for index in batch]
         image_inputs, counts = _image_inputs(model, image_processor, pictures)
+        if counts:  # what the family reads from each image's question (InstructBLIP's Q-Former tokens)
+            asked = [questions[index] for index, picture in zip(batch, pictures) if picture is not None]
+            from_prompts = family.prompt_inputs(asked, image_processor)
+            image_inputs.update({name: value.to(model.device) for name, value in from_prompts.items()})
         ids = []
         for index, picture in zip(batch, pictures):  # each image's own token count, in order
             image_tokens = [] if picture is None else [counts.pop(0)]

@@ -4,11 +4,13 @@
     class LlavaPostDecoderForConditionalGeneration(PostDecoderMixin, LlavaForConditionalGeneration): ...
 
 The family's class adds `backbone_forward` (its own tower and language model) and a `forward` that
-calls it, then `block_then_head`. A family whose `generate` hands off to an inner language model
-puts the block, and this mixin's generation hooks, where that model's steps reach them.
+calls it, then `block_then_head` (or `block_forward`). `generate` runs its decoding steps on this forward, so the
+block's state rides from step to step with the KV cache; a family whose library `generate` hands the prompt to an
+inner language model (BLIP-2, InstructBLIP) puts `GenerateOnThisModel` after this mixin in its bases.
 """
 
 import torch
+from transformers import GenerationMixin
 from transformers import initialization as init
 
 from .block import ZERO_INIT_ATTRIBUTE, PostDecoderConfig, PostDecoderState, PostInteractionBlock
@@ -119,3 +121,22 @@ class PostDecoderMixin:
                     "is not reordered between beams; use greedy or sampling"
                 )
         return super().generate(*args, **kwargs)
+
+
+class GenerateOnThisModel:
+    """Between `PostDecoderMixin` and a BLIP-style model (whose `generate` hands the prompt's embeddings to its inner
+    language model, which would skip the block) in the bases: `generate` is the library's own decoding loop on
+    this model's forward. The image goes in on the prompt's step only (`generate` drops `pixel_values` after it,
+    and the `PRE_ENCODED_IMAGES` inputs here once a KV cache holds the prompt); the model's forward must run the
+    plain model's steps too (no image, a KV cache)."""
+
+    PRE_ENCODED_IMAGES = ("image_embeds",)  # an image already through the vision encoder: the prompt's step only
+    main_input_name = "input_ids"  # BLIP's is pixel_values; generate reads the prompt from input_ids
+    generate = GenerationMixin.generate
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if output_cache(outputs) is not None:
+            for name in self.PRE_ENCODED_IMAGES:
+                model_kwargs.pop(name, None)
+        return model_kwargs

@@ -168,7 +168,7 @@ def test_a_config_json_gains_the_block_as_its_family_writes_it():
 
 def test_generation_reaches_the_block_and_the_block_can_be_bypassed(plain_llava, llava_tokenizer):
     model = with_block(plain_llava, "post_interaction", perturb=0.3)
-    assert isinstance(LLAVA.generation_module(model), PostDecoderMixin)
+    assert isinstance(model, PostDecoderMixin)  # generate's steps run on its forward
     base = LLAVA.block_bypassed(model)
     assert base.post_decoder is None and base.config.post_decoder_config is None
     assert model.post_decoder is not None and model.config.post_decoder_config is not None  # untouched

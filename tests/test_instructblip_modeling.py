@@ -1,5 +1,6 @@
 """InstructBLIP with the block (tiny models, fp32): the identity at initialisation, the vision features the block
-reads, and generation through the inner language model's `generate`."""
+reads, and generation on the model's own forward (not InstructBLIP's hand-off to its inner language model), equal
+to transformers' InstructBLIP `generate` at the identity; POPE's evaluator on an image's questions."""
 
 import copy
 
@@ -8,12 +9,11 @@ import torch
 from PIL import Image
 from transformers import InstructBlipConfig, InstructBlipVisionConfig, T5Config
 
+from eval.answering import PrefixCachedAnswerer
 from post_decoder import VARIANTS
 from post_decoder.compat import CACHE_KWARG, output_cache
 from post_decoder.families.instructblip import INSTRUCTBLIP, InstructBlipPostDecoderForConditionalGeneration
-from post_decoder.families.instructblip.answering import answer_about_one_image
 from post_decoder.families.instructblip.configuration import InstructBlipPostDecoderConfig
-from post_decoder.families.instructblip.language_model import LanguageModelBlockMixin
 from post_decoder.families.instructblip.tiny import (
     make_qformer_tokenizer,
     make_tiny_instructblip,
@@ -142,8 +142,8 @@ def greedy_by_recomputation(model, batch, steps, eos_token_id):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cached_generation_equals_recomputation(plain, processor, variant):
-    """InstructBLIP's generate hands off to its language model's: the block's state reaches those decode steps."""
-    model = with_block(plain, variant, perturb=0.05)
+    """generate's decode steps run on our forward: the block's state rides with the KV cache."""
+    model = with_block(plain, variant, perturb=0.3)  # far enough from the identity to change greedy answers
     batch = mixed_batch(model, processor)
     steps, width = 8, batch["input_ids"].shape[1]
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_cached_generation_equals_recomputation(plain, processor, variant):
 
 
 def test_generation_at_initialisation_equals_plain_generation_beams_included(plain, processor):
-    """The vision features go to the language model's generate as tensors, so beams get them repeated."""
+    """Our decoding loop on the outer model gives transformers' InstructBLIP's answers, beams included."""
     model = with_block(plain, "post_interaction")
     batch = mixed_batch(model, processor)
     for settings in ({"do_sample": False}, {"num_beams": 3, "do_sample": False}):
@@ -196,9 +196,9 @@ def test_questions_about_one_image_batched_answer_as_one_by_one(plain, processor
 
 
 @pytest.mark.parametrize("variant", ["post_interaction", "transformer_block"])
-def test_the_generation_module_continues_a_cached_prompt(plain, processor, variant):
-    """What an evaluator does: the prompt once through the model (image, Q-Former, language model), then the
-    family's generation module continues from its KV cache and the block's state."""
+def test_generate_continues_a_cached_prompt(plain, processor, variant):
+    """What an evaluator does: the prompt once through the model (image, Q-Former, language model), then
+    `generate` continues from its KV cache and the block's state, with no image."""
     model = with_block(plain, variant, perturb=0.05)
     (image,) = pictures(1, seed=4)
     batch = question_batch(model, processor, [image], QUESTIONS[:1])
@@ -206,7 +206,7 @@ def test_the_generation_module_continues_a_cached_prompt(plain, processor, varia
         expected = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         prompt = {**batch, "input_ids": batch["input_ids"][:, :-1], "attention_mask": batch["attention_mask"][:, :-1]}
         prefix = model(**prompt, use_cache=True)
-        continued = INSTRUCTBLIP.generation_module(model).generate(
+        continued = model.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             **{CACHE_KWARG: output_cache(prefix)},
@@ -221,7 +221,7 @@ def test_the_generation_module_continues_a_cached_prompt(plain, processor, varia
 def test_the_block_can_be_bypassed_and_copies_keep_their_own_block(plain, processor):
     model = with_block(plain, "post_interaction", perturb=0.1)
     family = family_for(model)
-    assert family is INSTRUCTBLIP and isinstance(family.generation_module(model), LanguageModelBlockMixin)
+    assert family is INSTRUCTBLIP
     base = family.block_bypassed(model)
     assert base.post_decoder is None and model.post_decoder is not None
     assert base.language_model is model.language_model
@@ -230,10 +230,10 @@ def test_the_block_can_be_bypassed_and_copies_keep_their_own_block(plain, proces
         torch.testing.assert_close(base(**batch).logits, plain(**batch).logits)
         assert base.generate(**batch, max_new_tokens=4).tolist() == plain.generate(**batch, max_new_tokens=4).tolist()
         trained = model.generate(**batch, max_new_tokens=4, min_new_tokens=4)
-        # A deep copy has its own language model, linked to its own block.
         twin = copy.deepcopy(model)
         assert twin.generate(**batch, max_new_tokens=4, min_new_tokens=4).tolist() == trained.tolist()
-        assert family.generation_module(twin).host is twin
+        twin.post_decoder = None  # a copy's block is its own
+        assert model.generate(**batch, max_new_tokens=4, min_new_tokens=4).tolist() == trained.tolist()
 
 
 def test_an_encoder_decoder_instructblip_is_refused():
@@ -246,7 +246,8 @@ def test_an_encoder_decoder_instructblip_is_refused():
 
 @pytest.mark.parametrize("variant", [None, "post_interaction", "transformer_block"])
 def test_pope_style_answers_encode_the_image_once_and_equal_one_by_one_generate(plain, processor, variant):
-    """The Q-Former reads the question, so no prompt prefix is shared; the vision encoder's output is."""
+    """POPE's evaluator: the Q-Former reads the question, so no prompt prefix is shared; the vision encoder's output
+    is (it runs once for the image's questions, in batches of 3)."""
     model = with_block(plain, variant or "post_interaction", perturb=0.05)
     if variant is None:
         model.post_decoder, model.config.post_decoder_config = None, None
@@ -255,7 +256,8 @@ def test_pope_style_answers_encode_the_image_once_and_equal_one_by_one_generate(
     calls = []
     hook = model.vision_model.register_forward_hook(lambda *args: calls.append(1))
     try:
-        answers = answer_about_one_image(model, processor, image, questions, max_new_tokens=5, batch_size=3)
+        answerer = PrefixCachedAnswerer(model, processor.tokenizer, processor, max_new_tokens=5, batch_size=3)
+        answers = answerer.answer(image, questions)
     finally:
         hook.remove()
     assert len(calls) == 1

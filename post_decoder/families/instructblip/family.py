@@ -62,13 +62,19 @@ class InstructBlipFamily(BackboneFamily):
     # `image_inputs` (`pixel_values` [I, 3, H, W]: the processor resizes every image to one square),
     # `image_token_counts` (every image `num_query_tokens`) and the 1-D positions are the interface's defaults.
 
-    def qformer_inputs(self, texts: list[str], processor) -> dict:
+    prompt_prefix_is_shared = False  # the image's query outputs depend on the question
+
+    def prompt_inputs(self, texts: list[str], processor) -> dict:
         """The Q-Former's own tokens of each sample's prompt text (`qformer_input_ids`, `qformer_attention_mask`,
         right-padded): InstructBLIP's Q-Former reads the instruction, one row per image."""
         encoded = processor.qformer_tokenizer(
             texts, padding="longest", truncation=True, max_length=QFORMER_MAX_LENGTH, return_tensors="pt"
         )
         return {"qformer_input_ids": encoded.input_ids, "qformer_attention_mask": encoded.attention_mask}
+
+    def encoded_image_inputs(self, model, image_inputs: dict) -> dict:
+        """The vision encoder's output (EVA ViT-g: the larger part of the work before the language model)."""
+        return {"image_embeds": model.encode_images(image_inputs["pixel_values"])}
 
     # --- loading ---
 
@@ -102,9 +108,3 @@ class InstructBlipFamily(BackboneFamily):
             "model_type": InstructBlipPostDecoderConfig.model_type,
             "architectures": [InstructBlipPostDecoderForConditionalGeneration.__name__],
         }
-
-    # --- generation ---
-
-    def generation_module(self, model):
-        """InstructBLIP's `generate` hands off to its language model's: that is where the block's steps run."""
-        return model.generation_language_model()

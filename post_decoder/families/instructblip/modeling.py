@@ -6,12 +6,11 @@ import torch
 from transformers import InstructBlipForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ...block import PostDecoderConfig, PostDecoderState, PostInteractionBlock
-from ...compat import CACHE_KWARG, output_cache
+from ...block import PostDecoderState
+from ...compat import CACHE_KWARG, output_cache, slice_logits_to_keep
 from ...family import BackboneOutput, pack_images_per_sample
-from ...wrapped_model import PostDecoderMixin
+from ...wrapped_model import GenerateOnThisModel, PostDecoderMixin
 from .configuration import InstructBlipPostDecoderConfig
-from .language_model import language_model_class
 
 
 @dataclass
@@ -32,13 +31,17 @@ class ImageInputs:
     vision_mask: torch.Tensor  # [B, N]
 
 
-class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, InstructBlipForConditionalGeneration):
+class InstructBlipPostDecoderForConditionalGeneration(
+    PostDecoderMixin, GenerateOnThisModel, InstructBlipForConditionalGeneration
+):
     """`InstructBlipForConditionalGeneration` whose logits are `lm_head(block(h, v))`, h the language model's
     output after its final norm and v, by default, the vision encoder's output after its final layer norm
     (`vision_model.post_layernorm`, the original work's `ln_vision`: [257, 1408] per 224-pixel image).
 
-    With `config.post_decoder_config = None` it is exactly the plain InstructBLIP. `generate` hands off to the
-    language model's `generate`, as InstructBLIP's does; the block runs there (see `language_model.py`).
+    With `config.post_decoder_config = None` it is exactly the plain InstructBLIP. `generate` runs its steps on this
+    model's forward (`GenerateOnThisModel`), not on the inner language model as InstructBLIP's does: the block's
+    state rides with the KV cache, as for every family. It takes `image_embeds` instead of `pixel_values` (an image
+    already through the vision encoder, e.g. one image's repeated for a batch of questions about it).
     """
 
     config_class = InstructBlipPostDecoderConfig
@@ -50,25 +53,6 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
                 f"{config.text_config.model_type!r} (an encoder-decoder, as Flan-T5): use a Vicuna InstructBLIP"
             )
         super().__init__(config)
-
-    def post_init(self):
-        # InstructBLIP's __init__ built its language model from the Auto class: rebuild it once with the block's
-        # hooks (at load time both are built on the meta device, so this costs no memory).
-        base = type(self.language_model)
-        if not hasattr(base, "link_host"):
-            self.language_model = language_model_class(base)._from_config(self.config.text_config)
-        self.language_model.link_host(self)
-        super().post_init()
-
-    def attach_post_decoder(self, post_decoder_config: PostDecoderConfig | str) -> PostInteractionBlock:
-        self.language_model.link_host(self)
-        return super().attach_post_decoder(post_decoder_config)
-
-    def generation_language_model(self):
-        """The module whose `generate` steps run the block, linked to this model (a copy of a model shares its
-        language model, so the link is renewed whenever it is asked for)."""
-        self.language_model.link_host(self)
-        return self.language_model
 
     # --- the backbone (see post_decoder/family.py) ---
 
@@ -141,12 +125,14 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
         position_ids=None,
         inputs_embeds=None,
         interpolate_pos_encoding: bool = False,
+        image_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> BackboneOutput:
-        """One pass of the vision encoder, the Q-Former and the language model: h, v (+ mask), the KV cache.
-        The cache goes in `kwargs` under `compat.CACHE_KWARG` (its name depends on transformers)."""
+        """One pass of the vision encoder (none when `image_embeds`, its output, is given), the Q-Former and the
+        language model: h, v (+ mask), the KV cache. The cache goes in `kwargs` under `compat.CACHE_KWARG` (its
+        name depends on transformers)."""
         vision_features, vision_mask = None, None
-        if pixel_values is not None:
+        if pixel_values is not None or image_embeds is not None:
             image = self.image_inputs(
                 input_ids,
                 pixel_values,
@@ -154,6 +140,7 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
                 qformer_attention_mask,
                 inputs_embeds,
                 interpolate_pos_encoding,
+                image_embeds,
             )
             inputs_embeds, input_ids = image.inputs_embeds, None
             vision_features, vision_mask = image.vision_features, image.vision_mask
@@ -166,7 +153,7 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
         )
         return BackboneOutput(outputs.last_hidden_state, vision_features, vision_mask, output_cache(outputs))
 
-    # --- forward and generate ---
+    # --- forward (generation: PostDecoderMixin, GenerateOnThisModel) ---
 
     def forward(
         self,
@@ -180,29 +167,17 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
         labels=None,
         logits_to_keep=0,
         interpolate_pos_encoding: bool = False,
+        image_embeds: torch.Tensor | None = None,
         post_decoder_state: PostDecoderState | None = None,
         output_post_decoder_attentions: bool = False,
         **kwargs,
-    ):
-        """As InstructBLIP's forward (which needs the image), or, with a block, any step of a cached sequence:
-        pixel values on the first call only, the returned `post_decoder_state` (the block's vision keys/values)
-        and the KV cache (in `kwargs` under `compat.CACHE_KWARG`) on the later ones."""
-        if self.post_decoder is None:
-            if position_ids is not None:
-                kwargs["position_ids"] = position_ids
-            return super().forward(
-                pixel_values=pixel_values,
-                qformer_input_ids=qformer_input_ids,
-                qformer_attention_mask=qformer_attention_mask,
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                labels=labels,
-                interpolate_pos_encoding=interpolate_pos_encoding,
-                logits_to_keep=logits_to_keep,
-                **kwargs,
-            )
-        backbone = self.backbone_forward(
+    ) -> InstructBlipPostDecoderOutput:
+        """As InstructBLIP's forward, or any step of a cached sequence: the image (`pixel_values`, or `image_embeds`,
+        its vision encoder's output from `encode_images`) and the Q-Former's tokens of its question on the prompt's
+        call only; with a block, pass the returned `post_decoder_state` (the block's encoded image) back with the KV
+        cache (in `kwargs` under `compat.CACHE_KWARG`) on the later ones (generate() does both)."""
+        kwargs.pop("return_dict", None)
+        backbone_inputs = dict(
             input_ids=input_ids,
             pixel_values=pixel_values,
             qformer_input_ids=qformer_input_ids,
@@ -211,71 +186,21 @@ class InstructBlipPostDecoderForConditionalGeneration(PostDecoderMixin, Instruct
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             interpolate_pos_encoding=interpolate_pos_encoding,
+            image_embeds=image_embeds,
             **kwargs,
         )
-        logits, post_decoder_state, attentions = self.block_then_head(
-            backbone, attention_mask, logits_to_keep, post_decoder_state, output_post_decoder_attentions
-        )
+        if self.post_decoder is not None:
+            return self.block_forward(
+                backbone_inputs,
+                labels,
+                logits_to_keep,
+                post_decoder_state,
+                output_post_decoder_attentions,
+                InstructBlipPostDecoderOutput,
+            )
+        backbone = self.backbone_forward(**backbone_inputs)
+        logits = self.get_output_embeddings()(slice_logits_to_keep(backbone.hidden_states, logits_to_keep))
         loss = None
         if labels is not None:
-            vocab_size = self.config.text_config.vocab_size
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
-        return InstructBlipPostDecoderOutput(
-            loss=loss,
-            logits=logits,
-            **{CACHE_KWARG: backbone.past_key_values},
-            post_decoder_state=post_decoder_state,
-            post_decoder_attentions=attentions,
-        )
-
-    @torch.no_grad()
-    def generate(
-        self,
-        pixel_values=None,
-        qformer_input_ids=None,
-        qformer_attention_mask=None,
-        input_ids=None,
-        attention_mask=None,
-        inputs_embeds=None,
-        interpolate_pos_encoding: bool = False,
-        image_embeds: torch.Tensor | None = None,
-        **generate_kwargs,
-    ):
-        """InstructBLIP's `generate`: the image is encoded here, the language model's `generate` does the rest.
-        With a block, the image's vision features go along for the block (see `language_model.py`).
-        `image_embeds` (instead of `pixel_values`): the images already through the vision encoder
-        (`encode_images`), e.g. one image's, repeated for a batch of questions about it."""
-        if self.post_decoder is None and image_embeds is None:
-            return super().generate(
-                pixel_values=pixel_values,
-                qformer_input_ids=qformer_input_ids,
-                qformer_attention_mask=qformer_attention_mask,
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                inputs_embeds=inputs_embeds,
-                interpolate_pos_encoding=interpolate_pos_encoding,
-                **generate_kwargs,
-            )
-        language_model = self.generation_language_model()
-        if attention_mask is None and input_ids is not None:
-            attention_mask = torch.ones_like(input_ids)
-        if pixel_values is None and image_embeds is None:  # no image: the plain language model
-            return language_model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **generate_kwargs
-            )
-        image = self.image_inputs(
-            input_ids,
-            pixel_values,
-            qformer_input_ids,
-            qformer_attention_mask,
-            inputs_embeds,
-            interpolate_pos_encoding,
-            image_embeds,
-        )
-        if self.post_decoder is not None:  # the block's image goes along (see language_model.py)
-            generate_kwargs.update(
-                post_decoder_vision=image.vision_features, post_decoder_vision_mask=image.vision_mask
-            )
-        return language_model.generate(
-            input_ids=input_ids, inputs_embeds=image.inputs_embeds, attention_mask=attention_mask, **generate_kwargs
-        )
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        return InstructBlipPostDecoderOutput(loss=loss, logits=logits, **{CACHE_KWARG: backbone.past_key_values})

@@ -221,5 +221,5 @@ def question_batch(model, processor, images: list, questions: list[str]) -> dict
     pictured = [(image, question) for image, question in zip(images, questions) if image is not None]
     if pictured:
         batch["pixel_values"] = processor(images=[image for image, _ in pictured], return_tensors="pt")["pixel_values"]
-        batch.update(family.qformer_inputs([question for _, question in pictured], processor))
+        batch.update(family.prompt_inputs([question for _, question in pictured], processor))
     return batch

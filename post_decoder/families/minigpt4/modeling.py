@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import Blip2ForConditionalGeneration, GenerationMixin
+from transformers import Blip2ForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...block import PostDecoderState
 from ...compat import CACHE_KWARG, output_cache, slice_logits_to_keep
 from ...family import BackboneOutput, pack_images_per_sample
-from ...wrapped_model import PostDecoderMixin
+from ...wrapped_model import GenerateOnThisModel, PostDecoderMixin
 from .configuration import MiniGPT4Config
 
 
@@ -30,14 +30,7 @@ class MiniGPT4PostDecoderOutput(CausalLMOutputWithPast):
     post_decoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
-class _GenerateOnThisModel:
-    """Between `PostDecoderMixin` and BLIP-2 in the bases: `generate` is the library's own decoding loop on this
-    model's forward, not BLIP-2's hand-off to the inner language model."""
-
-    generate = GenerationMixin.generate
-
-
-class MiniGPT4ForConditionalGeneration(PostDecoderMixin, _GenerateOnThisModel, Blip2ForConditionalGeneration):
+class MiniGPT4ForConditionalGeneration(PostDecoderMixin, GenerateOnThisModel, Blip2ForConditionalGeneration):
     """MiniGPT-4 whose logits are `lm_head(block(h, v))`; with `config.post_decoder_config = None`, the plain
     MiniGPT-4 (for the Vicuna version: exactly transformers' `Blip2ForConditionalGeneration`'s logits).
 
@@ -45,7 +38,6 @@ class MiniGPT4ForConditionalGeneration(PostDecoderMixin, _GenerateOnThisModel, B
     or 64 groups of patches for the Llama-2 version); `pixel_values` [I, 3, 224, 224] their images, in order."""
 
     config_class = MiniGPT4Config
-    main_input_name = "input_ids"  # BLIP-2 says pixel_values; generate() must read the prompt from input_ids
 
     def __init__(self, config: MiniGPT4Config):
         super().__init__(config)
