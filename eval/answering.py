@@ -48,7 +48,7 @@ class PrefixCachedAnswerer:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.prompt_suffix = prompt_suffix
-        self.conv_mode = conv_mode or self.family.default_conv_mode
+        self.conv_mode = conv_mode or self.family.default_conv_mode_for(model.config)
 
     def prompt_ids(self, question: str, image=None, image_tokens: list[int] | None = None) -> list[int]:
         """The question's prompt ids, its image's placeholder expanded to `image_tokens` (from

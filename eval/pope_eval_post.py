@@ -10,7 +10,9 @@ Ranks take every world_size-th image; rank 0 merges the answers and scores them.
 
 Protocols: LLaVA's own (scripts/v1_5/eval/pope.sh) is `--conv-mode vicuna_v1` with the suffix
 LLAVA_SUFFIX; HA-DPO's (ha_dpo/models/llava-v1_5/pope_eval.py) is `--conv-mode llava_v1` with none.
-Without --conv-mode the model's family's own template is used (LLaVA-1.5: vicuna_v1; Qwen-VL: its chat template).
+Without --conv-mode the model's own template is used (`family.default_conv_mode_for`: LLaVA-1.5: vicuna_v1;
+Qwen-VL: its chat template; InstructBLIP: the question itself; MiniGPT-4: minigpt4_llama2, or minigpt4_vicuna0 for
+the Vicuna version).
 `--min_pixels` / `--max_pixels` reach a dynamic-resolution family's image processor (Qwen-VL's).
 `--resume` continues only the answers of the same weights and settings (eval/answer_provenance.py).
 """

@@ -188,6 +188,11 @@ class BackboneFamily(ABC):
 
     # --- the prompt ---
 
+    def default_conv_mode_for(self, config) -> str:
+        """The template a model of this config answers in when none is named (callers that have a model use this,
+        not `default_conv_mode`): this default, `default_conv_mode`; MiniGPT-4's by its version."""
+        return self.default_conv_mode
+
     @abstractmethod
     def conversation(self, conv_mode: str | None = None):
         """An empty conversation (`add_user(text, with_image)`, `add_assistant(text or None)`, `prompt()`)."""

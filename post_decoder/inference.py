@@ -65,6 +65,7 @@ def answer_batch(
     if settings.get("num_return_sequences", 1) != 1:
         raise InputError("num_return_sequences must be 1: answer_batch returns one answer per question")
     family = family_for(model)
+    conv_mode = conv_mode or family.default_conv_mode_for(model.config)
     prompts = [
         _question_prompt(family, question, image is not None, conv_mode, index)
         for index, (image, question) in enumerate(zip(images, questions))

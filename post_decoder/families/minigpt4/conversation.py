@@ -46,6 +46,7 @@ CONV_MODES = {
     "minigpt4_vicuna0_chat": Template(SYSTEM_PROMPT + "###", "Human: ", "###Assistant: ", "###"),
 }
 DEFAULT_CONV_MODE = "minigpt4_llama2"
+VICUNA_CONV_MODE = "minigpt4_vicuna0"  # the Vicuna version's default (`default_conv_mode_for`)
 # Where MiniGPT-4 starts tokenizing anew: after the assistant's marker (the answer is tokenized on its own).
 _ANSWER_STARTS = re.compile(r"(?<=\[/INST\] )|(?<=###Assistant: )")
 

@@ -3,7 +3,14 @@
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout, patch_grid
 from .configuration import GROUPED_PATCHES, MiniGPT4Config, minigpt4_block_sizes
-from .conversation import CONV_MODES, DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
+from .conversation import (
+    CONV_MODES,
+    DEFAULT_CONV_MODE,
+    VICUNA_CONV_MODE,
+    Conversation,
+    question_prompt,
+    tokenize_with_image,
+)
 from .modeling import MiniGPT4ForConditionalGeneration
 
 # Converted folders are saved by transformers under our own names: one layout, nothing renamed.
@@ -27,6 +34,10 @@ class MiniGPT4Family(BackboneFamily):
         return minigpt4_block_sizes(config, vision_source)
 
     # --- the prompt ---
+
+    def default_conv_mode_for(self, config) -> str:
+        """Each version's own template: the Vicuna version's (with a Q-Former) or the Llama-2 version's."""
+        return VICUNA_CONV_MODE if config.has_qformer else self.default_conv_mode
 
     def conversation(self, conv_mode: str | None = None) -> Conversation:
         return Conversation.for_mode(conv_mode or self.default_conv_mode)
