@@ -37,7 +37,8 @@ def answer_attention(
     if model.post_decoder is None or not model.post_decoder.config.uses_cross_attention or not answer_ids:
         return None
     vision_source = model.post_decoder.config.vision_source
-    (grid,) = family_for(model).vision_grid(model.config, inputs, vision_source)
+    family = family_for(model)
+    (grid,) = family.vision_grid(model.config, inputs, vision_source)
     if grid is None:
         raise NoGrid(
             f"No heat map: the block reads the image's {vision_source} features, which have no place on the image "
@@ -54,16 +55,30 @@ def answer_attention(
     )
     per_layer = torch.stack(output.post_decoder_attentions)  # [layers, 1, heads, answer, N]
     attention = per_layer.float().mean(dim=(0, 2))[0]  # [answer, N]
-    return on_grid(attention, grid).cpu().numpy()
+    (order,) = raster_orders(family, model.config, inputs, vision_source)
+    return on_grid(attention, grid, order).cpu().numpy()
 
 
-def on_grid(attention: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def raster_orders(family, config, inputs: dict, vision_source: str) -> list:
+    """Each image's grid rows in raster order (indices into the rows the grid covers), or None where they already
+    are: the family's `vision_rows_in_raster` (Qwen-VL's pre-merger rows go merged token by merged token). A family
+    without that method has its rows in raster order (the interface's contract for `vision_grid`)."""
+    rows_in_raster = getattr(family, "vision_rows_in_raster", None)
+    if rows_in_raster is None:
+        return [None] * len(family.vision_grid(config, inputs, vision_source))
+    return rows_in_raster(config, inputs, vision_source)
+
+
+def on_grid(attention: torch.Tensor, grid: tuple[int, int], order: torch.Tensor | None = None) -> torch.Tensor:
     """[T, N] over one image's vision rows -> [T, rows, columns]: the grid covers the last rows x columns of
-    them (a leading CLS row, where there is one, is dropped), in raster order."""
+    them (a leading CLS row, where there is one, is dropped); `order`: those rows' indices in raster order."""
     rows, columns = grid
     if attention.shape[-1] < rows * columns:
         raise ValueError(f"{attention.shape[-1]} vision rows cannot fill a {rows} x {columns} grid")
-    return attention[:, attention.shape[-1] - rows * columns :].reshape(attention.shape[0], rows, columns)
+    covered = attention[:, attention.shape[-1] - rows * columns :]
+    if order is not None:
+        covered = covered[:, torch.as_tensor(order, device=covered.device)]
+    return covered.reshape(attention.shape[0], rows, columns)
 
 
 def seen_image(inputs: dict[str, torch.Tensor], image: Image.Image, image_processor, grid: tuple[int, int]):
