@@ -36,6 +36,7 @@ from ha_dpo.toy.base_model import (
 from ha_dpo.toy.files import (
     ALL_NAMES,
     coco_instances,
+    desc_data,
     image_path,
     label_with_model,
     llava_conversations,
@@ -200,20 +201,32 @@ def test_files_open_with_the_real_loaders(small_world):
     assert len(pairs) == 2 * SMALL.splits["dpo"]  # HA-DPO's mix: the description pairs twice
 
 
-def test_hallucinated_descriptions_name_an_absent_object(small_world):
-    with open(os.path.join(small_world, "hadpo", "desc_data.json")) as handle:
-        descriptions = json.load(handle)
-    images = {str(image.image_id): image for image in generate_world(SMALL) if image.split == "dpo"}
+def test_rejected_descriptions_name_an_absent_partner_or_leave_out_a_present_one(default_world):
+    # On the default world's DPO images: as many omissions as hallucinations of a partner, so a block that
+    # blindly stops naming partners loses as many description pairs as it wins.
+    dpo = [image for image in default_world if image.split == "dpo"]
+    descriptions = desc_data(dpo, random.Random(0))
+    images = {str(image.image_id): image for image in dpo}
 
     def named(text):
         return {name for name in ALL_NAMES if f" {name}" in text.replace(",", " ").replace(".", " ")}
 
+    kinds = Counter()
     for image_id, pair in descriptions.items():
-        assert named(pair["chosen"][0]) == set(images[image_id].names)
-        extra = named(pair["rejected"][0]) - set(images[image_id].names)
-        assert len(extra) == 1
-        if images[image_id].absent_partners():
-            assert extra <= set(images[image_id].absent_partners())
+        image = images[image_id]
+        assert named(pair["chosen"][0]) == set(image.names) and len(pair["rejected"]) == 1
+        added, left_out = named(pair["rejected"][0]) - set(image.names), set(image.names) - named(pair["rejected"][0])
+        assert len(added) + len(left_out) == 1, pair
+        if added <= set(image.absent_partners()) and added:
+            kinds["partner named"] += 1
+        elif left_out:
+            (partner,) = left_out
+            assert any(PAIRS.get(name) == partner for name in image.names)  # seen next to its anchor
+            kinds["partner left out"] += 1
+        else:
+            assert not any(name in PAIRS for name in image.names)  # no anchor: a random absent object
+            kinds["other object named"] += 1
+    assert kinds["partner named"] > 0 and abs(kinds["partner named"] - kinds["partner left out"]) <= 1, kinds
 
 
 @pytest.mark.slow

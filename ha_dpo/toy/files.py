@@ -18,8 +18,10 @@ written beside it and renamed over it when complete). Folders and files follow t
 
 Splits: `train` images teach the base model, `dpo` images (VG layout) carry the preference pairs,
 `val` images are held out for POPE. HA-DPO's pairs are built from the ground truth here, not by
-GPT-4: desc `chosen` is the faithful description, `rejected` names one absent object too (an absent
-partner of a present anchor when there is one). pope_data asks, per DPO image, about every object
+GPT-4: desc `chosen` is the faithful description; `rejected` names an absent partner of a present anchor
+on as many images as it leaves out a partner seen next to its anchor on others (so a block that blindly
+stops naming partners loses as many pairs as it wins), and names a random absent object on images
+without an anchor. pope_data asks, per DPO image, about every object
 ("yes"), every absent partner and one other absent object ("no"); `chosen` is the true answer,
 `reject` its opposite, `answer` the base model's greedy answer and `correct` whether that agrees
 with the truth. The toy base model errs almost only by affirming absent partners, so the entries
@@ -41,7 +43,16 @@ from post_decoder.atomic_files import atomic_directory, atomic_file
 from post_decoder.errors import InputError, run_command
 
 from . import DEFAULT_CHECKPOINT, DEFAULT_EXAMPLES
-from .text import faithful_description, hallucinated_description, no_answer, training_conversation, yes_answer
+from .text import (
+    faithful_description,
+    hallucinated_description,
+    no_answer,
+    partner_hallucinations,
+    partner_omissions,
+    present_partners,
+    training_conversation,
+    yes_answer,
+)
 from .world import BY_NAME, CATEGORIES, PAIRS, WorldConfig, draw, generate_world
 
 # VG's own url form; loaders keep its last two parts
@@ -136,14 +147,26 @@ def vg_image_data(images, size: int) -> list[dict]:
 
 
 def desc_data(images, rng: random.Random) -> dict:
-    """HA-DPO's desc_data: VG image id -> faithful `chosen` and hallucinated `rejected` descriptions."""
-    return {
-        str(image.image_id): {
-            "chosen": [faithful_description(image)],
-            "rejected": [hallucinated_description(image, rng, ALL_NAMES)],
-        }
-        for image in images
-    }
+    """HA-DPO's desc_data: VG image id -> the faithful description `chosen` and one `rejected` description,
+    balanced around the co-occurrence: as many images reject a partner's hallucination (an absent partner
+    of a present anchor named) as reject its omission (a partner seen next to its anchor left out), so a
+    block that blindly stops naming partners loses as many pairs as it wins. Images that allow both kinds
+    make up the difference; images that allow neither reject a random absent object named."""
+    hallucinating = [image for image in images if image.absent_partners() and not present_partners(image)]
+    omitting = [image for image in images if present_partners(image) and not image.absent_partners()]
+    both = [image for image in images if image.absent_partners() and present_partners(image)]
+    omissions_needed = min(max((len(hallucinating) + len(both) - len(omitting)) // 2, 0), len(both))
+    omitting_ids = {image.image_id for image in omitting + rng.sample(both, omissions_needed)}
+    entries = {}
+    for image in images:
+        if image.image_id in omitting_ids:
+            rejected = rng.choice(partner_omissions(image))
+        elif image.absent_partners():
+            rejected = rng.choice(partner_hallucinations(image))
+        else:
+            rejected = hallucinated_description(image, rng, ALL_NAMES)
+        entries[str(image.image_id)] = {"chosen": [faithful_description(image)], "rejected": [rejected]}
+    return entries
 
 
 def pope_data_questions(images, rng: random.Random) -> list[dict]:

@@ -10,7 +10,7 @@ import random
 
 from eval.build_pope import article, question_text
 
-from .world import CATEGORIES, ToyImage
+from .world import CATEGORIES, PAIRS, ToyImage
 
 TOY_DESCRIPTION_PROMPTS = (
     "Describe the image.",
@@ -45,6 +45,24 @@ def described_names(image: ToyImage, affirmed_partners=()) -> list[str]:
 
 def faithful_description(image: ToyImage) -> str:
     return caption(described_names(image))
+
+
+def partner_hallucinations(image: ToyImage) -> list[str]:
+    """The faithful description with one absent partner of a present anchor named too, one per such partner."""
+    return [caption(described_names(image, {partner})) for partner in image.absent_partners()]
+
+
+def partner_omissions(image: ToyImage) -> list[str]:
+    """The faithful description with one partner seen next to its anchor left out, one per such partner: what
+    a blind "never name the partner" rule says."""
+    named = described_names(image)
+    return [caption([name for name in named if name != partner]) for partner in present_partners(image)]
+
+
+def present_partners(image: ToyImage) -> list[str]:
+    """Partners in the image next to their anchor."""
+    names = set(image.names)
+    return [PAIRS[name] for name in image.names if name in PAIRS and PAIRS[name] in names]
 
 
 def hallucinated_description(image: ToyImage, rng: random.Random, all_names: list[str]) -> str:
