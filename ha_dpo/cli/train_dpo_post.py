@@ -6,6 +6,9 @@
         --tune_post_decoder True --bf16 True --output_dir runs/stage1 --per_device_train_batch_size 4 \\
         --learning_rate 2e-4 --beta 0.1 --num_train_epochs 1
 
+Any family's checkpoint: a Qwen2-VL / Qwen2.5-VL / Qwen3-VL folder (`Qwen/Qwen2.5-VL-7B-Instruct`) takes the same
+flags; its samples are in its own chat template (`--conv_mode` defaults to the model family's), each image takes
+its own number of tokens, and `--min_pixels` / `--max_pixels` bound its image processor.
 `--backbone_cache DIR` computes the frozen backbone's outputs once and reads them in every later epoch and
 run (ha_dpo/cache). Also runs under `python` and `torchrun`, and installed as `post-decoder-train-dpo`.
 `--help` lists every flag; `--config FILE` reads a JSON recipe of them (flags given beside it override it).

@@ -10,7 +10,9 @@ in the model's own template).
 Also installed as `post-decoder-train-sft`; `--config FILE` reads a JSON recipe of flags (flags given
 beside it override it); from Python, `train_sft(model_args, data_args, training_args)` is the same run.
 `--backbone_cache DIR` stores the frozen backbone's states at the label positions once (ha_dpo/cache).
-`--keep_text_only False` drops the samples without an image (kept by default: the block passes
+The samples are in the model family's template (`--conv_mode`'s default); labels cover the assistant turns
+(LLaVA-1.5: each answer and its `</s>`; Qwen-VL: each answer, `<|im_end|>` and the line break, as Qwen's own
+fine-tuning code). `--keep_text_only False` drops the samples without an image (kept by default: the block passes
 them through); either way they are counted. `--help` lists every flag. Bad input stops with one
 line and exit code 2; `--debug` shows the traceback instead.
 """
