@@ -46,6 +46,8 @@ class AnswerSettings:
     prompt_suffix: str
     max_new_tokens: int
     decoding: str = "greedy"
+    min_pixels: int | None = None  # a dynamic-resolution family's image size bounds (None: its processor's own)
+    max_pixels: int | None = None
     model_path: str = ""
     model_base: str | None = None
 

@@ -290,6 +290,8 @@ def main(argv=None):
             conv_mode=answerer.conv_mode,
             prompt_suffix=args.prompt_suffix,
             max_new_tokens=args.max_new_tokens,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
             model_path=args.model_path,
             model_base=args.model_base,
         )

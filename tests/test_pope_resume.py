@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from eval import pope_eval_post
-from eval.answer_provenance import weights_fingerprint
+from eval.answer_provenance import AnswerSettings, weights_fingerprint
 from post_decoder.errors import InputError
 from tests.helpers import add_noise, with_block
 from tests.helpers.pope_workspace import cli_args, read_lines, save_model
@@ -124,3 +124,12 @@ def test_the_weights_fingerprint_follows_the_values_not_the_object(plain_llava):
     trained = copy.deepcopy(model)
     add_noise(trained.post_decoder, 1e-4)  # a small step of training moves every value of the block
     assert weights_fingerprint(trained) != weights_fingerprint(model)
+
+
+def test_pixel_bounds_are_settings_and_records_from_before_them_mean_none():
+    settings = AnswerSettings(weights="w", dtype="float32", conv_mode="vicuna_v1", prompt_suffix="", max_new_tokens=4)
+    older = {"weights": "w", "dtype": "float32", "conv_mode": "vicuna_v1", "prompt_suffix": "", "max_new_tokens": 4}
+    older["decoding"] = "greedy"
+    assert settings.differences(older) == []
+    bounded = AnswerSettings(**{**older, "max_pixels": 4096})
+    assert bounded.differences(older) == ["max_pixels None there, 4096 now"]

@@ -10,6 +10,7 @@ from eval.answer_provenance import read_settings
 from eval.answering import PrefixCachedAnswerer
 from eval.pope_eval_post import main as pope_main
 from post_decoder.builder import load_pretrained_model
+from post_decoder.errors import InputError
 from post_decoder.family import family_for
 from post_decoder.inference import answer, answer_batch
 from post_decoder.saving import save_model_folder
@@ -111,4 +112,11 @@ def test_pope_command_answers_a_qwen_folder(tiny, pope_workspace, tmp_path):
     answerer = PrefixCachedAnswerer(loaded, tokenizer, processor, max_new_tokens=3)
     image = open_image(str(pope_workspace / "images" / first["image"]))
     assert answerer.answer(image, [first["prompt"]]) == [first["answer"]]
-    assert read_settings(str(answers_file))["conv_mode"] == family_for(loaded).default_conv_mode
+    recorded = read_settings(str(answers_file))
+    assert recorded["conv_mode"] == family_for(loaded).default_conv_mode
+    assert (recorded["min_pixels"], recorded["max_pixels"]) == (None, 32 * 32)
+    # Answers made with other pixel bounds are other answers: --resume refuses them, touching nothing.
+    before = answers_file.read_text()
+    with pytest.raises(InputError, match="max_pixels 1024 there, 2048 now"):
+        pope_main([*args[:-1], str(64 * 32), "--resume"])
+    assert answers_file.read_text() == before
