@@ -8,7 +8,6 @@ METHODS = ("usual", "trl", "ours")  # the tables' column order
 EXTERNAL_TITLES = {
     "cached": "Cached-epoch speed-up (bench_train.py --cached)",
     "chair": "CHAIR (bench_chair.py)",
-    "qwen2.5-vl": "Qwen2.5-VL shape",
 }
 
 
@@ -80,6 +79,18 @@ def describe(step) -> str:
     elif name == "exact/generation" and records:
         r = records[0]
         text = f"{r['identical_answers']}/{r['compared']} cached answers identical to generate ({r['dtype']})"
+    elif name == "qwen2.5-vl" and records:
+        r = {record["part"]: record for record in records}
+        text = " | ".join(
+            f"{part}: {r[part][field]:.2f} {unit}"
+            for part, field, unit in (
+                ("train/1/ours", "pairs_per_second", "pairs/s"),
+                ("train/1/usual", "pairs_per_second", "pairs/s"),
+                ("pope/ours", "questions_per_second", "q/s"),
+                ("pope/per-question generate", "speedup", "x"),
+            )
+            if part in r
+        )
     elif name == "environment" and records:
         text = ", ".join(f"{key} {value}" for key, value in records[0]["device"].items())
     elif records:
@@ -139,6 +150,7 @@ def markdown_rows(results) -> str:
     parts += _training_section(steps, settings, start)
     parts += _pope_section(steps.get("pope", {}), settings, start)
     parts += _exactness_section(steps, start)
+    parts += _qwen_section(steps.get("qwen2.5-vl", {}), settings, [*start[:2], qwen_shape_label(settings)])
     for name, title in EXTERNAL_TITLES.items():
         parts += _external_section(steps.get(name, {}), title)
     return "\n".join(parts)
@@ -211,6 +223,39 @@ def _exactness_section(steps, start) -> list[str]:
             f"two-model {error['two_model']:.2g}; mean log-prob {r['mean_logp_per_token']:.2f} per token."
         )
     return ["## Exactness checks", "", *_table(header, rows), "", *notes, ""]
+
+
+def qwen_shape_label(settings) -> str:
+    shape = "Qwen2.5-VL-7B (published config, random weights)" if settings["shape"] == "7b" else "Qwen2.5-VL tiny"
+    return shape + (f", {settings['layers']} layers" if settings["layers"] else "")
+
+
+def _qwen_section(step, settings, start) -> list[str]:
+    """The Qwen2.5-VL step: its training step (stage 1, ours and usual) and POPE rows, in the tables' columns."""
+    lines = ["## Qwen2.5-VL shape", ""]
+    records = {record["part"]: record for record in step.get("results", [])}
+    if not records:
+        return lines + [f"{step.get('status', 'not run')}: {step.get('reason', '')}", ""]
+    ours, usual = records.get("train/1/ours"), records.get("train/1/usual")
+    if ours and usual:
+        header = ["date", "device", "shape", "stage", "pairs/micro-batch", "usual pairs/s", "ours pairs/s"]
+        header += ["speed-up vs usual", "usual peak GiB", "ours peak GiB"]
+        row = [*start, "1", ours["pairs"], f"{usual['pairs_per_second']:.1f}", f"{ours['pairs_per_second']:.1f}"]
+        row += [f"{ours['pairs_per_second'] / usual['pairs_per_second']:.2f}x"]
+        row += [f"{usual['peak_gib']:.1f}", f"{ours['peak_gib']:.1f}"]
+        lines += _table(header, [row])
+        lines += ["", f"Prompt {ours['prompt_tokens']} tokens, answers {ours['answer_tokens']} tokens.", ""]
+    pope = {**records.get("pope/ours", {}), **records.get("pope/per-question generate", {})}
+    if "speedup" in pope:
+        header = ["date", "device", "shape", "per-question q/s", "ours q/s", "speed-up", "identical answers"]
+        identical = f"{pope['identical_answers']} / {pope['baseline_questions']}"
+        row = [*start, f"{pope['baseline_questions_per_second']:.2f}", f"{pope['questions_per_second']:.1f}"]
+        row += [f"{pope['speedup']:.1f}x", identical]
+        lines += _table(header, [row])
+        lines += ["", f"POPE: ours on {pope['questions']} questions ({pope['question_source']}).", ""]
+    if step.get("status") != "ok":
+        lines += [f"{step['status']}: {step.get('reason', '')}", ""]
+    return lines
 
 
 def _external_section(step, title) -> list[str]:

@@ -71,7 +71,7 @@ def test_the_reduced_run_lists_every_step_with_a_status_and_numbers_for_those_th
             assert step["results"] and all(numbers(record) for record in step["results"]), step["name"]
         else:
             assert step["reason"], step["name"]
-    for name in ("cached", "chair", "qwen2.5-vl"):  # present or not, depending on the checkout
+    for name in ("cached", "chair"):  # present or not, depending on the checkout
         step = next(step for step in results["steps"] if step["name"] == name)
         assert step["status"] == "ok" or step["reason"].startswith("not available in this checkout"), step
     assert results["versions"]["torch"] and results["versions"]["transformers"]
@@ -105,6 +105,13 @@ def test_the_reduced_run_measures_training_at_each_pair_count_and_pope_on_the_qu
     logps = steps["exact/logps"]["results"][0]
     assert logps["max_diff_per_token"]["float32"] <= logps["tolerance_per_token"]["float32"]
 
+    qwen = {record["part"]: record for record in steps["qwen2.5-vl"]["results"]}
+    assert [qwen[f"train/1/{method}"]["pairs"] for method in ("ours", "usual")] == [4, 4]  # the first pair count
+    assert all(qwen[f"train/1/{method}"]["pairs_per_second"] > 0 for method in ("ours", "usual"))
+    assert qwen["train/1/ours"]["prompt_tokens"] > 16  # the tiny shape's 16 image tokens and the chat template
+    assert qwen["pope/ours"]["questions"] == 200
+    assert qwen["pope/per-question generate"]["identical_answers"] == 20  # fp32: cached = per-question generate
+
 
 @pytest.mark.slow
 def test_the_reduced_run_writes_markdown_rows_and_a_log(reduced_run):
@@ -114,6 +121,7 @@ def test_the_reduced_run_writes_markdown_rows_and_a_log(reduced_run):
     training = [line for line in rows.splitlines() if line.startswith(f"| {results['date']} ") and "| 24 |" in line]
     assert len(training) == 6  # 3 stages x 2 pair counts
     assert "| post_interaction | float32 |" in rows and "| pass |" in rows and "FAIL" not in rows
+    assert "| Qwen2.5-VL tiny, 2 layers | 1 | 4 |" in rows and "| 20 / 20 |" in rows  # training, POPE
     assert "===== pope" in (out / "log.txt").read_text()
     assert "train/head/ours" in completed.stdout and "no step failed" in completed.stdout
 
