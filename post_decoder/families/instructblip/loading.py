@@ -6,8 +6,8 @@ import torch
 from transformers import AutoTokenizer, InstructBlipConfig, InstructBlipProcessor
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
+from ...builder import from_pretrained_strictly
 from ...errors import InputError
-from ...saving import listing
 from .configuration import InstructBlipPostDecoderConfig
 from .modeling import InstructBlipPostDecoderForConditionalGeneration
 
@@ -20,17 +20,9 @@ def load_instructblip(model_path: str, raw_config: dict, dtype: torch.dtype, dev
         config = InstructBlipPostDecoderConfig.from_pretrained(model_path)
     else:
         config = InstructBlipPostDecoderConfig.from_instructblip_config(InstructBlipConfig.from_pretrained(model_path))
-    model, info = InstructBlipPostDecoderForConditionalGeneration.from_pretrained(
-        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
+    model = from_pretrained_strictly(
+        InstructBlipPostDecoderForConditionalGeneration, model_path, config, dtype, device_map
     )
-    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
-    if missing or unexpected or info["mismatched_keys"]:
-        raise InputError(
-            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
-        )
     processor = load_processor(model_path, config.num_query_tokens)
     return processor.tokenizer, model, processor
 

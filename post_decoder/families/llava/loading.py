@@ -3,8 +3,7 @@
 import torch
 from transformers import LlavaConfig
 
-from ...errors import InputError
-from ...saving import listing
+from ...builder import from_pretrained_strictly
 from .configuration import LlavaPostDecoderConfig, is_original_llava_config
 from .image_processing import load_image_processor
 from .modeling import LlavaPostDecoderForConditionalGeneration
@@ -24,16 +23,6 @@ def load_llava(model_path: str, raw_config: dict, dtype: torch.dtype, device_map
         config = LlavaPostDecoderConfig.from_pretrained(model_path)
     else:
         config = LlavaPostDecoderConfig.from_llava_config(LlavaConfig.from_pretrained(model_path))
-    model, info = LlavaPostDecoderForConditionalGeneration.from_pretrained(
-        model_path, config=config, dtype=dtype, device_map=device_map, output_loading_info=True
-    )
-    missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
-    if missing or unexpected or info["mismatched_keys"]:
-        raise InputError(
-            f"weights in {model_path} do not fit its config.json: fetch or copy the checkpoint again\n"
-            + listing("missing", missing)
-            + listing("unexpected", unexpected)
-            + listing("mis-shaped", sorted(map(str, info["mismatched_keys"])))
-        )
+    model = from_pretrained_strictly(LlavaPostDecoderForConditionalGeneration, model_path, config, dtype, device_map)
     tokenizer = load_tokenizer(model_path)  # LLaVA's SentencePiece ids when the folder ships tokenizer.model
     return tokenizer, model, load_image_processor(model_path)

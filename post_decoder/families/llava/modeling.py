@@ -7,7 +7,7 @@ from transformers import LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 
 from ...block import PostDecoderState
-from ...compat import CACHE_KWARG, output_cache
+from ...compat import output_cache
 from ...family import BackboneOutput, pack_images_per_sample
 from ...wrapped_model import PostDecoderMixin
 from .configuration import LlavaPostDecoderConfig
@@ -126,19 +126,12 @@ class LlavaPostDecoderForConditionalGeneration(PostDecoderMixin, LlavaForConditi
         )
         if self.post_decoder is None:
             return super().forward(**backbone_inputs, labels=labels, logits_to_keep=logits_to_keep)
-        backbone = self.backbone_forward(**backbone_inputs)
-        logits, post_decoder_state, attentions = self.block_then_head(
-            backbone, attention_mask, logits_to_keep, post_decoder_state, output_post_decoder_attentions
-        )
-
-        loss = None
-        if labels is not None:
-            vocab_size = self.config.text_config.vocab_size
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
-        return LlavaPostDecoderOutput(
-            loss=loss,
-            logits=logits,
-            **{CACHE_KWARG: backbone.past_key_values},
-            post_decoder_state=post_decoder_state,
-            post_decoder_attentions=attentions,
+        return self.block_forward(
+            backbone_inputs,
+            labels,
+            logits_to_keep,
+            post_decoder_state,
+            output_post_decoder_attentions,
+            LlavaPostDecoderOutput,
+            **kwargs,
         )
