@@ -131,6 +131,15 @@ def parse_args(argv=None):
         help="largest image, counted on the square LLaVA-1.5 pads it to (the longer side squared), checked before "
         "decoding; default 40000000",
     )
+    for bound in ("min", "max"):
+        parser.add_argument(
+            f"--{bound}-pixels",
+            f"--{bound}_pixels",  # POPE's spelling
+            type=positive_int,
+            default=None,
+            help=f"the {bound}imum pixels the image processor resizes an image to (Qwen-VL, whose token count "
+            "follows the image; default: the model folder's own); a model with one image size refuses it",
+        )
     parser.add_argument("--queue-size", type=int, default=16, help="requests that may wait for the model")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the page's starting value")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -174,6 +183,11 @@ def load_page_models(args, model_path: str, model_base: str | None, labels):
             device=args.device,
             dtype=DTYPES.get(args.dtype),
             labels=labels,
+            image_options={
+                name: value
+                for name, value in (("min_pixels", args.min_pixels), ("max_pixels", args.max_pixels))
+                if value is not None
+            },
         )
     except (OSError, ValueError) as error:  # a folder or hub id that is not a loadable model: say which, in one line
         if isinstance(error, InputError):

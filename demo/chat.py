@@ -44,7 +44,7 @@ def conversation_ids(
     """The prompt's ids, its one image (in the first turn) expanded to `image_tokens` ([count], from the family's
     `image_token_counts`; [] for no image)."""
     family = family_for(loaded.model)
-    conversation = family.conversation()
+    conversation = loaded.conversation()
     with_image = bool(image_tokens)
     for index, (asked, answered) in enumerate(turns):
         conversation.add_user(asked, with_image=with_image and index == 0).add_assistant(answered)
@@ -63,10 +63,7 @@ def image_inputs_of(loaded: LoadedModel, image) -> tuple[dict[str, torch.Tensor]
 def model_inputs(loaded: LoadedModel, image_inputs: dict[str, torch.Tensor], question: str) -> dict[str, torch.Tensor]:
     """The image's inputs and those the family reads from the question beside it (InstructBLIP's Q-Former reads
     it), on the model's device."""
-    family = family_for(loaded.model)
-    if not hasattr(family, "prompt_inputs"):  # TODO until family.py has the hook
-        return dict(image_inputs)
-    extra = family.prompt_inputs([question], loaded.image_processor)
+    extra = family_for(loaded.model).prompt_inputs([question], loaded.image_processor)
     return {**image_inputs, **{name: value.to(loaded.model.device) for name, value in extra.items()}}
 
 

@@ -30,10 +30,15 @@ class LoadedModel:
     def has_block(self) -> bool:
         return self.model.post_decoder is not None
 
+    def conversation(self):
+        """An empty conversation in the model's own template (a Vicuna MiniGPT-4's differs from a Llama-2 one's)."""
+        family = family_for(self.model)
+        return family.conversation(family.default_conv_mode_for(self.model.config))
+
     @property
     def multi_turn(self) -> bool:
-        """Whether the family's template takes a second question after an answer (InstructBLIP's takes one)."""
-        conversation = family_for(self.model).conversation()
+        """Whether the model's template takes a second question after an answer (InstructBLIP's takes one)."""
+        conversation = self.conversation()
         try:
             conversation.add_user("", with_image=True).add_assistant("").add_user("")
         except InputError:
@@ -57,10 +62,17 @@ def short_name(path: str) -> str:
 
 
 def load_model(
-    path: str, model_base: str | None, label: str, device: str | None, dtype: torch.dtype | None
+    path: str,
+    model_base: str | None,
+    label: str,
+    device: str | None,
+    dtype: torch.dtype | None,
+    image_options: dict | None = None,
 ) -> LoadedModel:
+    """`image_options`: the image processor's `min_pixels` / `max_pixels` (Qwen-VL's; a family with one image size
+    refuses them), only those set."""
     tokenizer, model, image_processor, context_len = load_pretrained_model(
-        path, model_base=model_base, device=device, dtype=dtype
+        path, model_base=model_base, device=device, dtype=dtype, **(image_options or {})
     )
     return LoadedModel(label, tokenizer, model, image_processor, context_len)
 
@@ -81,15 +93,17 @@ def load_models(
     device: str | None = None,
     dtype: torch.dtype | None = None,
     labels: tuple[str, str] | None = None,
+    image_options: dict | None = None,
 ) -> tuple[LoadedModel, LoadedModel | None]:
     """(trained, base). The base is None when none is given and the trained model has no block.
-    `labels` (trained, base) replace the names made from the folders' last components."""
+    `labels` (trained, base) replace the names made from the folders' last components. `image_options`: see
+    `load_model` (both models get them)."""
     trained_label = (
         short_name(model_path) if model_base is None else f"{short_name(model_path)} on {short_name(model_base)}"
     )
-    trained = load_model(model_path, model_base, trained_label, device, dtype)
+    trained = load_model(model_path, model_base, trained_label, device, dtype, image_options)
     if base_model_path is not None:
-        base = load_model(base_model_path, None, short_name(base_model_path), device, dtype)
+        base = load_model(base_model_path, None, short_name(base_model_path), device, dtype, image_options)
     elif trained.has_block:
         base = block_bypassed(trained)
     else:

@@ -609,3 +609,11 @@ def test_the_toy_picture_fills_the_image_box_and_the_legend_shows(toy_page):
     natural, width, rendering = shown
     assert natural == 64 and width >= 4 * natural and rendering == "pixelated"
     assert legend == [[True, 40]] * len(CATEGORIES)
+
+
+def test_pixel_bounds_on_a_model_with_one_image_size_are_one_line_and_exit_code_2(folders, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo_app.main(["--model-path", folders["trained"], "--max-pixels", "1000", "--device", "cpu"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error and "max_pixels" in error

@@ -92,14 +92,19 @@ def world(request, tmp_path_factory):
         blocks.close()
 
 
-def greedy_answer(model, extra, tokenizer, processor, image, question):
-    """Plain `generate` on the family's one-question prompt, built here from the family's own calls."""
+def greedy_answer(model, extra, tokenizer, processor, image, question, turns=()):
+    """Plain `generate` on the family's prompt (the one-question prompt, or a conversation after `turns`), built
+    here from the family's own calls."""
     family = family_for(model)
     image_inputs = family.image_inputs([image], processor)
     counts = family.image_token_counts(model.config, image_inputs)
-    ids = torch.tensor(
-        [family.tokenize_prompt(family.question_prompt(question), tokenizer, model.config, image_tokens=counts)]
-    )
+    prompt = family.question_prompt(question)
+    if turns:
+        conversation = family.conversation(family.default_conv_mode_for(model.config))
+        for index, (asked, answered) in enumerate(turns):
+            conversation.add_user(asked, with_image=index == 0).add_assistant(answered)
+        prompt = conversation.add_user(question).add_assistant(None).prompt()
+    ids = torch.tensor([family.tokenize_prompt(prompt, tokenizer, model.config, image_tokens=counts)])
     if "qformer_tokenizer" in dir(processor):  # InstructBLIP's Q-Former reads the question: transformers' own tokens
         theirs = processor(images=[image], text=[question], return_tensors="pt")
         image_inputs.update({name: theirs[name] for name in ("qformer_input_ids", "qformer_attention_mask")})
@@ -120,7 +125,8 @@ def test_the_page_answers_with_every_family(world, tmp_path):
     name, folder, plain, plain_extra, url = world
     image_file = tmp_path / "picture.png"
     picture(40, 24, seed=4).save(image_file)
-    base_chat, trained_chat, heat, caption, choice, note, *_ = Client(url, verbose=False).predict(
+    client = Client(url, verbose=False)
+    base_chat, trained_chat, heat, caption, choice, note, *_ = client.predict(
         handle_file(str(image_file)), QUESTION, "greedy", 0.7, MAX_NEW_TOKENS, api_name="/answer"
     )
     tokenizer, trained, processor, _ = load_pretrained_model(folder, device="cpu")
@@ -139,9 +145,31 @@ def test_the_page_answers_with_every_family(world, tmp_path):
     assert Image.open(heat).size[0] / Image.open(heat).size[1] == pytest.approx(grid[1] / grid[0], rel=0.02)
     assert [int(label.rsplit("(id ", 1)[1].rstrip(")")) for label, _ in choice["choices"][1:]] == trained_ids
 
+    # A follow-up continues each model's chat in its template; InstructBLIP's holds one question, sent alone.
+    follow_up = "What color is it?"
+    _, trained_chat, _, _, _, note, *_ = client.predict(
+        handle_file(str(image_file)), follow_up, "greedy", 0.7, MAX_NEW_TOKENS, api_name="/answer"
+    )
+    one_question = name == "instructblip"
+    turns = () if one_question else [(QUESTION, expected_trained)]
+    expected, _ = greedy_answer(trained, lambda ids: {}, tokenizer, processor, image, follow_up, turns)
+    assert texts(trained_chat) == [*(("user", QUESTION), ("assistant", expected_trained))[: 0 if one_question else 2],
+                                   ("user", follow_up), ("assistant", expected)]  # fmt: skip
+    assert ("this model's prompt holds one question" in note) == one_question
+
 
 # (width, height) -> its 4-pixel patches (rows, columns), and the heat map's size (the longer side 336 pixels)
 QWEN_SIZES = [((40, 24), (6, 10), (336, 202)), ((24, 48), (12, 6), (168, 336))]
+
+
+@pytest.mark.parametrize("world", ["qwen2_5_vl"], indirect=True)
+def test_pixel_bounds_reach_the_qwen_image_processor(world):
+    _, folder, *_ = world
+    args = demo_app.parse_args(["--model-path", folder, "--max-pixels", str(24 * 24), "--device", "cpu"])
+    trained, base = demo_app.load_page_models(args, folder, None, None)
+    assert trained.image_processor.size["longest_edge"] == 24 * 24 and base.image_processor is trained.image_processor
+    image_inputs, counts = image_inputs_of(trained, picture(40, 24, seed=4))
+    assert image_inputs["image_grid_thw"].tolist() == [[1, 4, 6]] and counts == [6]  # 6 x 10 patches without it
 
 
 @pytest.mark.parametrize("world", ["qwen2_5_vl"], indirect=True)
