@@ -84,14 +84,16 @@ def _with_lora(model_args, model):
 
 
 def conv_mode_for(model, conv_mode: str | None) -> str:
-    """The run's template: `--conv_mode` if the model's family has it, else its family's own default."""
+    """The run's template: `--conv_mode` if the model's family has it, else the one the model answers in by
+    default (what POPE and the demo send it)."""
     family = family_for(model)
+    default = family.default_conv_mode_for(model.config)
     if conv_mode is None:
-        return family.default_conv_mode
+        return default
     if conv_mode not in family.conv_modes:
         raise InputError(
             f"--conv_mode {conv_mode} is not a template of {family.name} models: choose one of "
-            f"{', '.join(family.conv_modes)}, or drop the flag for {family.default_conv_mode}"
+            f"{', '.join(family.conv_modes)}, or drop the flag for {default}"
         )
     return conv_mode
 
