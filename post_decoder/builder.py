@@ -14,7 +14,7 @@ For Qwen2.5-VL, Qwen2-VL and Qwen3-VL: folders in the hub's layout (`Qwen/Qwen2.
 safetensors shards, preprocessor_config.json, tokenizer files, chat_template), our saved folders (model types
 `qwen2_5_vl_post_decoder`, ...) and a block alone with its base; `min_pixels` / `max_pixels` reach the image processor.
 
-LLaVA's tokenizer comes from `families/llava/tokenizer.load_tokenizer`: LLaVA's own (slow, SentencePiece) token ids
+LLaVA's tokenizer comes from `llama_tokenizer.load_tokenizer`: LLaVA's own (slow, SentencePiece) token ids
 whenever the folder ships `tokenizer.model`. A problem with the folders named is an `InputError` that names them.
 """
 

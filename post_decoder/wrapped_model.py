@@ -86,11 +86,17 @@ class PostDecoderMixin:
     ):
         """A forward with the block: the family's `backbone_forward(**backbone_inputs)`, the block then `lm_head`,
         the loss on `labels`; returns `output_class` (a transformers output with `post_decoder_state` and
-        `post_decoder_attentions` fields) holding the KV cache under `compat.CACHE_KWARG`."""
+        `post_decoder_attentions` fields) holding the KV cache under `compat.CACHE_KWARG`. Without a block,
+        `lm_head` on the backbone's output: the plain model, for a family whose library forward cannot run a
+        cached step without the image (BLIP-2's, InstructBLIP's)."""
         backbone = self.backbone_forward(**backbone_inputs)
-        logits, post_decoder_state, attentions = self.block_then_head(
-            backbone, backbone_inputs.get("attention_mask"), logits_to_keep, post_decoder_state, output_attentions
-        )
+        if self.post_decoder is None:
+            hidden_states = slice_logits_to_keep(backbone.hidden_states, logits_to_keep)
+            logits, post_decoder_state, attentions = self.get_output_embeddings()(hidden_states), None, None
+        else:
+            logits, post_decoder_state, attentions = self.block_then_head(
+                backbone, backbone_inputs.get("attention_mask"), logits_to_keep, post_decoder_state, output_attentions
+            )
         loss = None
         if labels is not None:
             vocab_size = self.config.text_config.vocab_size

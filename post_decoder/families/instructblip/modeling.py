@@ -7,7 +7,7 @@ from transformers import InstructBlipForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...block import PostDecoderState
-from ...compat import CACHE_KWARG, output_cache, slice_logits_to_keep
+from ...compat import output_cache
 from ...family import BackboneOutput, pack_images_per_sample
 from ...wrapped_model import GenerateOnThisModel, PostDecoderMixin
 from .configuration import InstructBlipPostDecoderConfig
@@ -189,18 +189,11 @@ class InstructBlipPostDecoderForConditionalGeneration(
             image_embeds=image_embeds,
             **kwargs,
         )
-        if self.post_decoder is not None:
-            return self.block_forward(
-                backbone_inputs,
-                labels,
-                logits_to_keep,
-                post_decoder_state,
-                output_post_decoder_attentions,
-                InstructBlipPostDecoderOutput,
-            )
-        backbone = self.backbone_forward(**backbone_inputs)
-        logits = self.get_output_embeddings()(slice_logits_to_keep(backbone.hidden_states, logits_to_keep))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
-        return InstructBlipPostDecoderOutput(loss=loss, logits=logits, **{CACHE_KWARG: backbone.past_key_values})
+        return self.block_forward(
+            backbone_inputs,
+            labels,
+            logits_to_keep,
+            post_decoder_state,
+            output_post_decoder_attentions,
+            InstructBlipPostDecoderOutput,
+        )

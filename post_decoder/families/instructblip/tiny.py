@@ -10,7 +10,6 @@ import json
 import os
 import tempfile
 
-import sentencepiece as spm
 import torch
 from transformers import (
     AddedToken,
@@ -26,6 +25,7 @@ from transformers import (
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
+from ...tiny_parts import add_noise, train_llama_style_tokenizer
 from .conversation import IMAGE_TOKEN
 
 _CORPUS = [
@@ -44,29 +44,10 @@ def train_language_tokenizer(directory: str, vocab_size: int = 300):
     folder holds it: `bos_token` and `unk_token` "</s>" (LAVIS's choice), `[PAD]` and `<image>` added after the
     vocabulary. Returns the tokenizer, loaded back."""
     with tempfile.TemporaryDirectory() as scratch:
-        corpus = os.path.join(scratch, "corpus.txt")
-        with open(corpus, "w") as handle:
-            handle.write("\n".join(_CORPUS))
-        spm.SentencePieceTrainer.train(
-            input=corpus,
-            model_prefix=os.path.join(scratch, "tokenizer"),
-            model_type="bpe",
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            character_coverage=1.0,
-            split_digits=True,
-            add_dummy_prefix=True,
-            normalization_rule_name="identity",
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            hard_vocab_limit=False,
-            minloglevel=2,
+        train_llama_style_tokenizer(scratch, _CORPUS, vocab_size)
+        tokenizer = AutoTokenizer.from_pretrained(
+            scratch, bos_token="</s>", unk_token="</s>", truncation_side="left", padding_side="left"
         )
-        with open(os.path.join(scratch, "tokenizer_config.json"), "w") as handle:
-            json.dump({"tokenizer_class": "LlamaTokenizer", "legacy": False}, handle)
-        tokenizer = AutoTokenizer.from_pretrained(scratch, bos_token="</s>", unk_token="</s>", truncation_side="left")
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
         tokenizer.save_pretrained(directory)
@@ -196,10 +177,7 @@ def with_block(
     model.load_state_dict(plain.state_dict())
     model.attach_post_decoder(PostDecoderConfig(variant=variant, **fields))
     if perturb:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in model.post_decoder.parameters():
-                parameter.add_(perturb * torch.randn(parameter.shape, generator=generator))
+        add_noise(model.post_decoder, perturb, seed)
     return model.eval()
 
 

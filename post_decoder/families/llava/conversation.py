@@ -6,7 +6,7 @@ evaluation and the demo.
 Token ids follow LLaVA's `tokenizer_image_token`: the prompt is split on `<image>`, each piece is
 tokenized on its own (BOS kept on the first piece only), and each `<image>` becomes the image
 token repeated once per vision feature (576 on LLaVA-1.5), as transformers' LLaVA expects. With the tokenizer of
-`tokenizer.load_tokenizer` (beside this file) the ids equal LLaVA's for any text (tests/test_tokenization_fidelity.py).
+`post_decoder.llama_tokenizer.load_tokenizer` the ids equal LLaVA's for any text (tests/test_tokenization_fidelity.py).
 """
 
 from dataclasses import dataclass, field

@@ -4,11 +4,11 @@ import torch
 from transformers import LlavaConfig
 
 from ...builder import from_pretrained_strictly
+from ...llama_tokenizer import load_tokenizer
 from .configuration import LlavaPostDecoderConfig, is_original_llava_config
 from .image_processing import load_image_processor
 from .modeling import LlavaPostDecoderForConditionalGeneration
 from .original import load_original_llava
-from .tokenizer import load_tokenizer
 
 
 def load_llava(model_path: str, raw_config: dict, dtype: torch.dtype, device_map=None):

@@ -6,7 +6,7 @@ hub id in `mm_vision_tower`. We convert as transformers' official conversion scr
 (models/llava/convert_llava_weights_to_hf.py) does: add `<image>` and `<pad>` after the vocabulary
 (`image_token_index` and the top-level `pad_token_id`; `text_config.pad_token_id` stays the Llama
 config's), resize the embeddings and `lm_head` to a multiple of 64 rows, and draw every new row of
-both from N(mean, 1e-5 * covariance) of the *embedding* rows. Our draw is seeded (CONVERSION_SEED),
+both from N(mean, 1e-5 * covariance) of the *embedding* rows. Our draw is seeded (`embedding_rows.CONVERSION_SEED`),
 so a conversion is reproducible; the official script draws from the global generator, unseeded.
 A `post_decoder_config` in config.json (written by scripts/replace_bin.py) means the weights hold a
 block (`post_decoder.*`): it is built before the strict load, so it loads with the rest.
@@ -21,18 +21,18 @@ import re
 
 import torch
 from accelerate import init_empty_weights
-from torch.distributions import MultivariateNormal
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
 from transformers.utils import cached_file
 
 from ...block import PostDecoderConfig
+from ...embedding_rows import add_image_and_pad_rows
 from ...errors import InputError, run_command
+from ...llama_tokenizer import load_tokenizer
 from ...saving import check_new_folder, listing, load_sharded_state_dict, load_state_strictly
 from .configuration import LlavaPostDecoderConfig, is_original_llava_config
 from .conversation import add_llava_tokens
 from .image_processing import load_image_processor
 from .key_layouts import LAYOUTS, ORIGINAL
-from .tokenizer import load_tokenizer
 
 # Keys of an original config.json that describe LLaVA's multimodal parts, not the Llama LLM.
 _LLAVA_ONLY_KEYS = {
@@ -52,9 +52,6 @@ _LLAVA_ONLY_KEYS = {
     "mm_vision_tower",
     "post_decoder_config",
 }
-CONVERSION_SEED = 0
-ADDED_ROW_COVARIANCE_SCALE = 1e-5  # the official script's: new rows sit close to the embeddings' mean
-_PAD_ROWS_TO = 64
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -169,23 +166,6 @@ def load_original_llava(model_path: str, model_class, dtype: torch.dtype = torch
     add_image_and_pad_rows(model, text_vocab)
     model.config.pad_token_id = text_vocab + 1
     return model.eval(), tokenizer, load_image_processor(original["mm_vision_tower"])
-
-
-def add_image_and_pad_rows(model, text_vocab: int):
-    """Grow the embeddings and lm_head from `text_vocab` rows to `text_vocab + 2` (`<image>`, `<pad>`)
-    rounded up to a multiple of 64; every new row of both is drawn from N(mu, 1e-5 * Sigma), with
-    mu and Sigma the mean and covariance of the embedding rows, as the official conversion draws them."""
-    embeddings = model.get_input_embeddings().weight.detach().float()
-    mean = embeddings.mean(dim=0)
-    centred = embeddings - mean
-    covariance = centred.T @ centred / embeddings.shape[0]
-    distribution = MultivariateNormal(mean, covariance_matrix=ADDED_ROW_COVARIANCE_SCALE * covariance)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(CONVERSION_SEED)
-        # mean_resizing=False: the new rows are drawn below (transformers' own draw uses each matrix's statistics)
-        model.resize_token_embeddings(text_vocab + 2, pad_to_multiple_of=_PAD_ROWS_TO, mean_resizing=False)
-        for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-            matrix[text_vocab:] = distribution.sample((matrix.shape[0] - text_vocab,)).to(matrix.dtype)
 
 
 def main(argv=None):

@@ -7,9 +7,7 @@ a small SentencePiece model trained on the spot (the same kind of tokenizer as L
 
 import json
 import os
-import tempfile
 
-import sentencepiece as spm
 import torch
 from transformers import (
     AutoTokenizer,
@@ -23,6 +21,7 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from ...tiny_parts import train_llama_style_tokenizer
 from .conversation import SYSTEM_PROMPT
 from .key_layouts import LAYOUTS, ORIGINAL
 from .tokenizer import LlavaLlamaTokenizer
@@ -38,51 +37,8 @@ _TOKENIZER_CORPUS = [
 def train_tiny_tokenizer(
     directory: str, corpus: list[str] | None = None, vocab_size: int = 400, remove_extra_whitespaces: bool = True
 ):
-    """Train a Llama-style SentencePiece BPE (byte fallback, <unk>=0, <s>=1, </s>=2) and save it
-    in Llama 2's layout (`tokenizer.model` + `tokenizer_config.json`). Returns the loaded tokenizer.
-
-    remove_extra_whitespaces: SentencePiece's default, kept for the tiny models and the shipped toy model; Llama 2's
-    model says False (runs of spaces are kept), which the tokenization-fidelity tests need."""
-    os.makedirs(directory, exist_ok=True)
-    lines = list(corpus or _TOKENIZER_CORPUS)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
-        handle.write("\n".join(line.replace("\n", " ") for line in lines))
-    try:
-        spm.SentencePieceTrainer.train(
-            input=handle.name,
-            model_prefix=os.path.join(directory, "tokenizer"),
-            model_type="bpe",
-            vocab_size=vocab_size,
-            byte_fallback=True,
-            character_coverage=1.0,
-            split_digits=True,
-            add_dummy_prefix=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=remove_extra_whitespaces,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=-1,
-            hard_vocab_limit=False,
-            minloglevel=2,
-        )
-    finally:
-        os.unlink(handle.name)
-    os.remove(os.path.join(directory, "tokenizer.vocab"))
-    config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "legacy": False,
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "model_max_length": 2048,
-        "padding_side": "right",
-    }
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as handle:
-        json.dump(config, handle, indent=2)
-    return AutoTokenizer.from_pretrained(directory)
+    """`tiny_parts.train_llama_style_tokenizer` on `corpus` (by default a few of LLaVA's prompts and answers)."""
+    return train_llama_style_tokenizer(directory, corpus or _TOKENIZER_CORPUS, vocab_size, remove_extra_whitespaces)
 
 
 def tiny_llava_config(
@@ -224,7 +180,7 @@ def save_original_llava(
     token), and the CLIP tower saved apart and named by `mm_vision_tower`.
 
     sentencepiece: ship the tokenizer as the real folders do (`tokenizer.model` + `tokenizer_config.json`,
-    which `post_decoder.families.llava.tokenizer.load_tokenizer` reads with LLaVA's slow ids); by default a
+    which `post_decoder.llama_tokenizer.load_tokenizer` reads with LLaVA's slow ids); by default a
     `tokenizer.json` only."""
     os.makedirs(directory, exist_ok=True)
     tower_directory = save_clip_tower(model, os.path.join(directory, "clip_tower"))

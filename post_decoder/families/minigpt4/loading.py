@@ -3,7 +3,7 @@
 import torch
 
 from ...builder import from_pretrained_strictly
-from ..llava.tokenizer import load_tokenizer
+from ...llama_tokenizer import load_tokenizer
 from .image_processing import load_image_processor
 from .modeling import MiniGPT4ForConditionalGeneration
 

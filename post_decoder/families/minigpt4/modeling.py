@@ -15,7 +15,7 @@ from transformers import Blip2ForConditionalGeneration
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ...block import PostDecoderState
-from ...compat import CACHE_KWARG, output_cache, slice_logits_to_keep
+from ...compat import output_cache
 from ...family import BackboneOutput, pack_images_per_sample
 from ...wrapped_model import GenerateOnThisModel, PostDecoderMixin
 from .configuration import MiniGPT4Config
@@ -123,7 +123,7 @@ class MiniGPT4ForConditionalGeneration(PostDecoderMixin, GenerateOnThisModel, Bl
         """The image goes in on the prompt's step only; with a KV cache, pass the returned `post_decoder_state`
         back on the next call (generate() does this): it holds the block's encoded image."""
         kwargs.pop("return_dict", None)
-        backbone = self.backbone_forward(
+        backbone_inputs = dict(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
@@ -131,20 +131,11 @@ class MiniGPT4ForConditionalGeneration(PostDecoderMixin, GenerateOnThisModel, Bl
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        attentions = None
-        if self.post_decoder is None:
-            logits = self.lm_head(slice_logits_to_keep(backbone.hidden_states, logits_to_keep))
-        else:
-            logits, post_decoder_state, attentions = self.block_then_head(
-                backbone, attention_mask, logits_to_keep, post_decoder_state, output_post_decoder_attentions
-            )
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
-        return MiniGPT4PostDecoderOutput(
-            loss=loss,
-            logits=logits,
-            **{CACHE_KWARG: backbone.past_key_values},
-            post_decoder_state=post_decoder_state if self.post_decoder is not None else None,
-            post_decoder_attentions=attentions,
+        return self.block_forward(
+            backbone_inputs,
+            labels,
+            logits_to_keep,
+            post_decoder_state,
+            output_post_decoder_attentions,
+            MiniGPT4PostDecoderOutput,
         )

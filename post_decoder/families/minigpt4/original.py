@@ -19,7 +19,7 @@ Names follow transformers' BLIP-2 conversion (models/blip_2/convert_blip_2_origi
 `t5_proj`, MiniGPT-4's `llama_proj` -> `language_projection`. Tensors MiniGPT-4's own model has no place for (it
 sets the Q-Former's text parts to None and loads with strict=False) are left out, by name; any other name that does
 not fit, and any tensor the model needs that no file holds, is an InputError listing them. Then `<ImageHere>` and
-`<pad>` are added after the vocabulary as for LLaVA (`llava.original.add_image_and_pad_rows`).
+`<pad>` are added after the vocabulary as for LLaVA (`post_decoder.embedding_rows.add_image_and_pad_rows`).
 
     python -m post_decoder.families.minigpt4 --model-path pretrained_minigpt4_llama2_7b.pth \
         --llama-model Llama-2-7b-chat-hf --vit eva_vit_g.pth --out minigpt4-llama2-7b
@@ -33,10 +33,10 @@ import torch
 from accelerate import init_empty_weights
 from transformers import Blip2QFormerConfig, Blip2VisionConfig, LlamaConfig
 
+from ...embedding_rows import add_image_and_pad_rows
 from ...errors import InputError, run_command
+from ...llama_tokenizer import load_tokenizer
 from ...saving import check_new_folder, load_sharded_state_dict, load_state_strictly, readable_weight_file
-from ..llava.original import add_image_and_pad_rows
-from ..llava.tokenizer import load_tokenizer
 from .configuration import MiniGPT4Config
 from .conversation import add_minigpt4_tokens
 from .image_processing import minigpt4_image_processor

@@ -12,8 +12,8 @@ import shutil
 import torch
 from transformers import AutoTokenizer, Blip2QFormerConfig, Blip2VisionConfig, LlamaConfig, LlamaForCausalLM
 
-from ..llava.tiny import train_tiny_tokenizer
-from ..llava.tokenizer import load_tokenizer
+from ...llama_tokenizer import load_tokenizer
+from ...tiny_parts import add_noise, train_llama_style_tokenizer
 from .configuration import MiniGPT4Config
 from .conversation import SYSTEM_PROMPT, add_minigpt4_tokens
 from .modeling import MiniGPT4ForConditionalGeneration
@@ -33,7 +33,7 @@ _CORPUS = [
 def train_tiny_minigpt4_tokenizer(directory: str):
     """A Llama-style SentencePiece tokenizer (`tokenizer.model`, as Llama-2's folders ship it), without MiniGPT-4's
     added tokens (the converter adds them)."""
-    train_tiny_tokenizer(directory, corpus=_CORPUS)
+    train_llama_style_tokenizer(directory, _CORPUS)
     return AutoTokenizer.from_pretrained(directory)
 
 
@@ -194,10 +194,7 @@ def with_block(plain: MiniGPT4ForConditionalGeneration, variant: str, perturb: f
     model.load_state_dict(plain.state_dict())
     model.attach_post_decoder(PostDecoderConfig(variant=variant, **fields))
     if perturb:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for parameter in model.post_decoder.parameters():
-                parameter.add_(perturb * torch.randn(parameter.shape, generator=generator))
+        add_noise(model.post_decoder, perturb, seed)
     return model.eval()
 
 
