@@ -15,7 +15,8 @@ from transformers import GenerationConfig, InstructBlipForConditionalGeneration
 from demo import app as demo_app
 from demo.chat import fit_prompt, image_inputs_of, model_inputs
 from demo.heatmap import answer_attention
-from demo.loading import load_model
+from demo.loading import LoadedModel, load_model
+from demo.page import Page
 from post_decoder.builder import load_pretrained_model
 from post_decoder.families.instructblip.tiny import make_tiny_hub_folder
 from post_decoder.families.minigpt4.image_processing import minigpt4_image_processor
@@ -223,3 +224,19 @@ def test_the_qwen_heat_map_puts_each_pre_merger_row_on_its_own_patch(world):
              for t in range(len(answer))]
         )  # fmt: skip
         np.testing.assert_allclose(drawn, expected, atol=1e-6)
+
+
+def test_a_block_on_query_outputs_says_there_is_no_heat_map(tmp_path):
+    """The Vicuna MiniGPT-4's projector rows are its Q-Former's 32 query outputs: no place on the image."""
+    train_tiny_minigpt4_tokenizer(str(tmp_path / "tokenizer"))
+    tokenizer = tiny_minigpt4_tokenizer(str(tmp_path / "tokenizer"))
+    plain = make_tiny_minigpt4(len(tokenizer) - 2, has_qformer=True)
+    model = with_block(plain, "post_interaction", perturb=0.3, vision_source="projector")
+    model.generation_config.suppress_tokens = list(range(len(tokenizer), model.config.text_config.vocab_size))
+    loaded = LoadedModel("trained", tokenizer, model, minigpt4_image_processor(32), 1024)
+    image_file = tmp_path / "picture.png"
+    picture(40, 24, seed=4).save(image_file)
+    updates = list(Page(loaded, None).answer(str(image_file), QUESTION, "greedy", 0.7, 4, None))
+    _, trained_chat, heat, caption, *_ = updates[-1]
+    assert heat is None and trained_chat[-1]["role"] == "assistant"
+    assert caption.startswith("No heat map: the block reads the image's projector features, which have no place")
