@@ -23,7 +23,9 @@ that registers an instance of a `BackboneFamily` subclass (`register_family`) an
       without its pixels: for data length checks), `prompt_inputs` (inputs read from each image's question:
       InstructBLIP's Q-Former tokens), `prompt_prefix_is_shared` and `encoded_image_inputs` (for POPE),
       `vision_grid` (where each of the block's vision rows lies on its image, for pictures of where it looked);
-  [ ] the prompt: `conv_modes`, `conversation`, `question_prompt`, `tokenize_with_image`, `image_token_id`;
+  [ ] the prompt: `conv_modes`, `default_conv_mode`, `prompt_module` (its `conversation.py`, whose
+      `Conversation.for_mode`, `question_prompt` and `tokenize_with_image` the family's methods call),
+      `image_token_id`;
   [ ] loading: `claims` (a checkpoint's config.json), `load` (tokenizer, model, image processor; image options
       such as Qwen-VL's `min_pixels`/`max_pixels` for a family whose processor takes them);
   [ ] `lora_targets` and `modules_trained_with_lora` (the projector under --tune_mm_mlp_adapter);
@@ -35,6 +37,7 @@ that registers an instance of a `BackboneFamily` subclass (`register_family`) an
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from transformers import Cache
@@ -193,20 +196,22 @@ class BackboneFamily(ABC):
         not `default_conv_mode`): this default, `default_conv_mode`; MiniGPT-4's by its version."""
         return self.default_conv_mode
 
-    @abstractmethod
+    prompt_module: ModuleType  # the family's `conversation.py`: `Conversation.for_mode`, `question_prompt`, ...
+
     def conversation(self, conv_mode: str | None = None):
         """An empty conversation (`add_user(text, with_image)`, `add_assistant(text or None)`, `prompt()`)."""
+        return self.prompt_module.Conversation.for_mode(conv_mode or self.default_conv_mode)
 
-    @abstractmethod
     def question_prompt(
         self, question: str, with_image: bool = True, suffix: str = "", conv_mode: str | None = None
     ) -> str:
         """The single-turn prompt POPE and the demo send, open for the answer."""
+        return self.prompt_module.question_prompt(question, with_image, suffix, conv_mode or self.default_conv_mode)
 
-    @abstractmethod
     def tokenize_with_image(self, prompt: str, tokenizer, image_token_id: int, image_tokens: int | list[int]):
         """Token ids of `prompt`, each image placeholder expanded to `image_tokens` ids (a list: one count per
         image, in order). Data code tokenizes with 1 and expands later."""
+        return self.prompt_module.tokenize_with_image(prompt, tokenizer, image_token_id, image_tokens)
 
     def tokenize_prompt(
         self,
@@ -228,9 +233,9 @@ class BackboneFamily(ABC):
                 image_tokens = [self.image_token_count(config, image, image_processor) for image in images]
         return self.tokenize_with_image(prompt, tokenizer, self.image_token_id(config), image_tokens)
 
-    @abstractmethod
     def image_token_id(self, config) -> int:
         """The id that marks image positions in `input_ids`."""
+        return config.image_token_id
 
     @abstractmethod
     def image_token_count(self, config, image=None, image_processor=None) -> int:

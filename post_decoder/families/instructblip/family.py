@@ -4,8 +4,9 @@ from transformers import InstructBlipConfig
 
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout, patch_grid
+from . import conversation
 from .configuration import InstructBlipPostDecoderConfig, instructblip_block_sizes
-from .conversation import CONV_MODES, DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
+from .conversation import CONV_MODES, DEFAULT_CONV_MODE
 from .modeling import InstructBlipPostDecoderForConditionalGeneration
 
 # transformers' own names (the hub's `Salesforce/instructblip-vicuna-*` folders and ours): nothing to rename.
@@ -19,6 +20,7 @@ class InstructBlipFamily(BackboneFamily):
     config_class = InstructBlipPostDecoderConfig
     model_class = InstructBlipPostDecoderForConditionalGeneration
     conv_modes = CONV_MODES
+    prompt_module = conversation
     default_conv_mode = DEFAULT_CONV_MODE
     head_key = "language_model.lm_head.weight"
     # LoRA on the LLM's linear layers only, never the vision encoder, the Q-Former or lm_head; the projection
@@ -30,15 +32,6 @@ class InstructBlipFamily(BackboneFamily):
         return instructblip_block_sizes(config, vision_source)
 
     # --- the prompt: the question itself, after the image's query tokens ---
-
-    def conversation(self, conv_mode: str | None = None) -> Conversation:
-        return Conversation.for_mode(conv_mode or self.default_conv_mode)
-
-    def question_prompt(self, question, with_image=True, suffix="", conv_mode=None) -> str:
-        return question_prompt(question, with_image, suffix, conv_mode or self.default_conv_mode)
-
-    def tokenize_with_image(self, prompt, tokenizer, image_token_id, image_tokens) -> list[int]:
-        return tokenize_with_image(prompt, tokenizer, image_token_id, image_tokens)
 
     def image_token_id(self, config) -> int:
         if config.image_token_id is None:

@@ -4,8 +4,9 @@ from transformers import LlavaConfig
 
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout, patch_grid
+from . import conversation
 from .configuration import LlavaPostDecoderConfig, is_original_llava_config, llava_block_sizes
-from .conversation import CONV_MODES, DEFAULT_CONV_MODE, Conversation, question_prompt, tokenize_with_image
+from .conversation import CONV_MODES, DEFAULT_CONV_MODE
 from .key_layouts import LAYOUTS, LLAVA_HF, LLAVA_HF_HUB, ORIGINAL
 from .modeling import LlavaPostDecoderForConditionalGeneration
 
@@ -16,6 +17,7 @@ class LlavaFamily(BackboneFamily):
     config_class = LlavaPostDecoderConfig
     model_class = LlavaPostDecoderForConditionalGeneration
     conv_modes = CONV_MODES
+    prompt_module = conversation
     default_conv_mode = DEFAULT_CONV_MODE
     # LoRA on the LLM's linear layers, never on the vision tower, projector or lm_head (as HA-DPO/LLaVA);
     # --tune_mm_mlp_adapter trains the projector beside them.
@@ -25,19 +27,7 @@ class LlavaFamily(BackboneFamily):
     def block_sizes(self, config, vision_source: str) -> dict[str, int]:
         return llava_block_sizes(config, vision_source)
 
-    # --- the prompt: vicuna_v1 (or llava_v1), each <image> the same number of tokens ---
-
-    def conversation(self, conv_mode: str | None = None) -> Conversation:
-        return Conversation.for_mode(conv_mode or self.default_conv_mode)
-
-    def question_prompt(self, question, with_image=True, suffix="", conv_mode=None) -> str:
-        return question_prompt(question, with_image, suffix, conv_mode or self.default_conv_mode)
-
-    def tokenize_with_image(self, prompt, tokenizer, image_token_id, image_tokens) -> list[int]:
-        return tokenize_with_image(prompt, tokenizer, image_token_id, image_tokens)
-
-    def image_token_id(self, config) -> int:
-        return config.image_token_id
+    # --- the prompt (`prompt_module`): vicuna_v1 (or llava_v1), each <image> the same number of tokens ---
 
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.image_seq_length  # CLIP's patches: the same for every image (it is padded and resized)

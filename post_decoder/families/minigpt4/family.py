@@ -2,14 +2,12 @@
 
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout, patch_grid
+from . import conversation
 from .configuration import GROUPED_PATCHES, MiniGPT4Config, minigpt4_block_sizes
 from .conversation import (
     CONV_MODES,
     DEFAULT_CONV_MODE,
     VICUNA_CONV_MODE,
-    Conversation,
-    question_prompt,
-    tokenize_with_image,
 )
 from .modeling import MiniGPT4ForConditionalGeneration
 
@@ -23,6 +21,7 @@ class MiniGPT4Family(BackboneFamily):
     config_class = MiniGPT4Config
     model_class = MiniGPT4ForConditionalGeneration
     conv_modes = CONV_MODES
+    prompt_module = conversation
     default_conv_mode = DEFAULT_CONV_MODE  # the Llama-2 version's, which HA-DPO trains
     head_key = "language_model.lm_head.weight"
     # LoRA on the LLM's linear layers only (the Q-Former's are named query/key/value, the ViT's qkv);
@@ -38,18 +37,6 @@ class MiniGPT4Family(BackboneFamily):
     def default_conv_mode_for(self, config) -> str:
         """Each version's own template: the Vicuna version's (with a Q-Former) or the Llama-2 version's."""
         return VICUNA_CONV_MODE if config.has_qformer else self.default_conv_mode
-
-    def conversation(self, conv_mode: str | None = None) -> Conversation:
-        return Conversation.for_mode(conv_mode or self.default_conv_mode)
-
-    def question_prompt(self, question, with_image=True, suffix="", conv_mode=None) -> str:
-        return question_prompt(question, with_image, suffix, conv_mode or self.default_conv_mode)
-
-    def tokenize_with_image(self, prompt, tokenizer, image_token_id, image_tokens) -> list[int]:
-        return tokenize_with_image(prompt, tokenizer, image_token_id, image_tokens)
-
-    def image_token_id(self, config) -> int:
-        return config.image_token_id
 
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.image_seq_length  # every image is resized to one size: 32 queries, or 64 groups of patches

@@ -6,8 +6,9 @@ import torch
 
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout
+from . import conversation
 from .configuration import qwen_vl_block_sizes, with_block_config
-from .conversation import CONV_MODES, Conversation, question_prompt, tokenize_with_image
+from .conversation import CONV_MODES
 from .key_layouts import HUB, LAYOUTS, TRANSFORMERS
 
 
@@ -17,6 +18,7 @@ class QwenVLFamily(BackboneFamily):
     lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     modules_trained_with_lora = ("model.visual.merger",)
     conv_modes = CONV_MODES
+    prompt_module = conversation
 
     def __init__(self, name, config_class, plain_config_class, model_class, default_conv_mode):
         self.name = name
@@ -74,18 +76,6 @@ class QwenVLFamily(BackboneFamily):
         return patches // image_processor.merge_size**2
 
     # --- the prompt: the chat template ---
-
-    def conversation(self, conv_mode: str | None = None) -> Conversation:
-        return Conversation.for_mode(conv_mode or self.default_conv_mode)
-
-    def question_prompt(self, question, with_image=True, suffix="", conv_mode=None) -> str:
-        return question_prompt(question, with_image, suffix, conv_mode or self.default_conv_mode)
-
-    def tokenize_with_image(self, prompt, tokenizer, image_token_id, image_tokens) -> list[int]:
-        return tokenize_with_image(prompt, tokenizer, image_token_id, image_tokens)
-
-    def image_token_id(self, config) -> int:
-        return config.image_token_id
 
     # --- loading ---
 
