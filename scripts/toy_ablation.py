@@ -105,7 +105,8 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000")
-    parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set and for CHAIR")
+    parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set")
+    parser.add_argument("--chair-images", type=int, default=150, help="held-out images CHAIR describes (of 300)")
     parser.add_argument(
         "--learning-rate", type=float, default=read_config(STAGE1_RECIPE)["learning_rate"], help="default: recipe"
     )
@@ -120,7 +121,7 @@ def main(argv=None):
     base_folder = os.path.join(args.out, "base")
     base = {
         "pope": pope(world, base_folder, DEFAULT_CHECKPOINT),
-        "chair": chair(world, base_folder, DEFAULT_CHECKPOINT, args.pope_images),
+        "chair": chair(world, base_folder, DEFAULT_CHECKPOINT, args.chair_images),
     }
     empty_picture = empty_picture_features(DEFAULT_CHECKPOINT)
     recipe_changes = {
@@ -143,7 +144,7 @@ def main(argv=None):
                     "seed": seed,
                     "metrics": metrics,
                     "empty_picture": shown_empty["adversarial"],
-                    "chair": chair(world, trained, trained, args.pope_images, DEFAULT_CHECKPOINT),
+                    "chair": chair(world, trained, trained, args.chair_images, DEFAULT_CHECKPOINT),
                     "answers_changed": changed_answers(base_folder, trained),
                     "block_update": block_update(trained),
                 }  # fmt: skip
@@ -151,7 +152,7 @@ def main(argv=None):
     report = table(base, runs)
     heading = (
         f"seeds {args.seeds}, learning rate {args.learning_rate:g}, {args.pope_images} POPE images per set "
-        f"and {args.pope_images} CHAIR images"
+        f"and {args.chair_images} CHAIR images"
     )
     with atomic_file(os.path.join(args.out, "ablation.md")) as temporary, open(temporary, "w") as handle:
         handle.write(f"{heading}\n\n{report}\n")

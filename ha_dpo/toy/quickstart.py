@@ -12,7 +12,7 @@ CHAIR's; each also on its own) and `results.json`, all under `--out`:
     stage1/           the training run (the block, training_curves.png), its POPE and CHAIR files
     backbone_cache/   the frozen backbone's states of the DPO pairs (ha_dpo/cache), built once, read by training
 
-CHAIR describes a seeded sample of `--pope-images` held-out images (eval/chair_eval_post.py,
+CHAIR describes a seeded sample of `--chair-images` held-out images (eval/chair_eval_post.py,
 greedy, "Describe the image.") and scores the descriptions against the world's COCO annotations.
 
 The recipe (ha_dpo/toy/recipe_stage1.json, which the training script also reads as `--config`) is
@@ -158,7 +158,7 @@ class Steps:
 
 
 def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None,
-        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT) -> dict:  # fmt: skip
+        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT, chair_images: int = 150) -> dict:  # fmt: skip
     if os.path.isdir(out) and os.listdir(out):
         raise InputError(f"--out {out} is not empty: give a new folder")
     os.makedirs(out, exist_ok=True)
@@ -168,7 +168,7 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with steps.step("POPE on the base model"):
         metrics["base"] = pope(world, os.path.join(out, "base"), base_model)
     with steps.step("CHAIR on the base model"):
-        chair_metrics["base"] = chair(world, os.path.join(out, "base"), base_model, pope_images)
+        chair_metrics["base"] = chair(world, os.path.join(out, "base"), base_model, chair_images)
     with steps.step(f"stage-1 DPO of the block ({variant})"):
         train_stage1(
             world, trained, base_model, seed, variant, {"backbone_cache": os.path.join(out, "backbone_cache")}
@@ -176,7 +176,7 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with steps.step("POPE on base + block"):
         metrics["stage1"] = pope(world, trained, trained, base_model)
     with steps.step("CHAIR on base + block"):
-        chair_metrics["stage1"] = chair(world, trained, trained, pope_images, base_model)
+        chair_metrics["stage1"] = chair(world, trained, trained, chair_images, base_model)
     summary = f"{comparison(metrics)}\n\n{chair_comparison(chair_metrics)}"
     charts = [os.path.join(out, "pope_comparison.png"), os.path.join(out, "chair_comparison.png")]
     plot_chart({RUN_NAMES[run]: by_set for run, by_set in metrics.items()}, charts[0])
@@ -186,7 +186,7 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with atomic_file(markdown) as temporary, open(temporary, "w") as handle:
         handle.write(f"# Toy-world quickstart (seed {seed}, block {variant})\n\n```\n{summary}\n```\n")
     results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images,
-               "base_model": base_model, "seconds": steps.seconds, "metrics": metrics,
+               "chair_images": chair_images, "base_model": base_model, "seconds": steps.seconds, "metrics": metrics,
                "chair": chair_metrics}  # fmt: skip
     write_json(os.path.join(out, "results.json"), results)
     took = f"took {sum(steps.seconds.values()):.0f} s"
@@ -204,9 +204,8 @@ def main(argv=None):
     parser.add_argument(
         "--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000 (quicker)"
     )
-    parser.add_argument(
-        "--pope-images", type=int, default=150, help="held-out images per POPE set and for CHAIR (POPE uses 500)"
-    )
+    parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set (POPE uses 500)")
+    parser.add_argument("--chair-images", type=int, default=150, help="held-out images CHAIR describes (of 300)")
     parser.add_argument(
         "--base-model", default=DEFAULT_CHECKPOINT, help="the model to improve (default: the committed toy model)"
     )
@@ -214,7 +213,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return run(args.out, args.seed, args.variant, args.dpo_images, args.pope_images, args.base_model)
+    return run(
+        args.out, args.seed, args.variant, args.dpo_images, args.pope_images, args.base_model, args.chair_images
+    )
 
 
 if __name__ == "__main__":
