@@ -3,40 +3,19 @@
 from transformers import LlavaConfig
 
 from ...block import PostDecoderConfig
-from ...compat import SubConfigSpec
+from ...configs_with_block import config_class_with_block, with_block_config
 
 
-class LlavaPostDecoderConfig(LlavaConfig):
+class LlavaPostDecoderConfig(config_class_with_block(LlavaConfig)):
     """`LlavaConfig` plus an optional `post_decoder_config` (None: a plain LLaVA)."""
 
     model_type = "llava_post_decoder"
-    if SubConfigSpec is not None:
-        sub_configs_defaults = {
-            **LlavaConfig.sub_configs_defaults,
-            "post_decoder_config": SubConfigSpec(PostDecoderConfig, optional=True),
-        }
-    else:  # transformers < 5.20
-        sub_configs = {**LlavaConfig.sub_configs, "post_decoder_config": PostDecoderConfig}
-
-    post_decoder_config: dict | PostDecoderConfig | None = None
-
-    def __post_init__(self, **kwargs):
-        # Built here, not left to SubConfigSpec: before transformers 5.20 each config builds its own sub-configs.
-        if isinstance(self.post_decoder_config, dict):
-            values = {key: value for key, value in self.post_decoder_config.items() if key != "model_type"}
-            self.post_decoder_config = PostDecoderConfig(**values)
-        super().__post_init__(**kwargs)
 
     @classmethod
     def from_llava_config(
         cls, llava_config: LlavaConfig, post_decoder_config: PostDecoderConfig | None = None
     ) -> "LlavaPostDecoderConfig":
-        values = llava_config.to_dict()
-        values.pop("model_type", None)
-        values.pop("post_decoder_config", None)
-        if post_decoder_config is not None:
-            post_decoder_config = post_decoder_config.resolved_for(llava_config)
-        return cls(**values, post_decoder_config=post_decoder_config)
+        return with_block_config(cls, llava_config, post_decoder_config)
 
 
 def is_original_llava_config(config: dict) -> bool:

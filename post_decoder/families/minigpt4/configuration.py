@@ -11,36 +11,19 @@ MiniGPT-4 comes in two shapes (Vision-CAIR/MiniGPT-4, minigpt4/models/minigpt4.p
 
 from transformers import Blip2Config
 
-from ...block import PostDecoderConfig
-from ...compat import SubConfigSpec
+from ...configs_with_block import config_class_with_block
 
 GROUPED_PATCHES = 4  # the Llama-2 version concatenates this many neighbouring patch features per image token
 
 
-class MiniGPT4Config(Blip2Config):
+class MiniGPT4Config(config_class_with_block(Blip2Config)):
     """`Blip2Config` with a Llama `text_config`, `has_qformer` (False: the Llama-2 version) and an optional
     `post_decoder_config` (None: the plain MiniGPT-4)."""
 
     model_type = "minigpt4"
-    if SubConfigSpec is not None:
-        sub_configs_defaults = {
-            **Blip2Config.sub_configs_defaults,
-            "post_decoder_config": SubConfigSpec(PostDecoderConfig, optional=True),
-        }
-    else:  # transformers < 5.20
-        sub_configs = {**Blip2Config.sub_configs, "post_decoder_config": PostDecoderConfig}
-
     has_qformer: bool = True
     # MiniGPT-4's `ln_vision` is torch's LayerNorm (eps 1e-5); BLIP-2's config has one eps (EVA's 1e-6) for every norm.
     ln_vision_eps: float = 1e-5
-    post_decoder_config: dict | PostDecoderConfig | None = None
-
-    def __post_init__(self, **kwargs):
-        # Built here, not left to SubConfigSpec: before transformers 5.20 each config builds its own sub-configs.
-        if isinstance(self.post_decoder_config, dict):
-            values = {key: value for key, value in self.post_decoder_config.items() if key != "model_type"}
-            self.post_decoder_config = PostDecoderConfig(**values)
-        super().__post_init__(**kwargs)
 
     @property
     def image_seq_length(self) -> int:

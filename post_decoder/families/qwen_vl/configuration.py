@@ -2,56 +2,19 @@
 
 from transformers import Qwen2_5_VLConfig, Qwen2VLConfig, Qwen3VLConfig
 
-from ...block import PostDecoderConfig
-from ...compat import SubConfigSpec
+from ...configs_with_block import config_class_with_block
 
 
 def _with_block(base: type, model_type: str) -> type:
-    """`base` plus an optional `post_decoder_config` (None: the plain model), under its own `model_type`."""
-    if SubConfigSpec is not None:
-        extra = {
-            "sub_configs_defaults": {
-                **base.sub_configs_defaults,
-                "post_decoder_config": SubConfigSpec(PostDecoderConfig, optional=True),
-            }
-        }
-    else:  # transformers < 5.20
-        extra = {"sub_configs": {**base.sub_configs, "post_decoder_config": PostDecoderConfig}}
-
-    def __post_init__(self, **kwargs):
-        # Built here, not left to SubConfigSpec: before transformers 5.20 each config builds its own sub-configs.
-        if isinstance(self.post_decoder_config, dict):
-            values = {key: value for key, value in self.post_decoder_config.items() if key != "model_type"}
-            self.post_decoder_config = PostDecoderConfig(**values)
-        base.__post_init__(self, **kwargs)
-
-    name = base.__name__.removesuffix("Config") + "PostDecoderConfig"
-    namespace = {
-        "__module__": __name__,
-        "__qualname__": name,
-        "__doc__": f"`{base.__name__}` plus an optional `post_decoder_config` (None: the plain model).",
-        "__annotations__": {"post_decoder_config": dict | PostDecoderConfig | None},
-        "model_type": model_type,
-        "post_decoder_config": None,
-        "__post_init__": __post_init__,
-        **extra,
-    }
-    return type(name, (base,), namespace)
+    """`base` plus an optional `post_decoder_config`, under its own `model_type`, named after it."""
+    return config_class_with_block(
+        base, model_type, base.__name__.removesuffix("Config") + "PostDecoderConfig", __name__
+    )
 
 
 Qwen2VLPostDecoderConfig = _with_block(Qwen2VLConfig, "qwen2_vl_post_decoder")
 Qwen2_5_VLPostDecoderConfig = _with_block(Qwen2_5_VLConfig, "qwen2_5_vl_post_decoder")
 Qwen3VLPostDecoderConfig = _with_block(Qwen3VLConfig, "qwen3_vl_post_decoder")
-
-
-def with_block_config(config_class: type, backbone_config, post_decoder_config: PostDecoderConfig | None = None):
-    """Our config class holding `backbone_config`'s values (a plain Qwen-VL config or ours) and the block's."""
-    values = backbone_config.to_dict()
-    values.pop("model_type", None)
-    values.pop("post_decoder_config", None)
-    if post_decoder_config is not None:
-        post_decoder_config = post_decoder_config.resolved_for(backbone_config)
-    return config_class(**values, post_decoder_config=post_decoder_config)
 
 
 def vision_widths(vision_config) -> tuple[int, int]:

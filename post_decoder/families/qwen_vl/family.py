@@ -4,10 +4,11 @@ default system message)."""
 
 import torch
 
+from ...configs_with_block import with_block_config
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout
 from . import conversation
-from .configuration import qwen_vl_block_sizes, with_block_config
+from .configuration import qwen_vl_block_sizes
 from .conversation import CONV_MODES
 from .key_layouts import HUB, LAYOUTS, TRANSFORMERS
 
