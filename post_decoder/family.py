@@ -22,7 +22,8 @@ that registers an instance of a `BackboneFamily` subclass (`register_family`) an
       (each image's placeholder count, read from those inputs), `image_token_count` (one image's count
       without its pixels: for data length checks), `prompt_inputs` (inputs read from each image's question:
       InstructBLIP's Q-Former tokens), `prompt_prefix_is_shared` and `encoded_image_inputs` (for POPE),
-      `vision_grid` (where each of the block's vision rows lies on its image, for pictures of where it looked);
+      `vision_grid` and `vision_rows_in_raster` (where the block's vision rows lie on their image, for pictures
+      of where it looked);
   [ ] the prompt: `conv_modes`, `default_conv_mode`, `prompt_module` (its `conversation.py`, whose
       `Conversation.for_mode`, `question_prompt` and `tokenize_with_image` the family's methods call),
       `image_token_id`;
@@ -282,6 +283,12 @@ class BackboneFamily(ABC):
         questions about one image). This default: `image_inputs` unchanged. InstructBLIP: the vision encoder's
         output, `image_embeds`."""
         return image_inputs
+
+    def vision_rows_in_raster(self, config, image_inputs: dict, vision_source: str) -> list[list[int] | None]:
+        """For each image, the indices of its grid's rows (the last rows x columns of `vision_grid`) in raster
+        order, `order[r * columns + c]` being patch (r, c)'s row; None where they are in raster order already (this
+        default: every family but Qwen-VL's pre-merger rows)."""
+        return [None] * len(self.vision_grid(config, image_inputs, vision_source))
 
     # --- loading ---
 

@@ -120,3 +120,12 @@ def test_qwens_pre_merger_rows_map_to_the_grid_as_documented(qwen):
         column = (merged % (columns // merge)) * merge + within % merge
         expected.append(row * columns + column)
     assert order == expected
+    # The family's raster order undoes it: the grey levels come back row by row.
+    (raster,) = family_for(qwen.plain).vision_rows_in_raster(qwen.plain.config, inputs, "vision_tower")
+    assert [order[index] for index in raster] == list(range(rows * columns))
+    assert family_for(qwen.plain).vision_rows_in_raster(qwen.plain.config, inputs, "projector") == [None]
+
+
+def test_every_other_familys_rows_are_in_raster_order_already(plain_llava):
+    grids_of = {"pixel_values": torch.zeros(2, 3, 32, 32)}
+    assert family_for(plain_llava).vision_rows_in_raster(plain_llava.config, grids_of, "vision_tower") == [None] * 2

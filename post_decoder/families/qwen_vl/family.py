@@ -60,12 +60,28 @@ class QwenVLFamily(BackboneFamily):
         """`projector`: each image's merged grid (h / m, w / m patches, m = `spatial_merge_size`), raster order.
         `vision_tower`: its patch grid (h, w), the rows in the processor's order, NOT raster: merged token by
         merged token (raster order), each one's m x m patches in raster order; patch (r, c) is row
-        ((r // m) * (w // m) + c // m) * m * m + (r % m) * m + c % m."""
+        ((r // m) * (w // m) + c // m) * m * m + (r % m) * m + c % m (`vision_rows_in_raster` lists them)."""
         merge = config.vision_config.spatial_merge_size
         grids = []
         for _, height, width in image_inputs["image_grid_thw"].tolist():  # (frames: 1 for an image)
             grids.append((height // merge, width // merge) if vision_source == "projector" else (height, width))
         return grids
+
+    def vision_rows_in_raster(self, config, image_inputs, vision_source) -> list[list[int] | None]:
+        grids = self.vision_grid(config, image_inputs, vision_source)
+        if vision_source == "projector":
+            return [None] * len(grids)
+        merge = config.vision_config.spatial_merge_size
+        return [
+            [
+                ((row // merge) * (columns // merge) + column // merge) * merge * merge
+                + (row % merge) * merge
+                + column % merge
+                for row in range(rows)
+                for column in range(columns)
+            ]
+            for rows, columns in grids
+        ]
 
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         if image is None or image_processor is None:
