@@ -61,12 +61,8 @@ def answer_attention(
 
 def raster_orders(family, config, inputs: dict, vision_source: str) -> list:
     """Each image's grid rows in raster order (indices into the rows the grid covers), or None where they already
-    are: the family's `vision_rows_in_raster` (Qwen-VL's pre-merger rows go merged token by merged token). A family
-    without that method has its rows in raster order (the interface's contract for `vision_grid`)."""
-    rows_in_raster = getattr(family, "vision_rows_in_raster", None)
-    if rows_in_raster is None:
-        return [None] * len(family.vision_grid(config, inputs, vision_source))
-    return rows_in_raster(config, inputs, vision_source)
+    are (Qwen-VL's pre-merger rows go merged token by merged token)."""
+    return family.vision_rows_in_raster(config, inputs, vision_source)
 
 
 def on_grid(attention: torch.Tensor, grid: tuple[int, int], order: torch.Tensor | None = None) -> torch.Tensor:

@@ -197,11 +197,6 @@ def documented_patch_row(row: int, column: int, columns: int, merge: int = 2) ->
     )
 
 
-@pytest.mark.xfail(
-    not hasattr(family_for("qwen2_5_vl"), "vision_rows_in_raster"),
-    reason="post_decoder/family.py has no vision_rows_in_raster yet: the pre-merger rows' order is only documented",
-    strict=True,
-)
 @pytest.mark.parametrize("world", ["qwen2_5_vl"], indirect=True)
 def test_the_qwen_heat_map_puts_each_pre_merger_row_on_its_own_patch(world):
     _, folder, *_ = world
