@@ -20,8 +20,9 @@ that registers an instance of a `BackboneFamily` subclass (`register_family`) an
       never from its mask alone);
   [ ] images: `image_inputs` (a batch's PIL images -> the model's keyword inputs), `image_token_counts`
       (each image's placeholder count, read from those inputs), `image_token_count` (one image's count
-      without its pixels: for data length checks), `prompt_inputs` (inputs read from each image's question:
-      InstructBLIP's Q-Former tokens), `prompt_prefix_is_shared` and `encoded_image_inputs` (for POPE),
+      without its pixels: for data length checks), `vision_rows_per_image` (the block's rows of one image),
+      `prompt_inputs` (inputs read from each image's question: InstructBLIP's Q-Former tokens),
+      `prompt_prefix_is_shared` and `encoded_image_inputs` (for POPE),
       `vision_grid` and `vision_rows_in_raster` (where the block's vision rows lie on their image, for pictures
       of where it looked);
   [ ] the prompt: `conv_modes`, `default_conv_mode`, `prompt_module` (its `conversation.py`, whose
@@ -249,13 +250,24 @@ class BackboneFamily(ABC):
     def image_inputs(self, images: list, image_processor) -> dict[str, torch.Tensor]:
         """One batch's PIL images (in order, every sample's) -> the keyword inputs the model's forward and
         `generate` take for them, on the CPU in float32: this default, `pixel_values` [I, 3, H, W] (LLaVA);
-        Qwen-VL's flattened patches `pixel_values` [sum of patches, C*T*P*P] and `image_grid_thw` [I, 3]."""
+        Qwen-VL's flattened patches `pixel_values` [sum of patches, C*T*P*P] and `image_grid_thw` [I, 3].
+
+        Every tensor holds its images' rows one after another along the first axis (image 0's rows, then image
+        1's, ...; `prompt_inputs` likewise): the inputs of images repeated in order are each tensor repeated
+        (`ha_dpo.data.collators.repeated_images` relies on it)."""
         return {"pixel_values": preprocess_images(images, image_processor)}
 
     def image_token_counts(self, config, image_inputs: dict) -> list[int]:
         """Each image's placeholder count in `image_inputs` (what `image_inputs` gave), in order: this default,
         `image_token_count(config)` for every row of `pixel_values`; Qwen-VL's from `image_grid_thw`."""
         return [self.image_token_count(config)] * len(image_inputs["pixel_values"])
+
+    def vision_rows_per_image(self, config, image_tokens: int, vision_source: str) -> int:
+        """How many vision rows the block reads for one image of `image_tokens` placeholders (`vision_source`'s
+        features; what a backbone cache stores per image, so its disk estimate): this default, one per image token
+        (LLaVA's projector maps each patch alone); Qwen-VL's tower has `spatial_merge_size**2` per token, the BLIP
+        families' ViT its patches and CLS whatever the query count."""
+        return image_tokens
 
     @abstractmethod
     def vision_grid(self, config, image_inputs: dict, vision_source: str) -> list[tuple[int, int] | None]:
@@ -303,6 +315,13 @@ class BackboneFamily(ABC):
         processor; a family whose processor takes none refuses them with an InputError."""
 
     # --- training ---
+
+    def checkpoint_flag_values(self, config) -> dict:
+        """The checkpoint's own values of HA-DPO's LLaVA-1.5 model flags, which training checks the flags against
+        (a flag this omits is a setting the model does not have, and is refused): `mm_vision_select_layer` (the
+        tower's layer the projector reads), `vision_tower_shape` ((patch size, image size) of its CLIP tower). This
+        default: none (LLaVA-1.5 answers both)."""
+        return {}
 
     lora_targets: str  # PEFT's target_modules: the LLM's linear layers
     modules_trained_with_lora: tuple[str, ...] = ()  # submodule paths trained beside the adapters, if asked

@@ -372,3 +372,15 @@ def test_llava_v1_mode_changes_the_system_prompt_ids_and_nothing_else(
     assert len(llava["labels"]) == len(vicuna["labels"]) + shift
     with pytest.raises(InputError, match="unknown conversation mode 'vicuna'"):
         build([sample], tokenizer, conv_mode="vicuna")
+
+
+def test_an_image_turn_without_a_question_is_the_image_alone_as_llava_strips_it(llama2, image_file):
+    """LLaVA's preprocess_multimodal strips the turn to "<image>" (no line break): "... USER: <image> ASSISTANT:
+    A cat.</s>", split on <image> as tokenizer_image_token splits it. The ids, written out from that rule."""
+    item = supervised_item(((USER, "<image>"), (ASSISTANT, "A cat.")), llama2, tmp_image=image_file)
+    system = [1, 319, 13563, 1546, 263, 12758, 1404, 322, 385, 23116, 21082, 20255, 29889, 450, 20255, 4076, 8444,
+              29892, 13173, 29892, 322, 1248, 568, 6089, 304, 278, 1404, 29915, 29879, 5155, 29889]  # fmt: skip
+    user, assistant, answer = [3148, 1001, 29901, 29871], [319, 1799, 9047, 13566, 29901], [319, 6635, 29889, 2]
+    assert item["input_ids"].tolist() == system + user + [32000] + assistant + answer
+    assert item["labels"].tolist() == [-100] * (len(system) + len(user) + 1 + len(assistant)) + answer
+    assert item["prompt_text"] == ""

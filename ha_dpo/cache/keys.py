@@ -40,5 +40,9 @@ def entry_key(kind: str, image_digest: str | None, *arrays) -> str:
     return f"{kind}/{digest.hexdigest()[:40]}"
 
 
-def image_key(image_digest: str) -> str:
+def image_key(image_digest: str, *prompt_arrays) -> str:
+    """`image/<digest>` of an image file; with the ids a family reads from the image's question (InstructBLIP's
+    Q-Former tokens: its query outputs, the block's `projector` features, depend on them), of the two."""
+    if prompt_arrays:
+        return "image/" + entry_key("prompted", image_digest, *prompt_arrays).split("/", 1)[1]
     return f"image/{image_digest[:40]}"

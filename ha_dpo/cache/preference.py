@@ -3,7 +3,8 @@
 Per pair (`pair/<digest of image, prompt, chosen and rejected ids>`), one tensor of rows, D wide:
     the last prompt position, then the chosen answer's positions, then the rejected answer's
     (with `prompt_states`, every prompt position instead of the last one: `transformer_block` reads them)
-Per image (`image/<digest of the file>`): its vision features [N, Dv], the rows the block's mask keeps.
+Per image (`image/<digest of the file>`, with the ids of its question where the family reads them, as
+InstructBLIP's Q-Former does): its vision features [N, Dv], the rows the block's mask keeps.
 
 The rows are those `objective.pair_logps.backbone_pair_states` gives the heads, cut out of the batch the
 pair was built in; the collator puts them back in the same places (zeros where a batch pads, which the
@@ -37,10 +38,12 @@ class PreferenceSource:
             counts = dataset.image_counts(sample)
             prompt_length = expanded_length(prompt, dataset.image_token_id, counts)
             self.lengths.append((prompt_length, len(chosen), len(rejected)))
-            # The image's own count in the key (LLaVA's: the one count of every image).
+            # The image's own count in the key (LLaVA's: the one count of every image), and the ids the family
+            # reads from the question beside the image (InstructBLIP's Q-Former: the image's tokens depend on them).
             image_tokens = dataset.image_tokens.key(sample.image)
-            self.entry_keys.append(entry_key("pair", digest, prompt, chosen, rejected, image_tokens))
-            self.image_keys.append(image_key(digest) if digest else None)
+            read = collator.image_inputs.prompt_key_ids(dataset.prompt_text(sample)) if digest else []
+            self.entry_keys.append(entry_key("pair", digest, prompt, chosen, rejected, image_tokens, *read))
+            self.image_keys.append(image_key(digest, *read) if digest else None)
             self.image_token_counts.append(sum(counts))
 
     def __len__(self) -> int:

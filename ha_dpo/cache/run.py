@@ -134,7 +134,8 @@ def _source(kind: str, trainer, prompt_states: bool):
 
 def _plan(directory, source, store, model, dtype: torch.dtype) -> str:
     """What the build will add and the disk it will take (refused if the disk has not that much free)."""
-    sizes = family_for(model).block_sizes(model.config, vision_source(model))
+    family, source_name = family_for(model), vision_source(model)
+    sizes = family.block_sizes(model.config, source_name)
     item = torch.empty((), dtype=dtype).element_size()
     missing_entries, missing_images = {}, {}
     for index in range(len(source)):
@@ -142,9 +143,9 @@ def _plan(directory, source, store, model, dtype: torch.dtype) -> str:
         if key not in store:
             missing_entries[key] = source.rows(index)
         if image and image not in store:
-            missing_images[image] = source.image_token_counts[index]
+            tokens = source.image_token_counts[index]
+            missing_images[image] = family.vision_rows_per_image(model.config, tokens, source_name)
     entry_bytes = sum(missing_entries.values()) * sizes["hidden_size"] * item
-    # One row per image token: LLaVA's exact; Qwen-VL's vision encoder (before its merger) has merge_size**2 each.
     image_bytes = sum(missing_images.values()) * sizes["vision_hidden_size"] * item
     distinct = len(set(source.entry_keys))
     if not missing_entries and not missing_images:

@@ -36,8 +36,9 @@ class SupervisedSource:
             self.targets.append(_targets(ids, spans))
             span_array = np.asarray(spans, dtype=np.int64).reshape(-1)
             image_tokens = dataset.image_tokens.key(sample.image)  # the image's own count (LLaVA's: the one)
-            self.entry_keys.append(entry_key("sample", digest, ids, span_array, image_tokens))
-            self.image_keys.append(image_key(digest) if digest else None)
+            read = collator.image_inputs.prompt_key_ids(dataset.prompt_text(sample)) if digest else []  # as pairs
+            self.entry_keys.append(entry_key("sample", digest, ids, span_array, image_tokens, *read))
+            self.image_keys.append(image_key(digest, *read) if digest else None)
             self.image_token_counts.append(sum(dataset.image_counts(sample)))
 
     def __len__(self) -> int:

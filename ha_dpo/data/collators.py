@@ -6,8 +6,11 @@ The images of the samples that have one, in order, become the model family's ima
 `pixel_values` and `image_grid_thw`), at the top level of the batch beside the ids: the model matches images to
 samples by their image tokens. Given the model's config, a collator checks that each sample's run of image tokens
 (the dataset's count, from the image's size) is the count the processor gave (`family.image_token_counts`).
+Beside them go the inputs the family reads from each image's question (`family.prompt_inputs` of the items'
+`prompt_text`: InstructBLIP's Q-Former tokens; none for LLaVA, Qwen-VL, MiniGPT-4), one row per image as well.
 """
 
+import numpy as np
 import torch
 
 from post_decoder.family import DEFAULT_FAMILY, family_for
@@ -48,7 +51,14 @@ class _ImageInputs:
         inputs = self.family.image_inputs([item["image"] for item in with_image], self.image_processor)
         if self.config is not None:
             self._check_counts(with_image, ids_key, self.family.image_token_counts(self.config, inputs))
-        return inputs
+        texts = [item.get("prompt_text", "") for item in with_image]
+        return {**inputs, **self.family.prompt_inputs(texts, self.image_processor)}
+
+    def prompt_key_ids(self, text: str) -> list[np.ndarray]:
+        """The ids the family reads from one image's question (`prompt_inputs`, each tensor flattened; none for a
+        family that reads none): what a backbone cache's keys add, since the states depend on them."""
+        inputs = self.family.prompt_inputs([text], self.image_processor)
+        return [value.reshape(-1).numpy() for _, value in sorted(inputs.items())]
 
     def _check_counts(self, items: list[dict], ids_key: str, counts: list[int]):
         image_token_id = self.family.image_token_id(self.config)
@@ -102,6 +112,7 @@ class SupervisedCollator:
 
 def repeated_images(image_inputs: dict, times: int = 2) -> dict:
     """The inputs of a batch's images `times` over, in that order (images 0..I-1, then again): every family's
-    image inputs are its images' rows one after another along the first axis (LLaVA's [I, 3, H, W]; Qwen-VL's
-    patches and `image_grid_thw`)."""
+    image inputs (and prompt inputs) are its images' rows one after another along the first axis, as
+    `BackboneFamily.image_inputs` promises (LLaVA's [I, 3, H, W]; Qwen-VL's patches and `image_grid_thw`;
+    InstructBLIP's Q-Former tokens)."""
     return {name: torch.cat([value] * times) for name, value in image_inputs.items()}

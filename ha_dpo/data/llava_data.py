@@ -212,10 +212,11 @@ class SupervisedDataset(Dataset):
     """Tokenized at construction, so every length problem is counted before training starts;
     images are checked here (exists, PIL can decode it) and opened when an item is served.
 
-    Items: `sample_id`, `input_ids` and `labels` (1-D long tensors, image tokens expanded) and
-    `image` (RGB PIL image or None). A conversation longer than `model_max_length` is cut at the
-    end; one left with no answer token (its loss would be undefined) is skipped. `image_seq_length`: each
-    image's token count, one for every image or an `ImageTokens` (the image's own, from its size).
+    Items: `sample_id`, `input_ids` and `labels` (1-D long tensors, image tokens expanded),
+    `image` (RGB PIL image or None) and `prompt_text` (the image's question: `family.prompt_inputs` reads it).
+    A conversation longer than `model_max_length` is cut at the end; one left with no answer token (its loss would
+    be undefined) is skipped. `image_seq_length`: each image's token count, one for every
+    image or an `ImageTokens` (the image's own, from its size).
     """
 
     def __init__(
@@ -278,6 +279,15 @@ class SupervisedDataset(Dataset):
             self.skips.note("samples cut at model_max_length")
         return sample, ids[:kept], tuple(spans)
 
+    @staticmethod
+    def prompt_text(sample: SupervisedSample) -> str:
+        """The text of the turn that holds the image, as the template puts it after the image (what
+        `family.prompt_inputs` reads: InstructBLIP's Q-Former, whose template holds one question); "" without one."""
+        for role, text in sample.turns:
+            if role == USER and IMAGE_TOKEN in text:
+                return _template_turn(text)[0]
+        return ""
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -292,4 +302,5 @@ class SupervisedDataset(Dataset):
             "input_ids": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, counts)).long(),
             "labels": torch.from_numpy(expand_image_tokens(ids, self.image_token_id, counts, labels)),
             "image": load_image(sample.image, sample.sample_id, sample.source) if sample.image else None,
+            "prompt_text": self.prompt_text(sample),
         }

@@ -63,7 +63,8 @@ class PreferenceDataset(Dataset):
     images are checked here (exists, PIL can decode it) and opened when an item is served.
 
     Items: `sample_id`, `prompt_input_ids`, `chosen_input_ids`, `rejected_input_ids` (1-D long
-    tensors; the prompt with its image tokens expanded) and `image` (RGB PIL image or None).
+    tensors; the prompt with its image tokens expanded), `image` (RGB PIL image or None) and `prompt_text`
+    (the question after the image: `family.prompt_inputs` reads it).
     A sequence longer than `model_max_length` loses the end of its answer; a pair whose prompt
     leaves no room for an answer is skipped, and so is a pair whose two answers are the same ids
     (in the file, or once cut): it has nothing to prefer and only pulls the loss toward ln 2.
@@ -148,6 +149,12 @@ class PreferenceDataset(Dataset):
         """The token count of each image of the sample's prompt (none or one)."""
         return [self.image_tokens.of(sample.image)] if sample.image else []
 
+    @staticmethod
+    def prompt_text(sample: PreferenceSample) -> str:
+        """The question as the template puts it after the image (what `family.prompt_inputs` reads: InstructBLIP's
+        Q-Former): stripped, as `prompt_and_answer_ids` strips the turn holding the image."""
+        return sample.question.strip() if sample.image else sample.question
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -160,4 +167,5 @@ class PreferenceDataset(Dataset):
             "chosen_input_ids": torch.from_numpy(chosen).long(),
             "rejected_input_ids": torch.from_numpy(rejected).long(),
             "image": load_image(sample.image, sample.sample_id, sample.source) if sample.image else None,
+            "prompt_text": self.prompt_text(sample),
         }

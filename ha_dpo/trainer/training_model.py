@@ -100,29 +100,27 @@ def conv_mode_for(model, conv_mode: str | None) -> str:
 
 def _check_matches_checkpoint(model_args, model):
     """HA-DPO's model flags describe the checkpoint; a disagreement is a mistake, not a request. They are
-    LLaVA-1.5's settings: a checkpoint without them (Qwen-VL) refuses the flags."""
-    config, name = model.config, family_for(model).name
-    layer = getattr(config, "vision_feature_layer", None)
-    if model_args.mm_vision_select_layer is not None and layer is None:
+    LLaVA-1.5's settings (`family.checkpoint_flag_values`): a checkpoint without them refuses the flags."""
+    family = family_for(model)
+    values, name, path = family.checkpoint_flag_values(model.config), family.name, model_args.model_name_or_path
+    layer = model_args.mm_vision_select_layer
+    if layer is not None and "mm_vision_select_layer" not in values:
         raise InputError(
-            f"--mm_vision_select_layer {model_args.mm_vision_select_layer}: {model_args.model_name_or_path} is a "
-            f"{name} model, which has no such setting (a LLaVA-1.5 flag): drop the flag"
+            f"--mm_vision_select_layer {layer}: {path} is a {name} model, which has no such setting (a LLaVA-1.5 "
+            "flag): drop the flag"
         )
-    if model_args.mm_vision_select_layer is not None and model_args.mm_vision_select_layer != layer:
-        raise InputError(
-            f"--mm_vision_select_layer {model_args.mm_vision_select_layer}, but {model_args.model_name_or_path} "
-            f"uses layer {layer}"
-        )
+    if layer is not None and layer != values["mm_vision_select_layer"]:
+        raise InputError(f"--mm_vision_select_layer {layer}, but {path} uses layer {values['mm_vision_select_layer']}")
     if model_args.vision_tower is not None:  # the checkpoint's own tower is used; the flag is checked against it
-        vision = config.vision_config
-        shape = (getattr(vision, "patch_size", None), getattr(vision, "image_size", None))
-        if None in shape:
+        shape = values.get("vision_tower_shape")
+        if shape is None:
             raise InputError(
-                f"--vision_tower {model_args.vision_tower}: {model_args.model_name_or_path} is a {name} model, whose "
-                "vision encoder takes images of any size (the flag names a CLIP tower, as LLaVA-1.5's): drop the flag"
+                f"--vision_tower {model_args.vision_tower}: {path} is a {name} model, whose vision encoder is its own "
+                "(the flag names a CLIP tower of one image size, as LLaVA-1.5's; not an encoder that takes images of "
+                "any size or of its own): drop the flag"
             )
         if tower_shape_named(model_args.vision_tower) != shape:
             raise InputError(
-                f"--vision_tower {model_args.vision_tower}, but {model_args.model_name_or_path}'s tower has patch "
+                f"--vision_tower {model_args.vision_tower}, but {path}'s tower has patch "
                 f"{shape[0]} and image size {shape[1]}; the tower is always the checkpoint's own: drop the flag"
             )

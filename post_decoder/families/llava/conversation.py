@@ -49,7 +49,11 @@ class Conversation:
         return cls(system=CONV_MODES[conv_mode])
 
     def add_user(self, text: str, with_image: bool = False) -> "Conversation":
-        self.messages.append((USER, f"{IMAGE_TOKEN}\n{text}" if with_image else text))
+        """The image as `<image>\n` before `text`; alone (no line break) when `text` is empty, as LLaVA's
+        `preprocess_multimodal` strips a turn that holds nothing but the image."""
+        if with_image:
+            text = f"{IMAGE_TOKEN}\n{text}" if text else IMAGE_TOKEN
+        self.messages.append((USER, text))
         return self
 
     def add_assistant(self, text: str | None) -> "Conversation":

@@ -24,6 +24,13 @@ class LlavaFamily(BackboneFamily):
     lora_targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     modules_trained_with_lora = ("model.multi_modal_projector",)
 
+    def checkpoint_flag_values(self, config) -> dict:
+        vision = config.vision_config
+        return {
+            "mm_vision_select_layer": config.vision_feature_layer,
+            "vision_tower_shape": (vision.patch_size, vision.image_size),
+        }
+
     def block_sizes(self, config, vision_source: str) -> dict[str, int]:
         return llava_block_sizes(config, vision_source)
 

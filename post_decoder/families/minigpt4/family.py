@@ -41,6 +41,12 @@ class MiniGPT4Family(BackboneFamily):
     def image_token_count(self, config, image=None, image_processor=None) -> int:
         return config.image_seq_length  # every image is resized to one size: 32 queries, or 64 groups of patches
 
+    def vision_rows_per_image(self, config, image_tokens: int, vision_source: str) -> int:
+        """`vision_tower`: the ViT's CLS row and its patches (257 at 224 pixels); `projector`: the image tokens."""
+        if vision_source == "projector":
+            return image_tokens
+        return (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1
+
     def vision_grid(self, config, image_inputs, vision_source) -> list[tuple[int, int] | None]:
         """`vision_tower`: the ViT's patch grid (16 x 16 at 224 pixels) after its CLS row. `projector`: the Vicuna
         version's 32 query outputs have none (None); the Llama-2 version's image tokens are runs of four

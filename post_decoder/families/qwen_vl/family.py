@@ -67,6 +67,12 @@ class QwenVLFamily(BackboneFamily):
             grids.append((height // merge, width // merge) if vision_source == "projector" else (height, width))
         return grids
 
+    def vision_rows_per_image(self, config, image_tokens: int, vision_source: str) -> int:
+        """`vision_tower`: the patches before the merger, `spatial_merge_size**2` per image token."""
+        if vision_source == "projector":
+            return image_tokens
+        return image_tokens * config.vision_config.spatial_merge_size**2
+
     def vision_rows_in_raster(self, config, image_inputs, vision_source) -> list[list[int] | None]:
         grids = self.vision_grid(config, image_inputs, vision_source)
         if vision_source == "projector":
