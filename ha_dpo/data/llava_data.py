@@ -250,7 +250,11 @@ class SupervisedDataset(Dataset):
         return [self.image_tokens.of(sample.image)] if sample.image else []
 
     def _tokenize(self, sample: SupervisedSample, tokenizer, model_max_length: int):
-        tokenized = conversation_ids_and_answer_spans(sample.turns, tokenizer, self.image_token_id, self.conv_mode)
+        try:
+            tokenized = conversation_ids_and_answer_spans(sample.turns, tokenizer, self.image_token_id, self.conv_mode)
+        except InputError as error:  # e.g. a multi-turn sample for a template of one question (InstructBLIP's)
+            self.skips.skip(sample.sample_id, "the template cannot hold this conversation", str(error), sample.source)
+            return None
         if tokenized is None:
             detail = "an answer's first token merges with the text before it"
             self.skips.skip(sample.sample_id, "tokenization mismatch", detail, sample.source)

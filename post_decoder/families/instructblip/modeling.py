@@ -54,6 +54,11 @@ class InstructBlipPostDecoderForConditionalGeneration(
             )
         super().__init__(config)
 
+    @property
+    def lm_head(self) -> torch.nn.Linear:
+        """The language model's head (training's heads read `model.lm_head`, as for every family)."""
+        return self.language_model.lm_head
+
     # --- the backbone (see post_decoder/family.py) ---
 
     def encode_images(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
