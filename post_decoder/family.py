@@ -148,6 +148,9 @@ class BackboneFamily(ABC):
     conv_modes: dict[str, str]  # the prompt templates it knows, by name
     default_conv_mode: str
     head_key: str = "lm_head.weight"  # the head's tensor in our names (stage 0 and 2 replace it)
+    # Sub-folders a model folder is made of besides its files (InstructBLIP's `qformer_tokenizer/`): a merge into a
+    # new folder must copy them.
+    model_folders: tuple[str, ...] = ()
 
     # --- sizes ---
 

@@ -201,3 +201,17 @@ def test_a_cache_keys_pairs_and_images_on_the_qformers_question(tiny):
     dataset.items[1] = (same_question, *dataset.items[1][1:])  # pair 1 now asks pair 0's question of the Q-Former
     source = PreferenceSource(dataset, collator, {paths[0]: "d" * 64}, prompt_states=False)
     assert source.image_keys[0] == source.image_keys[1] != source.image_keys[2]
+
+
+def test_the_frozen_backbone_runs_without_dropout_in_training_mode(tiny):
+    """The Q-Former has dropout (0.1, as the hub's); in a training step the frozen backbone still gives the states a
+    backbone cache stores (eval mode), the same every step, and the model's mode is kept."""
+    _, plain, _, _ = tiny
+    model = with_block(plain, "post_interaction", perturb=0.1, seed=3)
+    assert model.config.qformer_config.hidden_dropout_prob > 0
+    _, _, batch = preference_batch(tiny)
+    expected = backbone_pair_states(model, batch).hidden  # eval mode
+    model.train()
+    torch.manual_seed(0)
+    assert torch.equal(backbone_pair_states(model, batch).hidden, expected)
+    assert model.training and model.qformer.training

@@ -11,6 +11,7 @@ Two halves: `backbone_pair_states` (the frozen backbone: what the heads read, `P
 output and rebuilds the same `PairStates` from disk, so the heads get the same tensors either way.
 """
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -75,6 +76,19 @@ def answers_and_masks(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return answers, answer_mask, torch.cat([prompt_mask_2, answer_mask], dim=1)
 
 
+@contextlib.contextmanager
+def frozen_backbone_mode(model):
+    """The frozen backbone runs in eval mode, whatever the trainer set: no dropout (the BLIP families' Q-Former has
+    some; LLaVA's and Qwen-VL's backbones none), so its states are the same in every step and run, and equal to
+    those a backbone cache stores (built in eval mode). The block's own mode is put back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def backbone_pair_states(model, batch: dict) -> PairStates:
     """The frozen backbone's part: batch as `shared_pair_logps` takes it. Runs without a graph.
 
@@ -83,7 +97,7 @@ def backbone_pair_states(model, batch: dict) -> PairStates:
     prompt_ids, prompt_mask, family = batch["prompt_input_ids"], batch["prompt_attention_mask"], family_for(model)
     image_inputs = image_inputs_of(batch, PREFERENCE_TEXT_KEYS)
     answers, answer_mask, sequence_mask = answers_and_masks(batch)
-    with torch.no_grad():  # the backbone is frozen: no graph through it
+    with torch.no_grad(), frozen_backbone_mode(model):  # the backbone is frozen: no graph, no dropout
         prompt_positions = family.prompt_position_ids(model, prompt_ids, prompt_mask, image_inputs or None)
         prompt = model.backbone_forward(
             input_ids=prompt_ids,

@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..data.collators import SUPERVISED_TEXT_KEYS, image_inputs_of
 from ..data.token_ids import IGNORE_INDEX
+from .pair_logps import frozen_backbone_mode
 
 STATES_KEY = "label_hidden_states"  # a batch that carries it holds the backbone's states, read from a cache
 
@@ -55,7 +56,7 @@ def backbone_label_states(model, batch: dict) -> LabelStates:
     """The frozen backbone's part (no graph). Positions are numbered as the model's own forward numbers
     them (no position ids: LLaVA's are 0, 1, 2, ... under right padding; Qwen-VL's its M-RoPE positions from the
     image tokens and grids, as `prompt_position_ids`)."""
-    with torch.no_grad():
+    with torch.no_grad(), frozen_backbone_mode(model):
         output = model.backbone_forward(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],

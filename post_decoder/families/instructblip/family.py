@@ -23,6 +23,7 @@ class InstructBlipFamily(BackboneFamily):
     prompt_module = conversation
     default_conv_mode = DEFAULT_CONV_MODE
     head_key = "language_model.lm_head.weight"
+    model_folders = ("qformer_tokenizer",)  # loading.QFORMER_TOKENIZER_FOLDER: the Q-Former's tokenizer
     # LoRA on the LLM's linear layers only, never the vision encoder, the Q-Former or lm_head; the projection
     # into the LLM (LAVIS's `llm_proj`) trains beside them when asked, as LLaVA's projector does.
     lora_targets = r".*language_model\.model\.layers\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
