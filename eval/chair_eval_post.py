@@ -42,7 +42,7 @@ from eval.run_helpers import barrier, coco_path_hint, gather
 from post_decoder.builder import load_pretrained_model
 from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
-from post_decoder.family import conv_modes, default_conv_mode
+from post_decoder.family import conv_modes
 from post_decoder.images import open_image
 
 DEFAULT_NUM_IMAGES, DEFAULT_SEED = 500, 0
@@ -71,7 +71,12 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=None, help=f"the sample's seed (default {DEFAULT_SEED})")
     parser.add_argument("--image-ids", metavar="FILE", help="describe these COCO image ids (one a line) instead")
     parser.add_argument("--prompt", default=DESCRIPTION_PROMPT)
-    parser.add_argument("--conv-mode", choices=tuple(conv_modes()), default=default_conv_mode())
+    parser.add_argument(
+        "--conv-mode",
+        choices=tuple(conv_modes()),
+        default=None,
+        help="the prompt template (default: the model family's own, as the model answers by default)",
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=CHAIR_MAX_NEW_TOKENS, help="a description stops at </s> anyway"
     )
@@ -190,7 +195,7 @@ def main(argv=None):
         settings = DescriptionSettings(
             weights=weights_fingerprint(model),
             dtype=str(model.dtype).removeprefix("torch."),
-            conv_mode=args.conv_mode,
+            conv_mode=describer.conv_mode,
             prompt_suffix="",
             max_new_tokens=args.max_new_tokens,
             model_path=args.model_path,

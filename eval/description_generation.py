@@ -35,7 +35,7 @@ class BatchedDescriber:
         family.conversation(conv_mode)  # an unknown mode is refused here, before any image is read
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
         self.prompt, self.max_new_tokens, self.batch_size = prompt, max_new_tokens, batch_size
-        self.conv_mode = conv_mode or family.default_conv_mode
+        self.conv_mode = conv_mode or family.default_conv_mode_for(model.config)  # the template the model answers in
 
     def describe(self, pictures: list) -> list[str]:
         """One description per PIL image, `batch_size` images per `generate` call."""

@@ -229,6 +229,7 @@ def test_image_ids_fix_the_list(workspace, tmp_path):
     assert [record["image_id"] for record in read_lines(tmp_path / "a.jsonl")] == [102, 105]
     settings = json.loads((tmp_path / "a.jsonl.settings.json").read_text())
     assert (settings["image_seed"], settings["image_count"]) == (None, 2)
+    assert settings["conv_mode"] == "vicuna_v1"  # without --conv-mode: the family's own, recorded as such
     for text, message in (
         ("105\nabc\n", r"ids.txt:2: 'abc' is not a COCO image id"),
         ("105\n105\n", r"ids.txt:2: image id 105 again \(first on line 1\)"),
@@ -340,3 +341,15 @@ def test_torchrun_on_two_processes_writes_the_same_descriptions_as_one(workspace
     assert result.returncode == 0, result.stderr[-3000:]
     assert two.read_text() == one.read_text()
     assert json.loads((tmp_path / "two_metrics.json").read_text())["descriptions"] == 5
+
+
+def test_descriptions_default_to_the_template_the_model_answers_in():
+    """A Vicuna MiniGPT-4 describes in minigpt4_vicuna0 (`family.default_conv_mode_for`), not its family's first
+    template (the Llama-2 version's)."""
+    from eval.description_generation import BatchedDescriber
+    from post_decoder.families.minigpt4.tiny import make_tiny_minigpt4
+    from post_decoder.family import family_for
+
+    vicuna = make_tiny_minigpt4(300, has_qformer=True)
+    assert family_for(vicuna).default_conv_mode != "minigpt4_vicuna0"
+    assert BatchedDescriber(vicuna, None, None).conv_mode == "minigpt4_vicuna0"
