@@ -1,7 +1,7 @@
-"""The README's quickstart on fixed seeds, with fewer POPE and CHAIR images: stage 1 of the block really
-fixes the toy base model's hallucination, in yes/no answers and in descriptions, through what the block
-sees of the image; the block that cannot see it (no_cross_attn, trained on the same pairs) does not fix
-the descriptions."""
+"""The README's quickstart on fixed seeds, with fewer POPE images: stage 1 of the block really fixes the
+toy base model's hallucination, in yes/no answers (through what the block sees of the image) and in
+descriptions; the block without cross-attention, trained on the same pairs, does not fix the descriptions
+at this recipe."""
 
 import json
 import os
@@ -25,7 +25,7 @@ from tests.helpers.charts import (
 POPE_IMAGES = 60  # per POPE set
 CHAIR_IMAGES = 150  # the quickstart's default: CHAIR is cheap, and 60 descriptions are a noisy measure
 RECALL_DROP_POINTS = 5  # the most recall (in points) the block may lose while it cuts CHAIR_i
-CONTROL_CHAIR_I_CHANGE = 0.1  # the no_cross_attn control changes CHAIR_i by less than a tenth
+CONTROL_CHAIR_I_CHANGE = 0.1  # the no_cross_attn block changes CHAIR_i by less than a tenth
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,10 @@ def test_the_chart_shows_pope_above_chair(quickstart):
 
 
 @pytest.mark.slow
-def test_the_block_that_cannot_see_the_image_does_not_fix_descriptions(quickstart, control):
+def test_the_block_without_cross_attention_does_not_cut_chair_i_at_this_recipe(quickstart, control):
+    # Trained on the same pairs, it cannot win the description pairs by blindly leaving partners out (the
+    # pairs reject as many omissions as hallucinations). It is no proof that the default block reads the image
+    # for descriptions (see the empty-picture test): at lr 1e-3 the control cuts CHAIR_i as much.
     _, results = quickstart
     base = results["chair"]["base"]
     print({"control": (control["chair_i"], control["recall"])})
@@ -121,18 +124,17 @@ def test_trained_answers_stay_well_formed(quickstart):
 
 @pytest.mark.slow
 def test_the_gain_comes_through_what_the_block_sees(quickstart, tmp_path):
-    # The trained block, shown an empty picture while the backbone still sees the real image: its
-    # gains must go. A block that cannot see the image (or an untouched identity) would not change.
+    # The trained block, shown an empty picture while the backbone still sees the real image: its POPE
+    # gain must go. A block that cannot see the image (or an untouched identity) would not change.
+    # (Its CHAIR gain mostly stays there: CHAIR_i 15.6 -> 16.6, recall 96.9 -> 96.0, measured 2026-11-30;
+    # at this recipe the description fix is not shown to come through the image, so it is not asserted.)
     out, results = quickstart
-    trained, world = os.path.join(out, "stage1"), os.path.join(out, "world")
+    trained = os.path.join(out, "stage1")
     with block_shown_an_empty_picture(empty_picture_features(DEFAULT_CHECKPOINT)):
-        shown_empty = pope(world, str(tmp_path), trained, DEFAULT_CHECKPOINT)
-        described_empty = chair(world, str(tmp_path), trained, CHAIR_IMAGES, DEFAULT_CHECKPOINT)
+        shown_empty = pope(os.path.join(out, "world"), str(tmp_path), trained, DEFAULT_CHECKPOINT)
     changes = f1_changes(results["metrics"]["stage1"], shown_empty)
-    print(changes, described_empty["chair_i"])
+    print(changes)
     assert changes["adversarial"] <= -5 and changes["random"] <= -5
-    before, after = results["chair"]["base"]["chair_i"], results["chair"]["stage1"]["chair_i"]
-    assert described_empty["chair_i"] - after >= (before - after) / 2  # at least half the CHAIR_i gain is gone
 
 
 @pytest.mark.slow
