@@ -186,3 +186,78 @@ def test_lora_targets_are_the_llms_linear_layers_and_the_projector_trains_beside
     targeted = [name for name in names if re.fullmatch(LLAVA.lora_targets, name)]
     assert targeted and all(name.startswith("model.language_model.layers.") for name in targeted)
     assert all(plain_llava.get_submodule(name) is not None for name in LLAVA.modules_trained_with_lora)
+
+
+def test_checkpoint_flag_values_are_llavas_settings_and_other_families_have_none(plain_llava, tmp_path):
+    from ha_dpo.cli.arguments import ModelArguments
+    from ha_dpo.trainer.training_model import _check_matches_checkpoint
+    from post_decoder.families.minigpt4.tiny import make_tiny_minigpt4
+
+    config = plain_llava.config
+    vision = config.vision_config
+    assert LLAVA.checkpoint_flag_values(config) == {
+        "mm_vision_select_layer": config.vision_feature_layer,
+        "vision_tower_shape": (vision.patch_size, vision.image_size),
+    }
+    minigpt4 = make_tiny_minigpt4(300)
+    assert family_for(minigpt4).checkpoint_flag_values(minigpt4.config) == {}
+    for flags, message in (
+        ({"mm_vision_select_layer": -2}, r"MiniGPT-4 model, which has no such setting \(a LLaVA-1.5 flag\): drop"),
+        ({"vision_tower": "openai/clip-vit-large-patch14-336"}, "whose vision encoder is its own"),
+    ):
+        with pytest.raises(InputError, match=message):
+            _check_matches_checkpoint(ModelArguments("tiny", tune_post_decoder=True, **flags), minigpt4)
+    layer = ModelArguments("tiny", tune_post_decoder=True, mm_vision_select_layer=config.vision_feature_layer)
+    _check_matches_checkpoint(layer, plain_llava)  # LLaVA's own value passes
+    with pytest.raises(InputError, match=f"uses layer {config.vision_feature_layer}"):
+        _check_matches_checkpoint(
+            ModelArguments("tiny", tune_post_decoder=True, mm_vision_select_layer=-7), plain_llava
+        )
+
+
+@pytest.mark.parametrize("vision_source", ["vision_tower", "projector"])
+def test_vision_rows_per_image_are_the_rows_the_block_reads(vision_source, plain_llava, llava_tokenizer, tmp_path):
+    """What a backbone cache's disk estimate counts per image: the rows `backbone_forward` packs for the block."""
+    from post_decoder import PostDecoderConfig
+    from post_decoder.families.instructblip.tiny import (
+        make_qformer_tokenizer,
+        make_tiny_instructblip,
+        question_batch,
+        tiny_processor,
+        train_language_tokenizer,
+    )
+    from post_decoder.families.instructblip.tiny import with_block as instructblip_with_block
+    from post_decoder.families.minigpt4.tiny import (
+        make_tiny_minigpt4,
+        minigpt4_batch,
+        tiny_minigpt4_tokenizer,
+        train_tiny_minigpt4_tokenizer,
+    )
+    from post_decoder.families.minigpt4.tiny import with_block as minigpt4_with_block
+    from tests.helpers.qwen_vl import TinyQwen, batch, ours, picture
+
+    cases = []
+    tokenizer = train_language_tokenizer(str(tmp_path / "llm"))
+    qformer = make_qformer_tokenizer(str(tmp_path / "qformer"))
+    plain = make_tiny_instructblip(tokenizer, qformer)
+    model = instructblip_with_block(plain, "post_interaction", vision_source=vision_source)
+    inputs = question_batch(model, tiny_processor(tokenizer, qformer, plain.config), [picture(40, 30)], ["Is it?"])
+    cases.append((model, inputs))
+    train_tiny_minigpt4_tokenizer(str(tmp_path / "minigpt4"))
+    minigpt4_tokenizer = tiny_minigpt4_tokenizer(str(tmp_path / "minigpt4"))
+    for has_qformer in (False, True):
+        plain = make_tiny_minigpt4(len(minigpt4_tokenizer) - 2, has_qformer=has_qformer)
+        model = minigpt4_with_block(plain, "post_interaction", vision_source=vision_source)
+        cases.append((model, minigpt4_batch(model, minigpt4_tokenizer, ["Is it?"])))
+    qwen = TinyQwen("qwen2_5_vl", tmp_path)
+    model = ours(qwen.plain, PostDecoderConfig(variant="post_interaction", vision_source=vision_source))
+    cases.append((model, batch(model, qwen.tokenizer, qwen.processor, [("Is it?", [picture(40, 24)])])))
+    llava = with_block(plain_llava, "post_interaction", vision_source=vision_source)
+    cases.append((llava, image_batch(llava, llava_tokenizer, ["Is it?"])))
+    for model, inputs in cases:
+        family, config = family_for(model), model.config
+        tokens = int((inputs["input_ids"][0] == family.image_token_id(config)).sum())
+        with torch.no_grad():
+            output = model.backbone_forward(**inputs)
+        rows = int(output.vision_mask[0].sum())
+        assert family.vision_rows_per_image(config, tokens, vision_source) == rows, family.name
