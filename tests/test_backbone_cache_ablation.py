@@ -15,6 +15,15 @@ import toy_ablation  # noqa: E402
 
 METRICS = {name: {"f1": f1} for name, f1 in (("random", 0.95), ("popular", 0.97), ("adversarial", 0.85))}
 
+CHAIR = {"chair_i": 0.25, "recall": 0.99}
+
+
+@pytest.fixture(autouse=True)
+def no_chair_and_no_empty_picture(monkeypatch):
+    """The stubbed worlds have no images to describe nor a base model to draw an empty picture with."""
+    monkeypatch.setattr(toy_ablation, "chair", lambda *args: CHAIR)
+    monkeypatch.setattr(toy_ablation, "empty_picture_features", lambda base_model: None)
+
 
 def write_answers(folder, answers: list[str]):
     os.makedirs(folder, exist_ok=True)
