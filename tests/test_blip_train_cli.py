@@ -5,6 +5,7 @@ trains; training from a backbone cache (InstructBLIP's keyed on the Q-Former's q
 it. In this process."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -145,13 +146,16 @@ def test_sft_on_llava_format_data_trains_the_block(world, tmp_path, capsys):
     assert any(tensor.abs().sum() > 0 for name, tensor in trained.items() if "down_proj" in name)  # it learned
 
 
-def test_training_from_the_backbone_cache_equals_training_without_it(world, tmp_path, monkeypatch):
+def test_training_from_the_backbone_cache_equals_training_without_it(world, tmp_path, monkeypatch, capsys):
     """InstructBLIP's entries keyed on the Q-Former's question; the frozen backbone runs without the Q-Former's
     dropout in training too (InstructBLIP, MiniGPT-4's Vicuna version), so the cached states are the run's own."""
     flags = ["--tune_post_decoder", "True", "--save_strategy", "no"]
     plain = train_dpo(world.folder, world.hadpo, tmp_path / "plain", *flags, steps=3)
     cache = ["--backbone_cache", str(tmp_path / "cache")]
     train_dpo(world.folder, world.hadpo, tmp_path / "built", *flags, *cache, steps=3)
+    printed = capsys.readouterr().out  # the disk estimate counts the block's rows of each image (the ViT's CLS too)
+    estimated = re.search(r"([\d.]+ \w+) per image", printed).group(1)
+    assert re.search(r"\d+ images \(([\d.]+ \w+) each\)", printed).group(1) == estimated
     calls = []
     real = type(plain.model.policy).backbone_forward
     monkeypatch.setattr(type(plain.model.policy), "backbone_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
