@@ -149,9 +149,11 @@ class CheckpointFolder:
     # --- rewriting ---
 
     def model_files(self) -> list[str]:
-        """The files of this folder that make up the model: weights, index, config, tokenizer, processor."""
+        """The files of this folder that make up the model: weights, index, config, tokenizer, processor, and the
+        family's sub-folders (InstructBLIP's Q-Former tokenizer)."""
         present = [name for name in MODEL_FOLDER_FILES if os.path.isfile(os.path.join(self.folder, name))]
-        return sorted({*present, *self.weight_files, *([self.index_name] if self.index_name else [])})
+        folders = [name for name in self.family.model_folders if os.path.isdir(os.path.join(self.folder, name))]
+        return sorted({*present, *folders, *self.weight_files, *([self.index_name] if self.index_name else [])})
 
     def rewrite(
         self,
@@ -335,7 +337,7 @@ def _keep_backup(path: str):
 
 
 def write_new_folder(source: str, output: str, writers: dict, keep: list[str]):
-    """A new folder `output`: the files `keep` of `source` copied, except those that `writers` write;
+    """A new folder `output`: the files (and folders) `keep` of `source` copied, except those that `writers` write;
     all or nothing."""
     check_new_folder(output, "--output")
     output = os.path.abspath(output)
@@ -343,7 +345,11 @@ def write_new_folder(source: str, output: str, writers: dict, keep: list[str]):
         raise InputError(f"--output {output} is inside the checkpoint {source}; name a folder outside it")
     with atomic_directory(output) as staging:
         for name in keep:
-            if name not in writers:
+            if name in writers:
+                continue
+            if os.path.isdir(os.path.join(source, name)):
+                shutil.copytree(os.path.join(source, name), os.path.join(staging, name))
+            else:
                 shutil.copy2(os.path.join(source, name), os.path.join(staging, name))
         for name, write in writers.items():
             write(os.path.join(staging, name))

@@ -68,3 +68,4 @@ def add_noise(module: torch.nn.Module, scale: float, seed: int = 0):
             parameter.add_(
                 scale * torch.randn(parameter.shape, generator=generator).to(parameter.device, parameter.dtype)
             )
+    return module

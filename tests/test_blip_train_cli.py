@@ -169,11 +169,6 @@ def test_training_from_the_backbone_cache_equals_training_without_it(world, tmp_
     assert plain.state.log_history[0]["loss"] == pytest.approx(read.state.log_history[0]["loss"], abs=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="post_decoder/checkpoint_files.py copies a model folder's files only, not family.model_folders "
-    "(InstructBLIP's qformer_tokenizer/): replace_bin into a new folder leaves a folder load_pretrained_model refuses",
-)
 def test_replace_bin_into_a_new_folder_keeps_the_familys_sub_folders(tmp_path):
     from post_decoder.families.instructblip.loading import QFORMER_TOKENIZER_FOLDER
 
