@@ -74,8 +74,12 @@ class Conversation:
 def question_prompt(
     question: str, with_image: bool = True, suffix: str = "", conv_mode: str = DEFAULT_CONV_MODE
 ) -> str:
-    """The single-turn prompt that POPE and the demo send: ends with "ASSISTANT:"."""
-    conversation = Conversation.for_mode(conv_mode).add_user(question + suffix, with_image=with_image)
+    """The single-turn prompt that POPE and the demo send: ends with "ASSISTANT:". The image is `<image>\n` before
+    the question even when the question is empty, as LLaVA's evaluation builds it (only its training data
+    preprocessing strips an image-only turn: `add_user`)."""
+    text = question + suffix
+    conversation = Conversation.for_mode(conv_mode)
+    conversation.messages.append((USER, f"{IMAGE_TOKEN}\n{text}" if with_image else text))
     return conversation.add_assistant(None).prompt()
 
 
