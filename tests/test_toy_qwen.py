@@ -13,13 +13,18 @@ import torch
 
 from eval.build_pope import question_text
 from ha_dpo.toy.quickstart import make_world, pope, train_stage1
-from ha_dpo.toy.qwen_base import QWEN_CHECKPOINT, QwenBaseConfig, image_tokens, toy_image_processor
+from ha_dpo.toy.qwen_base import (
+    QWEN_CHECKPOINT,
+    QwenBaseConfig,
+    image_tokens,
+    toy_image_processor,
+)
 from ha_dpo.toy.world import WorldConfig, draw, generate_world
 from post_decoder.builder import load_pretrained_model
 from post_decoder.family import family_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-POPE_IMAGES = 60  # per POPE set, as the LLaVA quickstart test
+POPE_IMAGES = 150  # per POPE set: the quickstart's default
 
 
 def test_every_toy_image_gets_one_merged_token_per_cell():
@@ -52,14 +57,14 @@ def test_the_script_refuses_a_folder_in_use(tmp_path):
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
-    """The quickstart's steps on the Qwen base: the world (pope_data answered by it), POPE, stage 1, POPE."""
+    """The quickstart's steps on the Qwen base: the world (pope_data answered by it), POPE, stage 1 (the recipe with
+    the Qwen base's changes), POPE."""
     out = str(tmp_path_factory.mktemp("toy_qwen"))
     world = make_world(out, None, POPE_IMAGES, QWEN_CHECKPOINT)
     base = pope(world, os.path.join(out, "base"), QWEN_CHECKPOINT)
     trained = os.path.join(out, "stage1")
-    train_stage1(
-        world, trained, QWEN_CHECKPOINT, 0, "post_interaction", {"backbone_cache": os.path.join(out, "cache")}
-    )
+    changes = {**QWEN_RECIPE_CHANGES, "backbone_cache": os.path.join(out, "cache")}
+    train_stage1(world, trained, QWEN_CHECKPOINT, 0, "post_interaction", changes)
     return out, world, {"base": base, "stage1": pope(world, trained, trained, QWEN_CHECKPOINT)}
 
 
