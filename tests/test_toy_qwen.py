@@ -15,6 +15,7 @@ from eval.build_pope import question_text
 from ha_dpo.toy.quickstart import make_world, pope, train_stage1
 from ha_dpo.toy.qwen_base import (
     QWEN_CHECKPOINT,
+    QWEN_RECIPE_CHANGES,
     QwenBaseConfig,
     image_tokens,
     toy_image_processor,
