@@ -104,3 +104,16 @@ def test_stage1_raises_adversarial_f1_and_keeps_random_and_popular(quickstart):
     print(changes)
     assert changes["adversarial"] >= 5
     assert changes["random"] >= -1 and changes["popular"] >= -1
+
+
+@pytest.mark.slow
+def test_the_script_is_seeded(tmp_path):
+    # A short run twice: the same seed writes the same weights (the committed base is the full-length run).
+    script = os.path.join(ROOT, "scripts", "make_toy_qwen_base.py")
+    quick = ["--train-images", "64", "--tower-epochs", "1", "--epochs", "1", "--skip-pope"]
+    weights = []
+    for run in ("first", "second"):
+        subprocess.run([sys.executable, script, "--out", str(tmp_path / run), *quick], check=True, capture_output=True)
+        weights.append((tmp_path / run / "model.safetensors").read_bytes())
+        assert (tmp_path / run / "preprocessor_config.json").is_file()
+    assert weights[0] == weights[1]
