@@ -11,7 +11,7 @@ setup(
     ),
     # the shipped toy model, examples and recipe
     package_data={
-        "ha_dpo.toy": ["checkpoint/*", "block/*", "examples/*", "recipe_stage1.json"],
+        "ha_dpo.toy": ["checkpoint/*", "qwen_checkpoint/*", "block/*", "examples/*", "recipe_stage1.json"],
         "eval": ["chair_synonyms.txt"],  # CHAIR's synonym table (data the scorer reads)
     },
     python_requires=">=3.10",

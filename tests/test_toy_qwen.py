@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from eval.build_pope import question_text
-from ha_dpo.toy.quickstart import make_world, pope, train_stage1
+from ha_dpo.toy.quickstart import main as quickstart_main
 from ha_dpo.toy.qwen_base import (
     QWEN_CHECKPOINT,
     QWEN_RECIPE_CHANGES,
@@ -58,15 +58,14 @@ def test_the_script_refuses_a_folder_in_use(tmp_path):
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
-    """The quickstart's steps on the Qwen base: the world (pope_data answered by it), POPE, stage 1 (the recipe with
-    the Qwen base's changes), POPE."""
-    out = str(tmp_path_factory.mktemp("toy_qwen"))
-    world = make_world(out, None, POPE_IMAGES, QWEN_CHECKPOINT)
-    base = pope(world, os.path.join(out, "base"), QWEN_CHECKPOINT)
-    trained = os.path.join(out, "stage1")
-    changes = {**QWEN_RECIPE_CHANGES, "backbone_cache": os.path.join(out, "cache")}
-    train_stage1(world, trained, QWEN_CHECKPOINT, 0, "post_interaction", changes)
-    return out, world, {"base": base, "stage1": pope(world, trained, trained, QWEN_CHECKPOINT)}
+    """`python -m ha_dpo.toy.quickstart --backbone qwen2_5_vl`: the world (pope_data answered by the Qwen base), POPE,
+    stage 1 (the recipe with the Qwen base's changes), POPE (CHAIR on a few images: not asserted here)."""
+    out = str(tmp_path_factory.mktemp("toy_qwen") / "run")
+    results = quickstart_main(
+        ["--out", out, "--backbone", "qwen2_5_vl", "--pope-images", str(POPE_IMAGES), "--chair-images", "30"]
+    )
+    assert results["base_model"] == QWEN_CHECKPOINT and results["recipe_changes"] == QWEN_RECIPE_CHANGES
+    return out, os.path.join(out, "world"), results["metrics"]
 
 
 def yes_rates_on_absent_objects(world: str, answers_path: str, question_set: str) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """The project's main job on the toy world, in one command, on a CPU:
 
     python -m ha_dpo.toy.quickstart --out runs/toy
+    python -m ha_dpo.toy.quickstart --out runs/toy_qwen --backbone qwen2_5_vl    # the tiny Qwen2.5-VL base
 
 the toy world -> POPE and CHAIR on the committed base model -> stage-1 DPO of the block on the toy
 HA-DPO pairs (`train_dpo`, the library function under ha_dpo/train_dpo_post.py) -> POPE and CHAIR on
@@ -41,7 +42,7 @@ from post_decoder.errors import InputError, run_command
 
 from ..cli.config_files import arguments_from, read_config
 from ..cli.train_dpo_post import ARGUMENT_TYPES, train_dpo
-from . import DEFAULT_CHECKPOINT, STAGE1_RECIPE
+from . import BACKBONES, DEFAULT_CHECKPOINT, STAGE1_RECIPE
 from .files import write_json, write_world
 from .text import TOY_DESCRIPTION_PROMPTS
 from .world import WorldConfig
@@ -158,7 +159,8 @@ class Steps:
 
 
 def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None,
-        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT, chair_images: int = 150) -> dict:  # fmt: skip
+        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT, chair_images: int = 150,
+        recipe_changes: dict | None = None) -> dict:  # fmt: skip
     if os.path.isdir(out) and os.listdir(out):
         raise InputError(f"--out {out} is not empty: give a new folder")
     os.makedirs(out, exist_ok=True)
@@ -170,9 +172,8 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with steps.step("CHAIR on the base model"):
         chair_metrics["base"] = chair(world, os.path.join(out, "base"), base_model, chair_images)
     with steps.step(f"stage-1 DPO of the block ({variant})"):
-        train_stage1(
-            world, trained, base_model, seed, variant, {"backbone_cache": os.path.join(out, "backbone_cache")}
-        )
+        changes = {**(recipe_changes or {}), "backbone_cache": os.path.join(out, "backbone_cache")}
+        train_stage1(world, trained, base_model, seed, variant, changes)
     with steps.step("POPE on base + block"):
         metrics["stage1"] = pope(world, trained, trained, base_model)
     with steps.step("CHAIR on base + block"):
@@ -186,8 +187,8 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with atomic_file(markdown) as temporary, open(temporary, "w") as handle:
         handle.write(f"# Toy-world quickstart (seed {seed}, block {variant})\n\n```\n{summary}\n```\n")
     results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images,
-               "chair_images": chair_images, "base_model": base_model, "seconds": steps.seconds, "metrics": metrics,
-               "chair": chair_metrics}  # fmt: skip
+               "chair_images": chair_images, "base_model": base_model, "recipe_changes": recipe_changes or {},
+               "seconds": steps.seconds, "metrics": metrics, "chair": chair_metrics}  # fmt: skip
     write_json(os.path.join(out, "results.json"), results)
     took = f"took {sum(steps.seconds.values()):.0f} s"
     print(f"\n{summary}\n\n{took}; results in {out} (results.md, results.json, comparison.png)")
@@ -207,14 +208,27 @@ def main(argv=None):
     parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set (POPE uses 500)")
     parser.add_argument("--chair-images", type=int, default=150, help="held-out images CHAIR describes (of 300)")
     parser.add_argument(
-        "--base-model", default=DEFAULT_CHECKPOINT, help="the model to improve (default: the committed toy model)"
+        "--backbone",
+        default="llava",
+        choices=BACKBONES,
+        help="the committed toy base to improve: tiny LLaVA-1.5 (default) or tiny Qwen2.5-VL (and its recipe changes)",
     )
+    parser.add_argument("--base-model", default=None, help="another model to improve (default: --backbone's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    committed_base, recipe_changes = BACKBONES[args.backbone]
+    base_model = args.base_model or committed_base
     return run(
-        args.out, args.seed, args.variant, args.dpo_images, args.pope_images, args.base_model, args.chair_images
+        args.out,
+        args.seed,
+        args.variant,
+        args.dpo_images,
+        args.pope_images,
+        base_model,
+        args.chair_images,
+        recipe_changes,
     )
 
 
