@@ -19,15 +19,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 from post_decoder.atomic_files import atomic_file
 from post_decoder.families.qwen_vl import QWEN2_5_VL
 from post_decoder.families.qwen_vl.conversation import Conversation
 from post_decoder.families.qwen_vl.loading import load_image_processor
-from post_decoder.families.qwen_vl.tiny import SPECIAL_TOKENS, chat_template, preprocessor_config
+from post_decoder.families.qwen_vl.tiny import preprocessor_config, train_tiny_qwen_tokenizer
 from post_decoder.images import open_image
 from post_decoder.saving import save_model_folder
 
@@ -73,33 +71,6 @@ def conversation_texts(samples) -> list[str]:
             conversation.add_user(text) if role == "user" else conversation.add_assistant(text)
         texts.append(conversation.prompt())
     return texts
-
-
-def train_tokenizer(corpus: list[str], vocab_size: int) -> Qwen2Tokenizer:
-    """A byte-level BPE trained on `corpus`, in Qwen's tokenizer class with its special tokens and chat
-    template (EOS `<|im_end|>`, padding `<|endoftext|>`, as the Instruct models)."""
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=list(SPECIAL_TOKENS),
-        show_progress=False,
-    )
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(corpus, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
-    tokenizer = Qwen2Tokenizer(
-        vocab=model["vocab"],
-        merges=merges,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        model_max_length=1024,
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS)})
-    tokenizer.chat_template = chat_template(Conversation.for_mode(CONV_MODE).system)
-    return tokenizer
 
 
 def toy_qwen_config(config: QwenBaseConfig, tokenizer) -> Qwen2_5_VLConfig:
@@ -235,7 +206,7 @@ def _train_and_save(world: str, out: str, config: QwenBaseConfig, log) -> dict:
     samples = read_llava_samples(
         os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"), skips=skips
     )
-    tokenizer = train_tokenizer(conversation_texts(samples), config.tokenizer_vocab)
+    tokenizer = train_tiny_qwen_tokenizer(vocab_size=config.tokenizer_vocab, corpus=conversation_texts(samples))
     image_processor = toy_image_processor(config)
     model = QWEN2_5_VL.model_class(QWEN2_5_VL.with_block(toy_qwen_config(config, tokenizer)))
 

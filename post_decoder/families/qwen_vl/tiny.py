@@ -63,15 +63,21 @@ PATCH_SIZE, MERGE_SIZE = 4, 2
 MIN_PIXELS, MAX_PIXELS = 16 * 16, 48 * 48  # 4 to 36 image tokens
 
 
-def train_tiny_qwen_tokenizer(directory: str | None = None, with_system: bool = True, vocab_size: int = 400):
+def train_tiny_qwen_tokenizer(
+    directory: str | None = None, with_system: bool = True, vocab_size: int = 400, corpus: list[str] | None = None
+):
     """A byte-level BPE with Qwen's pre-tokenizer and special tokens (EOS `<|im_end|>`, padding `<|endoftext|>`,
-    as the Instruct models), saved to `directory` when given."""
+    as the Instruct models), trained on `corpus` (a few test sentences by default), saved to `directory` when
+    given."""
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(SPECIAL_TOKENS),  # the first ids, never split into merges
+        show_progress=False,
     )
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(_CORPUS, trainer)
+    bpe.train_from_iterator(_CORPUS if corpus is None else corpus, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
     tokenizer = Qwen2Tokenizer(
