@@ -237,30 +237,54 @@ def train_base_model(world: str, out: str, config: BaseModelConfig = BaseModelCo
     """Train on the world's `llava/toy_instruct.json` (images in `coco/train2014`, their objects in
     `coco/annotations/instances_train2014.json`) and save a folder that `load_pretrained_model`
     opens: weights, config, the tokenizer with <image> and <pad>, the image processor."""
+    return train_deterministically(_train_and_save, world, out, config, log)
+
+
+def train_deterministically(train_and_save, world: str, out: str, config, log) -> dict:
+    """`train_and_save(world, out, config, log)` seeded with `config.seed`, on `config.threads` threads with
+    deterministic algorithms (the same seed writes the same bytes); the caller's settings come back after."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train_and_save(world, out, config, log)
+        torch.manual_seed(config.seed)
+        return train_and_save(world, out, config, log)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
-    torch.manual_seed(config.seed)
-    skips = SkipCounter("toy LLaVA conversations", strict=True)  # generated data: any bad sample is a bug
+def read_world_conversations(world: str, what: str) -> tuple[list, SkipCounter]:
+    """The world's `llava/toy_instruct.json` (images in `coco/train2014`), and the strict skip counter that read
+    it: generated data, so any bad sample is a bug."""
+    skips = SkipCounter(what, strict=True)
     samples = read_llava_samples(
         os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"), skips=skips
     )
+    return samples, skips
+
+
+def world_presence_labels(world: str, samples) -> torch.Tensor:
+    """[samples, categories] 0/1 from the world's `coco/annotations/instances_train2014.json`."""
+    instances = os.path.join(world, "coco", "annotations", "instances_train2014.json")
+    return presence_labels(instances, [os.path.basename(sample.image) for sample in samples])
+
+
+def write_training_summary(out: str, summary: dict) -> None:
+    """`{out}/training_summary.json`; timings stay out of it, so the same seed writes the same bytes."""
+    with atomic_file(os.path.join(out, "training_summary.json")) as temporary, open(temporary, "w") as handle:
+        json.dump(summary, handle, indent=2)
+
+
+def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
+    samples, skips = read_world_conversations(world, "toy LLaVA conversations")
     tokenizer, text_vocab_size = train_tokenizer(samples, config)
     image_processor = toy_image_processor(config)
     model = untrained_toy_llava(config, text_vocab_size)
     pixels = preprocess_images([open_image(sample.image) for sample in samples], image_processor)
 
     start = time.perf_counter()
-    instances = os.path.join(world, "coco", "annotations", "instances_train2014.json")
-    labels = presence_labels(instances, [os.path.basename(sample.image) for sample in samples])
+    labels = world_presence_labels(world, samples)
     tower_accuracy = pretrain_vision_tower(model, pixels, labels, config, log)
     tower_seconds = time.perf_counter() - start
 
@@ -278,7 +302,5 @@ def _train_and_save(world: str, out: str, config: BaseModelConfig, log) -> dict:
         "tower_presence_accuracy": round(tower_accuracy, 4),
         "llava_epoch_losses": [round(loss, 4) for loss in losses],
     }
-    # Timings stay out of the folder, so the same seed writes the same bytes.
-    with atomic_file(os.path.join(out, "training_summary.json")) as temporary, open(temporary, "w") as handle:
-        json.dump(summary, handle, indent=2)
+    write_training_summary(out, summary)
     return {**summary, "tower_seconds": round(tower_seconds, 1), "llava_seconds": round(llava_seconds, 1)}

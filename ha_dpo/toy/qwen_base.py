@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from post_decoder.atomic_files import atomic_file
 from post_decoder.families.qwen_vl import QWEN2_5_VL
 from post_decoder.families.qwen_vl.conversation import Conversation
 from post_decoder.families.qwen_vl.loading import load_image_processor
@@ -29,10 +28,15 @@ from post_decoder.families.qwen_vl.tiny import preprocessor_config, train_tiny_q
 from post_decoder.images import open_image
 from post_decoder.saving import save_model_folder
 
-from ..data.llava_data import SupervisedDataset, read_llava_samples
-from ..data.skips import SkipCounter
+from ..data.llava_data import SupervisedDataset
 from . import QWEN_CHECKPOINT, QWEN_RECIPE_CHANGES  # noqa: F401  (their home is the package; named here too)
-from .base_model import presence_labels, train_llava
+from .base_model import (
+    read_world_conversations,
+    train_deterministically,
+    train_llava,
+    world_presence_labels,
+    write_training_summary,
+)
 
 CONV_MODE = "qwen2_vl"  # Qwen2.5-VL's: the default system message
 
@@ -190,22 +194,11 @@ def train_qwen_base_model(world: str, out: str, config: QwenBaseConfig = QwenBas
     """Train on the world's `llava/toy_instruct.json` (images in `coco/train2014`, their objects in
     `coco/annotations/instances_train2014.json`) and save a folder in the hub's layout that
     `load_pretrained_model` opens: a plain Qwen2.5-VL, its tokenizer with the chat template, its image processor."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        return _train_and_save(world, out, config, log)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+    return train_deterministically(_train_and_save, world, out, config, log)
 
 
 def _train_and_save(world: str, out: str, config: QwenBaseConfig, log) -> dict:
-    torch.manual_seed(config.seed)
-    skips = SkipCounter("toy Qwen conversations", strict=True)  # generated data: any bad sample is a bug
-    samples = read_llava_samples(
-        os.path.join(world, "llava", "toy_instruct.json"), os.path.join(world, "coco", "train2014"), skips=skips
-    )
+    samples, skips = read_world_conversations(world, "toy Qwen conversations")
     tokenizer = train_tiny_qwen_tokenizer(vocab_size=config.tokenizer_vocab, corpus=conversation_texts(samples))
     image_processor = toy_image_processor(config)
     model = QWEN2_5_VL.model_class(QWEN2_5_VL.with_block(toy_qwen_config(config, tokenizer)))
@@ -217,8 +210,7 @@ def _train_and_save(world: str, out: str, config: QwenBaseConfig, log) -> dict:
     pixels = inputs["pixel_values"].reshape(len(samples), -1, inputs["pixel_values"].shape[-1])
 
     start = time.perf_counter()
-    instances = os.path.join(world, "coco", "annotations", "instances_train2014.json")
-    labels = presence_labels(instances, [os.path.basename(sample.image) for sample in samples])
+    labels = world_presence_labels(world, samples)
     encoder_accuracy = pretrain_vision_encoder(model, pixels, grid, labels, config, log)
     encoder_seconds = time.perf_counter() - start
 
@@ -243,7 +235,5 @@ def _train_and_save(world: str, out: str, config: QwenBaseConfig, log) -> dict:
         "encoder_presence_accuracy": round(encoder_accuracy, 4),
         "epoch_losses": [round(loss, 4) for loss in losses],
     }
-    # Timings stay out of the folder, so the same seed writes the same bytes.
-    with atomic_file(os.path.join(out, "training_summary.json")) as temporary, open(temporary, "w") as handle:
-        json.dump(summary, handle, indent=2)
+    write_training_summary(out, summary)
     return {**summary, "encoder_seconds": round(encoder_seconds, 1), "llm_seconds": round(llm_seconds, 1)}
