@@ -38,7 +38,7 @@ from eval.chair_report import format_table, plot_chart, score_file, write_detail
 from eval.description_files import merge_descriptions, read_descriptions
 from eval.description_generation import CHAIR_MAX_NEW_TOKENS, DESCRIPTION_PROMPT, BatchedDescriber
 from eval.pope_report import write_metrics
-from eval.run_helpers import barrier, coco_path_hint, gather
+from eval.run_helpers import barrier, coco_path_hint, gather, refuse_unasked_resume, start_ranks
 from post_decoder.builder import load_pretrained_model
 from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
@@ -169,14 +169,9 @@ def report(args, skipped) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    if world_size > 1:
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    world_size, rank, device = start_ranks()
     # Before the model loads: a refusal should not take minutes.
-    resuming = bool(existing_paths(args.answers_file))
-    if resuming and not args.resume:
-        raise InputError(f"{args.answers_file} (or its parts) exists: pass --resume to continue it, or remove it")
+    resuming = refuse_unasked_resume(args.answers_file, args.resume)
     if not os.path.isdir(args.coco_path):
         raise InputError(f"--coco_path {args.coco_path}: no such folder")
     images, (seed, count, fingerprint) = choose_images(args)

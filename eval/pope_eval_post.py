@@ -40,7 +40,7 @@ from eval.answering import LLAVA_MAX_NEW_TOKENS, PrefixCachedAnswerer
 from eval.pope_questions import POPE_SETS, SET_ALIASES, pope_file, read_questions
 from eval.pope_report import format_table, mean_f1, plot_chart, write_metrics
 from eval.pope_scoring import score_answers
-from eval.run_helpers import barrier, coco_path_hint, gather
+from eval.run_helpers import barrier, coco_path_hint, gather, refuse_unasked_resume, start_ranks
 from post_decoder.builder import load_pretrained_model
 from post_decoder.dtypes import DTYPES
 from post_decoder.errors import InputError, run_command
@@ -259,14 +259,9 @@ def main(argv=None):
     if len(args.answer_files) > 1:
         raise InputError("--answers-file is given once when answering (several are for --score-only)")
 
-    world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    if world_size > 1:
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    world_size, rank, device = start_ranks()
     # Before the model loads: a refusal should not take minutes.
-    resuming = bool(existing_paths(args.answers_file))
-    if resuming and not args.resume:
-        raise InputError(f"{args.answers_file} (or its parts) exists: pass --resume to continue it, or remove it")
+    resuming = refuse_unasked_resume(args.answers_file, args.resume)
     missing = absent_images(question_sets, args.coco_path)
     if missing and not args.skip_missing:
         raise image_error(args, question_sets, missing[0], "is missing")
