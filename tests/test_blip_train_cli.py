@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ha_dpo.cli import replace_bin
 from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS, write_trainable_checkpoint
 from post_decoder import PostDecoderConfig
 from post_decoder.builder import load_pretrained_model
@@ -26,6 +25,7 @@ from post_decoder.families.minigpt4.tiny import (
 from post_decoder.family import family_for
 from tests.helpers import named
 from tests.helpers.data_files import write_hadpo, write_llava
+from tests.helpers.training_runs import backbone_state, merge, train_dpo, train_sft
 
 VIT_LAYERS = 2  # the tiny MiniGPT-4's ViT depth (the converter is told it, as for the real EVA ViT-g's 39)
 FAMILIES = ("instructblip", "minigpt4_llama2", "minigpt4_vicuna0")
@@ -61,42 +61,6 @@ class World:
 @pytest.fixture(scope="module", params=FAMILIES)
 def world(request, tmp_path_factory):
     return World(request.param, tmp_path_factory.mktemp(f"blip_cli_{request.param}"))
-
-
-def common_flags(output_dir, steps=3, *extra):
-    return ["--output_dir", str(output_dir), "--max_steps", str(steps), "--per_device_train_batch_size", "2",
-            "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--logging_steps", "1", "--save_steps", "2",
-            "--report_to", "none", "--seed", "0", "--model_max_length", "512", "--dataloader_num_workers", "0",
-            "--disable_tqdm", "True", "--plot", "False", *extra]  # fmt: skip
-
-
-def train_dpo(model, data, output_dir, *extra, steps=3):
-    from ha_dpo.cli.train_dpo_post import main
-
-    return main(["--model_name_or_path", model, *data, *extra, "--use_cpu", "True", *common_flags(output_dir, steps)])
-
-
-def train_sft(world, output_dir, *extra, steps=3):
-    from ha_dpo.cli.train_llava_post import main
-
-    data_path, image_folder = world.llava
-    data = ["--data_path", data_path, "--image_folder", image_folder, "--tune_post_decoder", "True"]
-    return main(
-        ["--model_name_or_path", world.folder, *data, *extra, "--use_cpu", "True", *common_flags(output_dir, steps)]
-    )
-
-
-def merge(stage, model, trained, output, whole: bool = True):
-    """`--merge` (the model loaded, then saved whole), or replace_bin's rewrite of the checkpoint's own files."""
-    replace_bin.main([*(["--merge"] if whole else []), "--tune_stage", str(stage), "--path_model_state_dict", model,
-                      "--path_non_lora_state_dict", trained, "--output", output])  # fmt: skip
-    return output
-
-
-def backbone_state(model) -> dict:
-    head = family_for(model).head_key
-    return {name: tensor for name, tensor in model.state_dict().items()
-            if not name.startswith("post_decoder.") and name != head}  # fmt: skip
 
 
 def test_stage1_merge_stage2_merge_load_gives_the_trained_model(world, tmp_path):

@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ha_dpo.cli import replace_bin
 from ha_dpo.trainer.checkpoints import TRAINABLE_WEIGHTS
 from post_decoder.builder import load_pretrained_model
 from post_decoder.families.qwen_vl import QwenVLFamily
@@ -20,6 +19,7 @@ from tests.helpers import free_port, named
 from tests.helpers.backbone_cache import assert_same_weights
 from tests.helpers.data_files import write_hadpo, write_llava
 from tests.helpers.qwen_vl import VERSIONS, TinyQwen
+from tests.helpers.training_runs import backbone_state, common_flags, merge, train_dpo, train_sft
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "ha_dpo", "train_dpo_post.py")
@@ -33,40 +33,6 @@ def world(request, tmp_path_factory):
     tiny.hadpo = ["--vg_path", vg_path, "--desc_data_path", desc_data, "--pope_data_path", pope_data]
     tiny.llava = write_llava(root / "llava")
     return tiny
-
-
-def common_flags(output_dir, steps=3, *extra):
-    return ["--output_dir", str(output_dir), "--max_steps", str(steps), "--per_device_train_batch_size", "2",
-            "--learning_rate", "5e-3", "--lr_scheduler_type", "constant", "--logging_steps", "1", "--save_steps", "2",
-            "--report_to", "none", "--seed", "0", "--model_max_length", "512", "--dataloader_num_workers", "0",
-            "--disable_tqdm", "True", "--plot", "False", *extra]  # fmt: skip
-
-
-def train_dpo(model, data, output_dir, *extra, steps=3):
-    from ha_dpo.cli.train_dpo_post import main
-
-    return main(["--model_name_or_path", model, *data, *extra, "--use_cpu", "True", *common_flags(output_dir, steps)])
-
-
-def train_sft(world, output_dir, *extra, steps=3):
-    from ha_dpo.cli.train_llava_post import main
-
-    data_path, image_folder = world.llava
-    data = ["--data_path", data_path, "--image_folder", image_folder, "--tune_post_decoder", "True"]
-    return main(
-        ["--model_name_or_path", world.folder, *data, *extra, "--use_cpu", "True", *common_flags(output_dir, steps)]
-    )
-
-
-def merge(stage, model, trained, output):
-    replace_bin.main(["--merge", "--tune_stage", str(stage), "--path_model_state_dict", model,
-                      "--path_non_lora_state_dict", trained, "--output", output])  # fmt: skip
-    return output
-
-
-def backbone_state(model) -> dict:
-    return {name: tensor for name, tensor in model.state_dict().items()
-            if not name.startswith("post_decoder.") and name != "lm_head.weight"}  # fmt: skip
 
 
 def test_stage1_merge_stage2_merge_load_gives_the_trained_model(world, tmp_path, capsys):
