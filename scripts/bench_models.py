@@ -24,7 +24,12 @@ from post_decoder.families.llava.image_processing import load_image_processor as
 from post_decoder.families.llava.tiny import clip_preprocessor_config, tiny_llava_config, train_tiny_tokenizer
 from post_decoder.families.qwen_vl import QWEN2_5_VL
 from post_decoder.families.qwen_vl.loading import load_image_processor as load_qwen_processor
-from post_decoder.families.qwen_vl.tiny import preprocessor_config, tiny_qwen2_5_vl_config, train_tiny_qwen_tokenizer
+from post_decoder.families.qwen_vl.tiny import (
+    preprocessor_config,
+    special_token_ids,
+    tiny_qwen2_5_vl_config,
+    train_tiny_qwen_tokenizer,
+)
 
 SHAPES = ("tiny", "7b", "qwen2_5_vl_tiny", "qwen2_5_vl_7b")
 LLAMA2_TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tokenizers", "llama2")
@@ -155,12 +160,7 @@ def qwen_config(shape: str, folder: str, layers: int | None, width_divisor: int)
 def qwen2_5_vl_7b_values(tokenizer) -> dict:
     """Qwen2.5-VL-7B-Instruct's config values; its special tokens' ids are `tokenizer`'s (Qwen's, another
     vocabulary)."""
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"),
-        ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"),
-        ("vision_end_token_id", "<|vision_end|>"),
-    )}  # fmt: skip
+    ids = special_token_ids(tokenizer)
     text = {
         **QWEN2_5_VL_7B_TEXT,
         "rope_parameters": dict(QWEN2_5_VL_7B_TEXT["rope_parameters"]),

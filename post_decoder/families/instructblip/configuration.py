@@ -18,10 +18,10 @@ class InstructBlipPostDecoderConfig(config_class_with_block(InstructBlipConfig))
         return with_block_config(cls, config, post_decoder_config)
 
 
-def instructblip_block_sizes(config: InstructBlipConfig, vision_source: str) -> dict[str, int]:
-    """The block's sizes on InstructBLIP: the LLM's width, heads and MLP width; the vision features' width is the
-    vision encoder's (`vision_tower`: its output after the final layer norm, 1408 on EVA ViT-g) or the LLM's
-    (`projector`: the 32 query outputs after `language_projection`)."""
+def blip_block_sizes(config, vision_source: str) -> dict[str, int]:
+    """The block's sizes on a BLIP-style model (InstructBLIP, MiniGPT-4): the LLM's width, heads and MLP width; the
+    vision features' width is the vision encoder's (`vision_tower`: its output after the final layer norm, 1408 on
+    EVA ViT-g) or the LLM's (`projector`: the image tokens after `language_projection`)."""
     text = config.text_config
     vision_hidden = text.hidden_size if vision_source == "projector" else config.vision_config.hidden_size
     return {

@@ -5,7 +5,7 @@ from transformers import InstructBlipConfig
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout, patch_grid
 from . import conversation
-from .configuration import InstructBlipPostDecoderConfig, instructblip_block_sizes
+from .configuration import InstructBlipPostDecoderConfig, blip_block_sizes
 from .conversation import CONV_MODES, DEFAULT_CONV_MODE
 from .modeling import InstructBlipPostDecoderForConditionalGeneration
 
@@ -30,7 +30,7 @@ class InstructBlipFamily(BackboneFamily):
     modules_trained_with_lora = ("language_projection",)
 
     def block_sizes(self, config, vision_source: str) -> dict[str, int]:
-        return instructblip_block_sizes(config, vision_source)
+        return blip_block_sizes(config, vision_source)
 
     # --- the prompt: the question itself, after the image's query tokens ---
 

@@ -39,16 +39,3 @@ class MiniGPT4Config(config_class_with_block(Blip2Config)):
         if self.has_qformer:
             return self.qformer_config.hidden_size
         return GROUPED_PATCHES * self.vision_config.hidden_size
-
-
-def minigpt4_block_sizes(config: MiniGPT4Config, vision_source: str) -> dict[str, int]:
-    """The block's sizes on MiniGPT-4: the LLM's width, heads and MLP width; the vision features' width is the
-    ViT's after `ln_vision` (`vision_tower`, 1408) or the projected image tokens', the LLM's width (`projector`)."""
-    text = config.text_config
-    vision_hidden = text.hidden_size if vision_source == "projector" else config.vision_config.hidden_size
-    return {
-        "hidden_size": text.hidden_size,
-        "vision_hidden_size": vision_hidden,
-        "num_attention_heads": text.num_attention_heads,
-        "intermediate_size": text.intermediate_size,
-    }

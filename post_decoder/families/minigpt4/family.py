@@ -2,8 +2,9 @@
 
 from ...errors import InputError
 from ...family import BackboneFamily, KeyLayout, patch_grid
+from ..instructblip.configuration import blip_block_sizes  # the same rule: BLIP-2 vision, a Llama LM
 from . import conversation
-from .configuration import GROUPED_PATCHES, MiniGPT4Config, minigpt4_block_sizes
+from .configuration import GROUPED_PATCHES, MiniGPT4Config
 from .conversation import (
     CONV_MODES,
     DEFAULT_CONV_MODE,
@@ -30,7 +31,7 @@ class MiniGPT4Family(BackboneFamily):
     modules_trained_with_lora = ("language_projection",)
 
     def block_sizes(self, config, vision_source: str) -> dict[str, int]:
-        return minigpt4_block_sizes(config, vision_source)
+        return blip_block_sizes(config, vision_source)
 
     # --- the prompt ---
 

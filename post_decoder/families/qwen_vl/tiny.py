@@ -99,7 +99,8 @@ def _padded(size: int, multiple: int = 64) -> int:
     return (size + multiple - 1) // multiple * multiple
 
 
-def _token_ids(tokenizer) -> dict:
+def special_token_ids(tokenizer) -> dict:
+    """The config's ids of Qwen-VL's image/video/vision markers, as `tokenizer` has them."""
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
         ("image_token_id", "<|image_pad|>"),
         ("video_token_id", "<|video_pad|>"),
@@ -134,7 +135,7 @@ def _vision(**sizes) -> dict:
 
 def tiny_qwen2_vl_config(tokenizer) -> Qwen2VLConfig:
     vision = _vision(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2)  # Qwen2-VL: hidden_size is the merger's
-    return Qwen2VLConfig(text_config=_text(tokenizer), vision_config=vision, **_token_ids(tokenizer))
+    return Qwen2VLConfig(text_config=_text(tokenizer), vision_config=vision, **special_token_ids(tokenizer))
 
 
 def tiny_qwen2_5_vl_config(tokenizer) -> Qwen2_5_VLConfig:
@@ -146,7 +147,7 @@ def tiny_qwen2_5_vl_config(tokenizer) -> Qwen2_5_VLConfig:
         window_size=16,  # 2x2 merged tokens a window: images larger than that are reordered
         fullatt_block_indexes=[1],
     )
-    return Qwen2_5_VLConfig(text_config=_text(tokenizer), vision_config=vision, **_token_ids(tokenizer))
+    return Qwen2_5_VLConfig(text_config=_text(tokenizer), vision_config=vision, **special_token_ids(tokenizer))
 
 
 def tiny_qwen3_vl_config(tokenizer) -> Qwen3VLConfig:
@@ -160,7 +161,7 @@ def tiny_qwen3_vl_config(tokenizer) -> Qwen3VLConfig:
     )
     text = _text(tokenizer, head_dim=16)
     text["rope_parameters"]["mrope_interleaved"] = True
-    return Qwen3VLConfig(text_config=text, vision_config=vision, **_token_ids(tokenizer))
+    return Qwen3VLConfig(text_config=text, vision_config=vision, **special_token_ids(tokenizer))
 
 
 TINY = {
