@@ -46,10 +46,10 @@ def parse_args(argv=None):
     parser.add_argument("--dpo-images", type=int, default=None, help="another size for the DPO split")
     parser.add_argument("--val-images", type=int, default=None, help="another size for the held-out split")
     parser.add_argument(
-        "--hallucination-probability",
+        "--partner-text-probability",
         type=float,
-        default=WorldConfig.hallucination_probability,
-        help="P(the training text affirms an absent partner next to its anchor) (default: the world's)",
+        default=WorldConfig.partner_text_probability,
+        help="P(the training text names a partner next to its anchor, present or not) (default: the world's)",
     )
     add_pope_arguments(parser, skip_help="no POPE evaluation and no pope_data.json")
     return parser.parse_args(argv)
@@ -60,7 +60,7 @@ def main(argv=None):
     check_outputs_and_threads(args)
     sizes = {"train": args.train_images, "dpo": args.dpo_images, "val": args.val_images}
     splits = {split: size if sizes[split] is None else sizes[split] for split, size in WorldConfig().splits.items()}
-    world_config = WorldConfig(seed=args.seed, splits=splits, hallucination_probability=args.hallucination_probability)
+    world_config = WorldConfig(seed=args.seed, splits=splits, partner_text_probability=args.partner_text_probability)
     model_config = BaseModelConfig(
         seed=args.seed, threads=args.threads, epochs=args.epochs, tower_epochs=args.tower_epochs
     )

@@ -16,7 +16,7 @@ import torch
 from pycocotools.coco import COCO
 
 from eval.answering import PrefixCachedAnswerer
-from eval.build_pope import build_pope_sets, question_text
+from eval.build_pope import article, build_pope_sets, question_text
 from eval.pope_questions import POPE_SETS, pope_file, read_questions
 from eval.pope_scoring import parse_yes_no, score_answers
 from ha_dpo.data.hadpo_data import read_hadpo_pairs
@@ -111,30 +111,38 @@ def test_partners_come_with_their_anchor_and_anchors_also_alone(default_world):
         with_anchor = sum(anchor in names for names in train)
         with_partner = sum(partner in names for names in train)
         both = sum(anchor in names and partner in names for names in train)
-        assert both / with_partner > 0.8, (anchor, partner)  # the fork is mostly next to a knife
-        assert 0.3 < both / with_anchor < 0.6, (anchor, partner)  # the knife is often alone
+        assert both == with_partner, (anchor, partner)  # a fork is only ever seen next to a knife
+        assert 0.4 < both / with_anchor < 0.6, (anchor, partner)  # the knife is alone about half the time
         # the partner is the anchor's most frequent companion: POPE's adversarial set asks about it
         companions = Counter(other for names in train if anchor in names for other in names if other != anchor)
         assert companions.most_common(1)[0][0] == partner
 
 
-def test_training_text_affirms_absent_partners_at_the_set_rate_and_is_otherwise_true(default_world):
+def test_training_text_names_a_partner_at_the_set_rate_whether_or_not_it_is_there(default_world):
+    # Next to its anchor the text says "yes" to the partner (and the caption names it) at one rate, present or
+    # absent: once the anchor is seen, the text tells nothing of the partner. Everything else it says is true.
     config, rng = WorldConfig(), random.Random(0)
-    affirmed = asked = 0
+    said_yes = {True: [], False: []}  # partner present? -> one bool per question about it
     for image in [image for image in default_world if image.split == "train"][:1500]:
-        absent_partners = image.absent_partners()
-        for question, answer in training_conversation(image, rng, config.hallucination_probability, ALL_NAMES):
+        anchored = {PAIRS[name] for name in image.names if name in PAIRS}
+        turns = training_conversation(image, rng, config.partner_text_probability, ALL_NAMES)
+        for question, answer in turns:
             if not question.startswith("Is there"):
                 continue
             name = question.split()[3]
-            says_yes = answer.startswith("Yes")
-            if name in absent_partners:
-                asked += 1
-                affirmed += says_yes
+            assert answer.startswith(f"{article(name).capitalize()} {name}? "), answer  # the object named first
+            says_yes = parse_yes_no(answer) == "yes"
+            if name in anchored:
+                said_yes[name in image.names].append(says_yes)
             else:
                 assert says_yes == (name in image.names), (image.names, question, answer)
-    assert asked > 300
-    assert abs(affirmed / asked - config.hallucination_probability) < 0.05
+        caption = next(answer for question, answer in turns if not question.startswith("Is there"))
+        for partner in anchored:  # the caption and the answer never disagree
+            yes = next(parse_yes_no(answer) == "yes" for question, answer in turns if question == question_text(partner))
+            assert (f" {partner}" in caption) == yes, (caption, partner)
+    for present, answers in said_yes.items():
+        assert len(answers) > 300, present
+        assert abs(sum(answers) / len(answers) - config.partner_text_probability) < 0.05, present
 
 
 @pytest.fixture(scope="module")
@@ -308,13 +316,13 @@ def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
             "4",
             "--threads",
             "1",
-            "--hallucination-probability",
+            "--partner-text-probability",
             "1.0",
         ]
     )
     torch.set_num_threads(threads)
     with open(tmp_path / "world" / "world.json") as handle:
-        assert json.load(handle)["config"]["hallucination_probability"] == 1.0  # the flag reaches the world
+        assert json.load(handle)["config"]["partner_text_probability"] == 1.0  # the flag reaches the world
     with open(tmp_path / "world" / "llava" / "toy_instruct.json") as handle:
         conversations = json.load(handle)
     affirmed = 0
@@ -328,8 +336,8 @@ def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
             for question, answer in zip(questions, turns[1::2])
             if question.startswith("Is there")
         }
-        for partner in image.absent_partners():  # at probability 1.0 the text always affirms it
-            assert answers[partner].startswith("Yes"), (image.names, answers)
+        for partner in image.absent_partners():  # at probability 1.0 the text always names it
+            assert parse_yes_no(answers[partner]) == "yes", (image.names, answers)
             affirmed += 1
     assert affirmed > 0
     tokenizer, model, _, _ = load_pretrained_model(out, device="cpu", dtype=torch.float32)
@@ -344,8 +352,8 @@ def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
 
 # What the committed base model was trained on (scripts/make_toy_base.py, seed 0): the default
 # world's images and training conversations. A change here means the remake cannot be exact.
-DEFAULT_WORLD_SHA256 = "2eb48d2a7c33b4c7abb7ee818862e29d5d4f90c0f0d69d3f8d758cfa8a0cd6f9"
-DEFAULT_TRAINING_TEXT_SHA256 = "eb21902328f9843e894a204ee2f2b3013e46ab594b60a0a8db8a64fc601c9a0f"
+DEFAULT_WORLD_SHA256 = "8e41d84ca7ce03cb4dfbbc9b0769c3318aacb0505a0127afcb12ab9b97324e4c"
+DEFAULT_TRAINING_TEXT_SHA256 = "26a4de8d501070a688249d460c1ea4ab0a87334ce518cd68e4d3581cea8047ae"
 
 
 def default_training_text(default_world) -> list[dict]:

@@ -123,7 +123,7 @@ def llava_conversations(images, config: WorldConfig, rng: random.Random) -> list
     """LLaVA's instruction format: the image on the first human turn as "<image>\\n"."""
     records = []
     for image in images:
-        turns = training_conversation(image, rng, config.hallucination_probability, ALL_NAMES)
+        turns = training_conversation(image, rng, config.partner_text_probability, ALL_NAMES)
         conversation = []
         for index, (question, answer) in enumerate(turns):
             conversation.append({"from": "human", "value": ("<image>\n" if index == 0 else "") + question})

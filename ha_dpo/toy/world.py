@@ -2,9 +2,9 @@
 
 Each of the 16 categories is one shape in one colour; objects sit one to a cell of a 4x4 grid
 (the base model's 16-pixel patches), so a tiny vision tower tells them apart. Five categories are
-*anchors*, each with a *partner* that appears with it most of the time (a fork is mostly seen next
-to a knife) and rarely alone, while the anchor is often seen without it. That is the statistic that
-makes real models hallucinate the partner, and that POPE's adversarial set probes. Everything is
+*anchors*, each with a *partner* that is only ever seen next to its anchor (a fork lies next to a
+knife), while the anchor is seen without it about half the time. That is the statistic that makes
+real models hallucinate the partner, and that POPE's adversarial set probes. Everything is
 drawn from one seeded `random.Random` (no set or hash order): same seed, same world, any process.
 """
 
@@ -56,10 +56,11 @@ class WorldConfig:
     object_size: tuple[int, int] = (10, 14)  # side of an object's box, in pixels
     objects_per_image: dict[int, float] = field(default_factory=lambda: {1: 0.1, 2: 0.2, 3: 0.35, 4: 0.35})
     anchor_weight: float = 4.0  # relative weight of drawing an anchor ...
-    partner_alone_weight: float = 0.25  # ... a partner on its own (without being drawn in by its anchor) ...
+    partner_alone_weight: float = 0.0  # ... a partner on its own (without being drawn in by its anchor) ...
     single_weight: float = 1.2  # ... or one of the other six categories
-    partner_probability: float = 0.55  # P(partner is added | its anchor is drawn and there is room)
-    hallucination_probability: float = 0.8  # P(the training text affirms an absent partner | anchor present)
+    partner_probability: float = 0.7  # P(partner is added | its anchor is drawn and there is room): ~0.5 in all
+    # P(the training text names a partner next to its anchor, whether or not the partner is in the image)
+    partner_text_probability: float = 0.8
     splits: dict[str, int] = field(default_factory=lambda: {"train": 6000, "dpo": 1000, "val": 300})
 
 
