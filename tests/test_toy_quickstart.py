@@ -1,7 +1,7 @@
 """The README's quickstart on fixed seeds, with fewer POPE images: stage 1 of the block really fixes the
-toy base model's hallucination, in yes/no answers (through what the block sees of the image) and in
-descriptions; the block without cross-attention, trained on the same pairs, does not fix the descriptions
-at this recipe."""
+toy base model's hallucination, in yes/no answers and in descriptions, through what the block sees of the
+image; the block without cross-attention, trained on the same pairs, does not fix the yes/no answers, and
+cuts hallucinated mentions only by naming partners less, present or not."""
 
 import json
 import os
@@ -9,9 +9,11 @@ import os
 import numpy as np
 import pytest
 
+from eval.build_pope import article
 from ha_dpo.toy import DEFAULT_BLOCK, DEFAULT_CHECKPOINT
 from ha_dpo.toy.empty_picture import block_shown_an_empty_picture, empty_picture_features
 from ha_dpo.toy.quickstart import chair, main, pope, train_stage1
+from ha_dpo.toy.text import ANSWER_STARTS
 from post_decoder.errors import InputError
 from tests.helpers.charts import (
     BLUE,
@@ -25,7 +27,7 @@ from tests.helpers.charts import (
 POPE_IMAGES = 60  # per POPE set
 CHAIR_IMAGES = 150  # the quickstart's default: CHAIR is cheap, and 60 descriptions are a noisy measure
 RECALL_DROP_POINTS = 5  # the most recall (in points) the block may lose while it cuts CHAIR_i
-CONTROL_CHAIR_I_CHANGE = 0.1  # the no_cross_attn block changes CHAIR_i by less than a tenth
+CONTROL_ADVERSARIAL_GAIN = 1  # the most adversarial F1 (points) the no_cross_attn block may gain
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +39,15 @@ def quickstart(tmp_path_factory):
 @pytest.fixture(scope="module")
 def control(quickstart, tmp_path_factory):
     """The block without cross-attention, trained as the quickstart's (same world, pairs, recipe, seed and
-    backbone cache), and its CHAIR."""
+    backbone cache): its POPE metrics and its CHAIR."""
     out, _ = quickstart
     trained = str(tmp_path_factory.mktemp("control") / "stage1")
     world = os.path.join(out, "world")
     train_stage1(
         world, trained, DEFAULT_CHECKPOINT, 0, "no_cross_attn", {"backbone_cache": os.path.join(out, "backbone_cache")}
     )
-    return chair(world, trained, trained, CHAIR_IMAGES, DEFAULT_CHECKPOINT)
+    control_pope = pope(world, trained, trained, DEFAULT_CHECKPOINT)
+    return control_pope, chair(world, trained, trained, CHAIR_IMAGES, DEFAULT_CHECKPOINT)
 
 
 def f1_changes(base: dict, trained: dict) -> dict[str, float]:
@@ -102,14 +105,26 @@ def test_the_chart_shows_pope_above_chair(quickstart):
 
 
 @pytest.mark.slow
-def test_the_block_without_cross_attention_does_not_cut_chair_i_at_this_recipe(quickstart, control):
-    # Trained on the same pairs, it cannot win the description pairs by blindly leaving partners out (the
-    # pairs reject as many omissions as hallucinations). It is no proof that the default block reads the image
-    # for descriptions (see the empty-picture test): at lr 1e-3 the control cuts CHAIR_i as much.
+def test_the_block_without_cross_attention_does_not_fix_the_yes_no_answers(quickstart, control):
+    # The training text names a partner next to its anchor whether or not it is there, so the LLM's state
+    # does not say whether the partner is there: a block that only re-reads that state cannot tell.
     _, results = quickstart
-    base = results["chair"]["base"]
-    print({"control": (control["chair_i"], control["recall"])})
-    assert abs(relative_change(base["chair_i"], control["chair_i"])) < CONTROL_CHAIR_I_CHANGE
+    control_pope, _ = control
+    changes = f1_changes(results["metrics"]["base"], control_pope)
+    print({"control": changes})
+    assert changes["adversarial"] <= CONTROL_ADVERSARIAL_GAIN
+
+
+@pytest.mark.slow
+def test_the_control_cuts_hallucinated_mentions_only_by_naming_partners_less(quickstart, control):
+    # What the control does to descriptions (issue 15 asks for less than a tenth of CHAIR_i; not met): it
+    # names partners less whether they are there or not, so recall pays; the default block keeps it.
+    _, results = quickstart
+    _, control_chair = control
+    base, stage1 = results["chair"]["base"], results["chair"]["stage1"]
+    print({"control": (control_chair["chair_i"], control_chair["recall"])})
+    assert 100 * (base["recall"] - control_chair["recall"]) >= 2 * RECALL_DROP_POINTS
+    assert stage1["chair_i"] < control_chair["chair_i"] / 2 and stage1["recall"] > control_chair["recall"]
 
 
 @pytest.mark.slow
@@ -117,24 +132,29 @@ def test_trained_answers_stay_well_formed(quickstart):
     # DPO can win its loss by making both answers unlikely; the SFT term keeps the template's answers.
     out, _ = quickstart
     with open(os.path.join(out, "stage1", "pope_answers.jsonl")) as handle:
-        answers = [json.loads(line)["answer"] for line in handle]
-    assert len(answers) == 3 * 6 * POPE_IMAGES
-    assert all(answer.startswith(("Yes, there is a", "No, there is no")) for answer in answers), answers[:5]
+        records = [json.loads(line) for line in handle]
+    assert len(records) == 3 * 6 * POPE_IMAGES
+    for record in records:
+        name = record["question"].split()[3]
+        named_first = f"{article(name).capitalize()} {name}? "
+        assert record["answer"].startswith(tuple(named_first + start for start in ANSWER_STARTS)), record
 
 
 @pytest.mark.slow
 def test_the_gain_comes_through_what_the_block_sees(quickstart, tmp_path):
     # The trained block, shown an empty picture while the backbone still sees the real image: its POPE
-    # gain must go. A block that cannot see the image (or an untouched identity) would not change.
-    # (Its CHAIR gain mostly stays there: CHAIR_i 15.6 -> 16.6, recall 96.9 -> 96.0, measured 2026-11-30;
-    # at this recipe the description fix is not shown to come through the image, so it is not asserted.)
+    # gain must go, and so must most of its CHAIR gain. A block that cannot see the image (or an untouched
+    # identity) would not change.
     out, results = quickstart
-    trained = os.path.join(out, "stage1")
+    trained, world = os.path.join(out, "stage1"), os.path.join(out, "world")
     with block_shown_an_empty_picture(empty_picture_features(DEFAULT_CHECKPOINT)):
-        shown_empty = pope(os.path.join(out, "world"), str(tmp_path), trained, DEFAULT_CHECKPOINT)
+        shown_empty = pope(world, str(tmp_path), trained, DEFAULT_CHECKPOINT)
+        chair_shown_empty = chair(world, str(tmp_path), trained, CHAIR_IMAGES, DEFAULT_CHECKPOINT)
     changes = f1_changes(results["metrics"]["stage1"], shown_empty)
-    print(changes)
+    base, stage1 = results["chair"]["base"], results["chair"]["stage1"]
+    print(changes, {"chair_i shown empty": chair_shown_empty["chair_i"], "recall": chair_shown_empty["recall"]})
     assert changes["adversarial"] <= -5 and changes["random"] <= -5
+    assert chair_shown_empty["chair_i"] - stage1["chair_i"] >= (base["chair_i"] - stage1["chair_i"]) / 2
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ Two stages, as LLaVA-1.5 is built:
      the image, from the COCO instance annotations. A tower trained only through the LLM's loss
      learns nothing in a CPU budget: the LLM settles on the text prior first and never looks.
   2. the tower is frozen (as LLaVA-1.5 keeps CLIP frozen); the projector and the LLM learn the
-     LLaVA-format conversations, whose text affirms an absent partner next to its anchor.
+     LLaVA-format conversations, whose text names a partner next to its anchor whether or not it is there.
 So the features the post-decoder block reads say whether the partner is there, and the model
 still says it is: the hallucination the block is trained to correct.
 """

@@ -17,10 +17,11 @@ CHAIR describes a seeded sample of `--chair-images` held-out images (eval/chair_
 greedy, "Describe the image.") and scores the descriptions against the world's COCO annotations.
 
 The recipe (ha_dpo/toy/recipe_stage1.json, which the training script also reads as `--config`) is
-HA-DPO's stage 1 with two changes that the toy base model needs: `pope_correct_pairs` true (the base
-model errs only by affirming absent objects, so HA-DPO's wrong-answers-only pairs all prefer "No"
-and teach the block to deny everything) and `gamma` 1.0 (an SFT term on the chosen answer keeps the
-answers fluent).
+HA-DPO's stage 1 at lr 1e-3 for 5 epochs (HA-DPO: one epoch at 1e-4, which leaves this block almost where it
+started: it has to learn which object was asked and whether the image shows it, from the identity start) with
+two changes that the toy base model needs: `pope_correct_pairs` true (the base model errs only by affirming
+absent objects, so HA-DPO's wrong-answers-only pairs all prefer "No" and teach the block to deny everything)
+and `gamma` 1.0 (an SFT term on the chosen answer keeps the answers fluent).
 """
 
 import argparse
