@@ -26,6 +26,7 @@ from demo.loading import block_bypassed, load_model, load_models, short_name
 from demo.page import Page
 from demo.toy_world import UPSCALED_CLASS, is_toy_model
 from demo.uploads import UploadRefused, open_upload
+from eval.pope_scoring import parse_yes_no
 from ha_dpo.toy.world import CATEGORIES
 from post_decoder.builder import load_pretrained_model
 from post_decoder.families.llava.conversation import Conversation, tokenize_with_image
@@ -335,8 +336,8 @@ def test_with_no_model_path_the_page_starts_on_the_toy_model_and_shows_the_fix()
         base_chat, trained_chat, *_ = list(page.answer(image, question, "greedy", 0.7, 12, None))[-1]
         answers.append((base_chat[-1]["content"], trained_chat[-1]["content"]))
     print(answers)
-    assert sum(base_answer.startswith("Yes") for base_answer, _ in answers) >= 5  # the base hallucinates the partner
-    assert sum(trained_answer.startswith("No") for _, trained_answer in answers) >= 4  # the block corrects it
+    assert sum(parse_yes_no(base) == "yes" for base, _ in answers) >= 5  # the base hallucinates the partner
+    assert sum(parse_yes_no(trained) == "no" for _, trained in answers) >= 4  # the block corrects it
 
 
 def test_no_model_path_without_the_toy_model_says_what_to_do(monkeypatch, tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from eval.build_pope import question_text
+from eval.pope_scoring import parse_yes_no
 from ha_dpo.toy.quickstart import main as quickstart_main
 from ha_dpo.toy.qwen_base import (
     QWEN_CHECKPOINT,
@@ -81,7 +82,7 @@ def yes_rates_on_absent_objects(world: str, answers_path: str, question_set: str
                 continue
             image = val[int(question["image"].rsplit("_", 1)[1].split(".")[0])]
             asked_partner = any(question["text"] == question_text(name) for name in image.absent_partners())
-            (partners if asked_partner else others).append(answer["answer"].startswith("Yes"))
+            (partners if asked_partner else others).append(parse_yes_no(answer["answer"]) == "yes")
     assert partners and others
     return sum(partners) / len(partners), sum(others) / len(others)
 

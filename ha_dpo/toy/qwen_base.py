@@ -4,7 +4,7 @@ on Qwen's own model class, chat template and image processor.
   1. the vision encoder learns to see: a linear head on the mean of its last block's output (before the patch
      merger: the features the block reads by default) predicts which categories are in the image;
   2. the encoder is frozen; the patch merger and the LLM learn the world's conversations in Qwen's chat
-     template, whose text affirms an absent partner next to its anchor.
+     template, whose text names a partner next to its anchor whether or not it is there.
 
 Every toy image gets the same grid: 64x64 pixels, 8-pixel patches (8x8 of them), 2x2 merges, so each merged
 token is one 16-pixel cell of the world, one object; `min_pixels` = `max_pixels` = 64*64 pins the resize. The
