@@ -310,7 +310,7 @@ def modes(root: str) -> dict[str, set[int]]:
 def test_the_toy_worlds_folders_and_files_follow_the_umask(tmp_path, umask, folder_mode, file_mode):
     previous = os.umask(umask)
     try:
-        write_world(str(tmp_path / "world"), WorldConfig(seed=3, splits={"train": 6, "dpo": 3, "val": 20}), 4)
+        write_world(str(tmp_path / "world"), WorldConfig(seed=3, splits={"train": 6, "dpo": 3, "val": 20}), 8)
     finally:
         os.umask(previous)
     assert modes(str(tmp_path / "world")) == {"folders": {folder_mode}, "files": {file_mode}}
@@ -318,7 +318,7 @@ def test_the_toy_worlds_folders_and_files_follow_the_umask(tmp_path, umask, fold
 
 def test_the_toy_world_shows_its_progress(tmp_path, capsys):
     config = WorldConfig(seed=3, splits={"train": 6, "dpo": 3, "val": 20})
-    write_world(str(tmp_path / "world"), config, 4, model_path=DEFAULT_CHECKPOINT)
+    write_world(str(tmp_path / "world"), config, 8, model_path=DEFAULT_CHECKPOINT)
     err = capsys.readouterr().err
     assert re.search(r"toy world: drawing the images: 100%\S* 29/29 ", err)
     assert re.search(r"toy world: base model answers: 100%\S* 3/3 ", err)  # the slow part: one step per DPO image

@@ -315,7 +315,7 @@ def test_make_toy_base_script_trains_saves_and_loads(tmp_path):
             "--tower-epochs",
             "1",
             "--pope-images",
-            "4",
+            "8",
             "--threads",
             "1",
             "--partner-text-probability",
