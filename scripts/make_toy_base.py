@@ -52,7 +52,10 @@ def parse_args(argv=None):
         help="P(the training text names a partner next to its anchor, present or not) (default: the world's)",
     )
     add_pope_arguments(parser, skip_help="no POPE evaluation and no pope_data.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.partner_text_probability <= 1:
+        parser.error(f"--partner-text-probability {args.partner_text_probability} is not a probability (0 to 1)")
+    return args
 
 
 def main(argv=None):

@@ -499,3 +499,13 @@ def test_make_toy_base_writes_a_new_folder_and_never_the_shipped_checkpoint_by_d
     assert exit_info.value.code == 2 and stderr.count("\n") == 1
     assert f"--out {out} is not empty; name a new folder, or add --overwrite" in stderr
     assert os.listdir(out) == ["config.json"]
+
+
+@pytest.mark.parametrize("probability", ["1.5", "-0.1"])
+def test_make_toy_base_refuses_a_partner_text_probability_outside_0_to_1(probability, capsys):
+    from scripts.make_toy_base import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--partner-text-probability", probability])
+    assert exit_info.value.code == 2
+    assert f"--partner-text-probability {float(probability)} is not a probability (0 to 1)" in capsys.readouterr().err

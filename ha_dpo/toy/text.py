@@ -51,7 +51,8 @@ def caption(names: list[str]) -> str:
 def described_names(names) -> list[str]:
     """The names a caption lists, in the categories' fixed order (so the order is predictable from
     the image, and each partner comes right after its anchor: "a knife and a fork")."""
-    return [category.name for category in CATEGORIES if category.name in set(names)]
+    names = set(names)
+    return [category.name for category in CATEGORIES if category.name in names]
 
 
 def faithful_description(image: ToyImage) -> str:
