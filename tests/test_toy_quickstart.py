@@ -1,7 +1,6 @@
 """The README's quickstart on fixed seeds, with fewer POPE images: stage 1 of the block really fixes the
 toy base model's hallucination, in yes/no answers and in descriptions, through what the block sees of the
-image; the block without cross-attention, trained on the same pairs, does not fix the yes/no answers, and
-cuts hallucinated mentions only by naming partners less, present or not."""
+image; the block without cross-attention, trained on the same pairs, changes neither."""
 
 import json
 import os
@@ -27,7 +26,7 @@ from tests.helpers.charts import (
 POPE_IMAGES = 150  # per POPE set: the quickstart's default (at 60 a set, seed 0 gains +3.5, not +5.6)
 CHAIR_IMAGES = 150  # the quickstart's default: CHAIR is cheap, and 60 descriptions are a noisy measure
 RECALL_DROP_POINTS = 5  # the most recall (in points) the block may lose while it cuts CHAIR_i
-CONTROL_ADVERSARIAL_GAIN = 1  # the most adversarial F1 (points) the no_cross_attn block may gain
+CONTROL_F1_CHANGE = 1  # the most F1 or recall (points) the no_cross_attn block may change
 
 
 @pytest.fixture(scope="module")
@@ -106,25 +105,23 @@ def test_the_chart_shows_pope_above_chair(quickstart):
 
 @pytest.mark.slow
 def test_the_block_without_cross_attention_does_not_fix_the_yes_no_answers(quickstart, control):
-    # The training text names a partner next to its anchor whether or not it is there, so the LLM's state
-    # does not say whether the partner is there: a block that only re-reads that state cannot tell.
+    # The training text names a partner next to its anchor whether or not it is there, and nothing else in the
+    # image says whether it is: a block that only re-reads the LLM's state has nothing to go on.
     _, results = quickstart
     control_pope, _ = control
     changes = f1_changes(results["metrics"]["base"], control_pope)
     print({"control": changes})
-    assert changes["adversarial"] <= CONTROL_ADVERSARIAL_GAIN
+    assert all(abs(change) <= CONTROL_F1_CHANGE for change in changes.values())
 
 
 @pytest.mark.slow
-def test_the_control_cuts_hallucinated_mentions_only_by_naming_partners_less(quickstart, control):
-    # What the control does to descriptions (issue 15 asks for less than a tenth of CHAIR_i; not met): it
-    # names partners less whether they are there or not, so recall pays; the default block keeps it.
+def test_the_block_without_cross_attention_leaves_the_descriptions_as_they_were(quickstart, control):
     _, results = quickstart
     _, control_chair = control
-    base, stage1 = results["chair"]["base"], results["chair"]["stage1"]
+    base = results["chair"]["base"]
     print({"control": (control_chair["chair_i"], control_chair["recall"])})
-    assert 100 * (base["recall"] - control_chair["recall"]) > RECALL_DROP_POINTS
-    assert stage1["chair_i"] < control_chair["chair_i"] / 2 and stage1["recall"] > control_chair["recall"]
+    assert abs(relative_change(base["chair_i"], control_chair["chair_i"])) < 0.1
+    assert abs(100 * (base["recall"] - control_chair["recall"])) <= CONTROL_F1_CHANGE
 
 
 @pytest.mark.slow

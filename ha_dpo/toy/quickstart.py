@@ -160,8 +160,7 @@ class Steps:
 
 
 def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None,
-        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT, chair_images: int = 150,
-        recipe_changes: dict | None = None) -> dict:  # fmt: skip
+        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT, chair_images: int = 150) -> dict:  # fmt: skip
     if os.path.isdir(out) and os.listdir(out):
         raise InputError(f"--out {out} is not empty: give a new folder")
     os.makedirs(out, exist_ok=True)
@@ -173,8 +172,8 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with steps.step("CHAIR on the base model"):
         chair_metrics["base"] = chair(world, os.path.join(out, "base"), base_model, chair_images)
     with steps.step(f"stage-1 DPO of the block ({variant})"):
-        changes = {**(recipe_changes or {}), "backbone_cache": os.path.join(out, "backbone_cache")}
-        train_stage1(world, trained, base_model, seed, variant, changes)
+        cache = {"backbone_cache": os.path.join(out, "backbone_cache")}
+        train_stage1(world, trained, base_model, seed, variant, cache)
     with steps.step("POPE on base + block"):
         metrics["stage1"] = pope(world, trained, trained, base_model)
     with steps.step("CHAIR on base + block"):
@@ -188,7 +187,7 @@ def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: 
     with atomic_file(markdown) as temporary, open(temporary, "w") as handle:
         handle.write(f"# Toy-world quickstart (seed {seed}, block {variant})\n\n```\n{summary}\n```\n")
     results = {"seed": seed, "variant": variant, "dpo_images": dpo_images, "pope_images": pope_images,
-               "chair_images": chair_images, "base_model": base_model, "recipe_changes": recipe_changes or {},
+               "chair_images": chair_images, "base_model": base_model,
                "seconds": steps.seconds, "metrics": metrics, "chair": chair_metrics}  # fmt: skip
     write_json(os.path.join(out, "results.json"), results)
     took = f"took {sum(steps.seconds.values()):.0f} s"
@@ -212,25 +211,15 @@ def main(argv=None):
         "--backbone",
         default="llava",
         choices=BACKBONES,
-        help="the committed toy base to improve: tiny LLaVA-1.5 (default) or tiny Qwen2.5-VL (and its recipe changes)",
+        help="the committed toy base to improve: tiny LLaVA-1.5 (default) or tiny Qwen2.5-VL (same recipe)",
     )
     parser.add_argument("--base-model", default=None, help="another model to improve (default: --backbone's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    committed_base, recipe_changes = BACKBONES[args.backbone]
-    base_model = args.base_model or committed_base
-    return run(
-        args.out,
-        args.seed,
-        args.variant,
-        args.dpo_images,
-        args.pope_images,
-        base_model,
-        args.chair_images,
-        recipe_changes,
-    )
+    base_model = args.base_model or BACKBONES[args.backbone]
+    return run(args.out, args.seed, args.variant, args.dpo_images, args.pope_images, base_model, args.chair_images)
 
 
 if __name__ == "__main__":

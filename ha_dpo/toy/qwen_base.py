@@ -29,7 +29,7 @@ from post_decoder.images import open_image
 from post_decoder.saving import save_model_folder
 
 from ..data.llava_data import SupervisedDataset
-from . import QWEN_CHECKPOINT, QWEN_RECIPE_CHANGES  # noqa: F401  (their home is the package; named here too)
+from . import QWEN_CHECKPOINT  # noqa: F401  (its home is the package; named here too)
 from .base_model import (
     read_world_conversations,
     train_deterministically,

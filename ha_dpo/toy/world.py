@@ -3,8 +3,10 @@
 Each of the 16 categories is one shape in one colour; objects sit one to a cell of a 4x4 grid
 (the base model's 16-pixel patches), so a tiny vision tower tells them apart. Five categories are
 *anchors*, each with a *partner* that is only ever seen next to its anchor (a fork lies next to a
-knife), while the anchor is seen without it about half the time. That is the statistic that makes
-real models hallucinate the partner, and that POPE's adversarial set probes. Everything is
+knife), while the anchor is seen without it half the time. That is the statistic that makes real
+models hallucinate the partner, and that POPE's adversarial set probes. Whether the partner is there
+is drawn apart from the rest of the image (how many other objects, which ones), so only the partner
+itself shows it. Everything is
 drawn from one seeded `random.Random` (no set or hash order): same seed, same world, any process.
 """
 
@@ -58,7 +60,7 @@ class WorldConfig:
     anchor_weight: float = 4.0  # relative weight of drawing an anchor ...
     partner_alone_weight: float = 0.0  # ... a partner on its own (without being drawn in by its anchor) ...
     single_weight: float = 1.2  # ... or one of the other six categories
-    partner_probability: float = 0.7  # P(partner is added | its anchor is drawn and there is room): ~0.5 in all
+    partner_probability: float = 0.5  # P(partner is added | its anchor is drawn), whatever else is drawn
     # P(the training text names a partner next to its anchor, whether or not the partner is in the image)
     partner_text_probability: float = 0.8
     splits: dict[str, int] = field(default_factory=lambda: {"train": 6000, "dpo": 1000, "val": 300})
@@ -88,7 +90,9 @@ class ToyImage:
 
 
 def sample_names(rng: random.Random, config: WorldConfig) -> list[str]:
-    """The categories in one image: anchors pull in their partner, partners rarely come alone."""
+    """The categories in one image: `objects_per_image` anchors and other objects, then each anchor's
+    partner with `partner_probability`, drawn apart from everything else in the image, so nothing else in
+    it (how many objects, which ones) says whether the partner is there."""
     counts, weights = zip(*sorted(config.objects_per_image.items()))
     count = rng.choices(counts, weights)[0]
     units = [(name, config.anchor_weight) for name in PAIRS]
@@ -97,10 +101,10 @@ def sample_names(rng: random.Random, config: WorldConfig) -> list[str]:
     chosen: list[str] = []
     while len(chosen) < count:
         available = [(name, weight) for name, weight in units if name not in chosen]
-        name = rng.choices([name for name, _ in available], [weight for _, weight in available])[0]
-        chosen.append(name)
+        chosen.append(rng.choices([name for name, _ in available], [weight for _, weight in available])[0])
+    for name in list(chosen):
         partner = PAIRS.get(name)
-        if partner and partner not in chosen and len(chosen) < count and rng.random() < config.partner_probability:
+        if partner and partner not in chosen and rng.random() < config.partner_probability:
             chosen.append(partner)
     return chosen
 
