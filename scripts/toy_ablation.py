@@ -106,7 +106,7 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000")
     parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set")
-    parser.add_argument("--chair-images", type=int, default=150, help="held-out images CHAIR describes (of 300)")
+    parser.add_argument("--chair-images", type=int, default=300, help="held-out images CHAIR describes (of 300)")
     parser.add_argument(
         "--learning-rate", type=float, default=read_config(STAGE1_RECIPE)["learning_rate"], help="default: recipe"
     )

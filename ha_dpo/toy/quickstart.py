@@ -13,15 +13,17 @@ CHAIR's; each also on its own) and `results.json`, all under `--out`:
     stage1/           the training run (the block, training_curves.png), its POPE and CHAIR files
     backbone_cache/   the frozen backbone's states of the DPO pairs (ha_dpo/cache), built once, read by training
 
-CHAIR describes a seeded sample of `--chair-images` held-out images (eval/chair_eval_post.py,
+CHAIR describes all 300 held-out images (or a seeded sample of `--chair-images` of them; eval/chair_eval_post.py,
 greedy, "Describe the image.") and scores the descriptions against the world's COCO annotations.
 
 The recipe (ha_dpo/toy/recipe_stage1.json, which the training script also reads as `--config`) is
 HA-DPO's stage 1 at lr 1e-3 for 5 epochs (HA-DPO: one epoch at 1e-4, which leaves this block almost where it
 started: it has to learn which object was asked and whether the image shows it, from the identity start) with
-two changes that the toy base model needs: `pope_correct_pairs` true (the base model errs only by affirming
-absent objects, so HA-DPO's wrong-answers-only pairs all prefer "No" and teach the block to deny everything)
-and `gamma` 1.0 (an SFT term on the chosen answer keeps the answers fluent).
+three changes that the toy base model needs: `pope_correct_pairs` true (the base model errs only by affirming
+absent objects, so HA-DPO's wrong-answers-only pairs all prefer "No" and teach the block to deny everything),
+`gamma` 1.0 (an SFT term on the chosen answer keeps the answers fluent) and `beta` 1.0 (HA-DPO: 0.1; DPO moves an
+answer's log-odds by about logit(how sure the block's input makes it) / beta, so at 0.1 the faint trace of the
+image in the LLM's state overturned answers too; at 1.0 only what the block sees clearly does; see the README).
 """
 
 import argparse
@@ -160,7 +162,7 @@ class Steps:
 
 
 def run(out: str, seed: int = 0, variant: str = "post_interaction", dpo_images: int | None = None,
-        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT, chair_images: int = 150) -> dict:  # fmt: skip
+        pope_images: int = 150, base_model: str = DEFAULT_CHECKPOINT, chair_images: int = 300) -> dict:  # fmt: skip
     if os.path.isdir(out) and os.listdir(out):
         raise InputError(f"--out {out} is not empty: give a new folder")
     os.makedirs(out, exist_ok=True)
@@ -206,7 +208,7 @@ def main(argv=None):
         "--dpo-images", type=int, default=None, help="fewer DPO images than the world's 1000 (quicker)"
     )
     parser.add_argument("--pope-images", type=int, default=150, help="held-out images per POPE set (POPE uses 500)")
-    parser.add_argument("--chair-images", type=int, default=150, help="held-out images CHAIR describes (of 300)")
+    parser.add_argument("--chair-images", type=int, default=300, help="held-out images CHAIR describes (of 300)")
     parser.add_argument(
         "--backbone",
         default="llava",
