@@ -337,7 +337,7 @@ def test_with_no_model_path_the_page_starts_on_the_toy_model_and_shows_the_fix()
         answers.append((base_chat[-1]["content"], trained_chat[-1]["content"]))
     print(answers)
     assert sum(parse_yes_no(base) == "yes" for base, _ in answers) >= 5  # the base hallucinates the partner
-    # the block corrects them: on POPE's adversarial set it takes back 111 of the base's 115 false "yes"es (6 of 6 here)
+    # the block corrects them (6 of 6 here; on POPE's adversarial set 111 of the base's 115 false "yes"es)
     assert sum(parse_yes_no(trained) == "no" for _, trained in answers) >= 5
 
 

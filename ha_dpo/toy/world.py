@@ -6,8 +6,8 @@ Each of the 16 categories is one shape in one colour; objects sit one to a cell 
 knife), while the anchor is seen without it half the time. That is the statistic that makes real
 models hallucinate the partner, and that POPE's adversarial set probes. Whether the partner is there
 is drawn apart from the rest of the image (how many other objects, which ones), so only the partner
-itself shows it. Everything is
-drawn from one seeded `random.Random` (no set or hash order): same seed, same world, any process.
+itself shows it. Everything is drawn from one seeded `random.Random` (no set or hash order): same
+seed, same world, any process.
 """
 
 import random
@@ -56,6 +56,7 @@ class WorldConfig:
     image_size: int = 64
     cell: int = 16  # objects sit one to a cell of this grid (the base model's patch size)
     object_size: tuple[int, int] = (10, 14)  # side of an object's box, in pixels
+    # how many anchors and other objects (P of each count); partners come on top, so an image holds up to 8
     objects_per_image: dict[int, float] = field(default_factory=lambda: {1: 0.1, 2: 0.2, 3: 0.35, 4: 0.35})
     anchor_weight: float = 4.0  # relative weight of drawing an anchor ...
     partner_alone_weight: float = 0.0  # ... a partner on its own (without being drawn in by its anchor) ...
